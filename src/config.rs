@@ -1,0 +1,258 @@
+//! The typed configuration: read from the environment once at start, validated, then immutable.
+
+use std::{fmt, time::Duration};
+
+use serde::Deserialize;
+
+/// Everything the proxy can be told. Build it with [`Config::from_env`] in the binary, or with
+/// `Config { .., ..Config::default() }` in tests.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    pub workers: usize,
+    /// Bounds the wait for upstream response headers, then the silence between two body chunks.
+    pub http_timeout: Duration,
+    /// Upstream connections open at once, for the whole process (split evenly across workers).
+    pub http_max_connections: usize,
+    /// `0` turns upstream keep-alive off; any other value keeps idle connections pooled.
+    pub http_max_keepalive_connections: usize,
+    pub openai_base_url: String,
+    pub anthropic_base_url: String,
+    pub anthropic_version: String,
+    pub anthropic_default_max_tokens: u64,
+    pub max_body_bytes: usize,
+    pub max_response_bytes: usize,
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 8000,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            http_timeout: Duration::from_secs(60),
+            http_max_connections: 100,
+            http_max_keepalive_connections: 20,
+            openai_base_url: "https://api.openai.com/v1".into(),
+            anthropic_base_url: "https://api.anthropic.com/v1".into(),
+            anthropic_version: "2023-06-01".into(),
+            anthropic_default_max_tokens: 1024,
+            max_body_bytes: 4 * 1024 * 1024,
+            max_response_bytes: 64 * 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A configuration that cannot start the proxy: names the variable and what is wrong with it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The environment as envy sees it: every field optional, so defaults live in one place.
+#[derive(Deserialize)]
+struct Env {
+    host: Option<String>,
+    port: Option<u16>,
+    workers: Option<usize>,
+    http_timeout_seconds: Option<u64>,
+    http_max_connections: Option<usize>,
+    http_max_keepalive_connections: Option<usize>,
+    openai_base_url: Option<String>,
+    anthropic_base_url: Option<String>,
+    anthropic_version: Option<String>,
+    anthropic_default_max_tokens: Option<u64>,
+    max_body_bytes: Option<usize>,
+    max_response_bytes: Option<usize>,
+    shutdown_timeout_seconds: Option<u64>,
+}
+
+impl Config {
+    /// Reads the process environment (call `dotenvy::dotenv()` first to include `.env`).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Reads the given `NAME=value` pairs; unknown names are ignored.
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let env: Env = envy::from_iter(vars).map_err(|e| ConfigError(e.to_string()))?;
+        let defaults = Config::default();
+        let config = Config {
+            host: env.host.unwrap_or(defaults.host),
+            port: env.port.unwrap_or(defaults.port),
+            workers: env.workers.unwrap_or(defaults.workers),
+            http_timeout: env
+                .http_timeout_seconds
+                .map_or(defaults.http_timeout, Duration::from_secs),
+            http_max_connections: env
+                .http_max_connections
+                .unwrap_or(defaults.http_max_connections),
+            http_max_keepalive_connections: env
+                .http_max_keepalive_connections
+                .unwrap_or(defaults.http_max_keepalive_connections),
+            openai_base_url: env.openai_base_url.unwrap_or(defaults.openai_base_url),
+            anthropic_base_url: env.anthropic_base_url.unwrap_or(defaults.anthropic_base_url),
+            anthropic_version: env.anthropic_version.unwrap_or(defaults.anthropic_version),
+            anthropic_default_max_tokens: env
+                .anthropic_default_max_tokens
+                .unwrap_or(defaults.anthropic_default_max_tokens),
+            max_body_bytes: env.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+            max_response_bytes: env.max_response_bytes.unwrap_or(defaults.max_response_bytes),
+            shutdown_timeout: env
+                .shutdown_timeout_seconds
+                .map_or(defaults.shutdown_timeout, Duration::from_secs),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot: positive sizes, well-formed base URLs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("WORKERS", self.workers as u64),
+            ("HTTP_TIMEOUT_SECONDS", self.http_timeout.as_secs()),
+            ("HTTP_MAX_CONNECTIONS", self.http_max_connections as u64),
+            ("ANTHROPIC_DEFAULT_MAX_TOKENS", self.anthropic_default_max_tokens),
+            ("MAX_BODY_BYTES", self.max_body_bytes as u64),
+            ("MAX_RESPONSE_BYTES", self.max_response_bytes as u64),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError(format!("{name} must be greater than 0")));
+        }
+        check_base_url("OPENAI_BASE_URL", &self.openai_base_url)?;
+        check_base_url("ANTHROPIC_BASE_URL", &self.anthropic_base_url)?;
+        if awc::http::header::HeaderValue::from_str(&self.anthropic_version).is_err() {
+            return Err(ConfigError(
+                "ANTHROPIC_VERSION must be a valid header value".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A base URL must be absolute http(s) with a host; a trailing slash is allowed.
+fn check_base_url(name: &str, value: &str) -> Result<(), ConfigError> {
+    let invalid = |why: &str| ConfigError(format!("{name} ({value:?}) {why}"));
+    let uri: awc::http::Uri = value
+        .parse()
+        .map_err(|_| invalid("is not a valid URL"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(invalid("must start with http:// or https://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid("has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(invalid("must not have a query string"));
+    }
+    Ok(())
+}
+
+/// Joins a base URL and a path, with exactly one slash between them.
+pub fn join_url(base: &str, path: &str) -> String {
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let config = Config::from_vars(vars(&[])).unwrap();
+        let defaults = Config::default();
+        assert_eq!(config.port, 8000);
+        assert_eq!(config.host, "0.0.0.0");
+        assert_eq!(config.http_timeout, Duration::from_secs(60));
+        assert_eq!(config.http_max_connections, 100);
+        assert_eq!(config.http_max_keepalive_connections, 20);
+        assert_eq!(config.openai_base_url, "https://api.openai.com/v1");
+        assert_eq!(config.anthropic_base_url, "https://api.anthropic.com/v1");
+        assert_eq!(config.anthropic_version, "2023-06-01");
+        assert_eq!(config.anthropic_default_max_tokens, 1024);
+        assert_eq!(config.max_body_bytes, 4_194_304);
+        assert_eq!(config.workers, defaults.workers);
+    }
+
+    #[test]
+    fn every_variable_is_read() {
+        let config = Config::from_vars(vars(&[
+            ("HOST", "127.0.0.1"),
+            ("PORT", "9000"),
+            ("WORKERS", "3"),
+            ("HTTP_TIMEOUT_SECONDS", "7"),
+            ("HTTP_MAX_CONNECTIONS", "50"),
+            ("HTTP_MAX_KEEPALIVE_CONNECTIONS", "0"),
+            ("OPENAI_BASE_URL", "http://localhost:1/v1/"),
+            ("ANTHROPIC_BASE_URL", "http://localhost:2"),
+            ("ANTHROPIC_VERSION", "2024-01-01"),
+            ("ANTHROPIC_DEFAULT_MAX_TOKENS", "99"),
+            ("MAX_BODY_BYTES", "10"),
+            ("MAX_RESPONSE_BYTES", "20"),
+            ("SHUTDOWN_TIMEOUT_SECONDS", "5"),
+        ]))
+        .unwrap();
+        assert_eq!(config.host, "127.0.0.1");
+        assert_eq!(config.port, 9000);
+        assert_eq!(config.workers, 3);
+        assert_eq!(config.http_timeout, Duration::from_secs(7));
+        assert_eq!(config.http_max_connections, 50);
+        assert_eq!(config.http_max_keepalive_connections, 0);
+        assert_eq!(config.openai_base_url, "http://localhost:1/v1/");
+        assert_eq!(config.anthropic_base_url, "http://localhost:2");
+        assert_eq!(config.anthropic_version, "2024-01-01");
+        assert_eq!(config.anthropic_default_max_tokens, 99);
+        assert_eq!(config.max_body_bytes, 10);
+        assert_eq!(config.max_response_bytes, 20);
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_variable() {
+        let err = Config::from_vars(vars(&[("PORT", "eighty")])).unwrap_err();
+        assert!(err.to_string().contains("PORT"), "{err}");
+    }
+
+    #[test]
+    fn zero_where_a_positive_number_is_needed_is_rejected() {
+        let err = Config::from_vars(vars(&[("HTTP_TIMEOUT_SECONDS", "0")])).unwrap_err();
+        assert!(err.to_string().contains("HTTP_TIMEOUT_SECONDS"), "{err}");
+    }
+
+    #[test]
+    fn base_urls_must_be_http_urls() {
+        for bad in ["ftp://example.com", "not a url", "example.com/v1", "http://"] {
+            let err = Config::from_vars(vars(&[("OPENAI_BASE_URL", bad)])).unwrap_err();
+            assert!(err.to_string().contains("OPENAI_BASE_URL"), "{bad}: {err}");
+        }
+        let err = Config::from_vars(vars(&[("ANTHROPIC_BASE_URL", "")])).unwrap_err();
+        assert!(err.to_string().contains("ANTHROPIC_BASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn join_url_puts_exactly_one_slash_between() {
+        assert_eq!(join_url("http://h/v1", "chat"), "http://h/v1/chat");
+        assert_eq!(join_url("http://h/v1/", "/chat"), "http://h/v1/chat");
+    }
+}

@@ -1,0 +1,310 @@
+//! `ProxyError`: every way a request can fail, and the one place that turns it into a response.
+
+use std::fmt;
+
+use actix_web::{
+    http::{
+        header::{HeaderName, HeaderValue},
+        StatusCode,
+    },
+    web::Bytes,
+    HttpResponse, ResponseError,
+};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// Upstream error bodies that are not JSON are passed on as text, cut at this many bytes.
+const MAX_UPSTREAM_TEXT: usize = 64 * 1024;
+
+/// What went wrong, split by whose fault it is: the caller's (4xx), the upstream's answer
+/// (its own status), or the upstream being unreachable (502) or silent (504).
+#[derive(Debug)]
+pub enum ProxyError {
+    /// The body is not JSON, or a field is missing or of the wrong type; the message names it.
+    InvalidRequest(String),
+    /// No `X-API-Key` header, or an empty one.
+    MissingKey,
+    /// The `{provider}` in the path is not one we know.
+    UnknownProvider { name: String, known: String },
+    /// No route matches the path.
+    NotFound,
+    /// The path exists, but not for this method.
+    MethodNotAllowed,
+    /// The request body is larger than `MAX_BODY_BYTES`.
+    PayloadTooLarge { limit: usize },
+    /// The upstream answered with a non-2xx status. `body` has the caller's key masked out.
+    Upstream {
+        status: StatusCode,
+        body: Bytes,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    },
+    /// The upstream answered 2xx with a body we cannot read as its documented shape.
+    BadUpstreamBody(String),
+    /// The upstream could not be reached, or the connection failed: refused, reset, DNS, TLS.
+    Unreachable(String),
+    /// No response headers (or, in a body, no chunk) within `HTTP_TIMEOUT_SECONDS`.
+    Timeout,
+}
+
+impl ProxyError {
+    /// The `type` field of the JSON error body.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::MissingKey => "authentication",
+            Self::UnknownProvider { .. } | Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::Upstream { .. } => "upstream_error",
+            Self::BadUpstreamBody(_) | Self::Unreachable(_) => "bad_gateway",
+            Self::Timeout => "gateway_timeout",
+        }
+    }
+
+    /// The JSON error body, `{"error": {...}}`, naming the provider when there is one.
+    pub fn body(&self, provider: Option<&str>) -> Vec<u8> {
+        let message = self.to_string();
+        let (upstream_status, upstream) = match self {
+            Self::Upstream { status, body, .. } => (Some(status.as_u16()), Some(upstream_body(body))),
+            _ => (None, None),
+        };
+        let body = ErrorBody {
+            error: ErrorFields {
+                kind: self.kind(),
+                message: &message,
+                provider,
+                upstream_status,
+                upstream,
+            },
+        };
+        serde_json::to_vec(&body).expect("an error body always serializes")
+    }
+
+    /// The full HTTP response for this error.
+    pub fn to_response(&self, provider: Option<&str>) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if let Self::Upstream { headers, .. } = self {
+            for header in headers {
+                response.insert_header(header.clone());
+            }
+        }
+        response
+            .content_type("application/json")
+            .body(self.body(provider))
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidRequest(message) => f.write_str(message),
+            Self::MissingKey => f.write_str(
+                "missing API key: send your provider key in the X-API-Key header",
+            ),
+            Self::UnknownProvider { name, known } => {
+                write!(f, "unknown provider {name:?}; known providers: {known}")
+            }
+            Self::NotFound => f.write_str("no such route; try POST /v1/chat/{provider}"),
+            Self::MethodNotAllowed => f.write_str("method not allowed on this route"),
+            Self::PayloadTooLarge { limit } => {
+                write!(f, "request body is larger than the limit of {limit} bytes")
+            }
+            Self::Upstream { status, body, .. } => match upstream_message(body) {
+                Some(message) => write!(f, "upstream answered {}: {message}", status.as_u16()),
+                None => write!(f, "upstream answered {status}"),
+            },
+            Self::BadUpstreamBody(why) => write!(f, "upstream sent an unusable response: {why}"),
+            Self::Unreachable(why) => write!(f, "upstream unreachable: {why}"),
+            Self::Timeout => f.write_str("upstream did not answer in time"),
+        }
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+impl ResponseError for ProxyError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::MissingKey => StatusCode::UNAUTHORIZED,
+            Self::UnknownProvider { .. } | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Upstream { status, .. } => *status,
+            Self::BadUpstreamBody(_) | Self::Unreachable(_) => StatusCode::BAD_GATEWAY,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Errors raised outside a provider's route (unknown paths, wrong methods).
+    fn error_response(&self) -> HttpResponse {
+        self.to_response(None)
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorFields<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorFields<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: &'a str,
+    provider: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<UpstreamBody<'a>>,
+}
+
+/// An upstream error body as we pass it on: its JSON as it came, or its text.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum UpstreamBody<'a> {
+    Json(&'a RawValue),
+    Text(&'a str),
+}
+
+fn upstream_body(body: &[u8]) -> UpstreamBody<'_> {
+    if let Ok(json) = serde_json::from_slice::<&RawValue>(body) {
+        return UpstreamBody::Json(json);
+    }
+    let text = match std::str::from_utf8(body) {
+        Ok(text) => text,
+        // Cut at the last whole character; a lossy copy is not worth it for an error body.
+        Err(e) => std::str::from_utf8(&body[..e.valid_up_to()]).unwrap_or_default(),
+    };
+    UpstreamBody::Text(truncate(text, MAX_UPSTREAM_TEXT))
+}
+
+/// The upstream's own explanation, where it uses the `{"error": {"message": ...}}` shape that
+/// OpenAI, Anthropic and most others share.
+fn upstream_message(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        error: Inner,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        message: String,
+    }
+    let envelope: Envelope = serde_json::from_slice(body).ok()?;
+    Some(truncate(&envelope.error.message, 1024).to_owned())
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Replaces every occurrence of `secret` in `body` with `[redacted]`: an upstream that quotes
+/// the caller's key back in an error must not make us echo it.
+pub fn redact(body: Bytes, secret: &[u8]) -> Bytes {
+    const MASK: &[u8] = b"[redacted]";
+    if secret.is_empty() || !contains(&body, secret) {
+        return body;
+    }
+    let mut out = Vec::with_capacity(body.len());
+    let mut rest = &body[..];
+    while let Some(at) = find(rest, secret) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(MASK);
+        rest = &rest[at + secret.len()..];
+    }
+    out.extend_from_slice(rest);
+    Bytes::from(out)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    find(haystack, needle).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(error: &ProxyError, provider: Option<&str>) -> serde_json::Value {
+        serde_json::from_slice(&error.body(provider)).unwrap()
+    }
+
+    #[test]
+    fn each_error_has_its_status_and_type() {
+        let cases = [
+            (ProxyError::InvalidRequest("x".into()), 400, "invalid_request"),
+            (ProxyError::MissingKey, 401, "authentication"),
+            (ProxyError::NotFound, 404, "not_found"),
+            (ProxyError::MethodNotAllowed, 405, "method_not_allowed"),
+            (ProxyError::PayloadTooLarge { limit: 1 }, 413, "payload_too_large"),
+            (ProxyError::BadUpstreamBody("x".into()), 502, "bad_gateway"),
+            (ProxyError::Unreachable("x".into()), 502, "bad_gateway"),
+            (ProxyError::Timeout, 504, "gateway_timeout"),
+        ];
+        for (error, status, kind) in cases {
+            assert_eq!(error.status_code().as_u16(), status, "{error:?}");
+            assert_eq!(json(&error, None)["error"]["type"], kind);
+        }
+    }
+
+    #[test]
+    fn upstream_errors_keep_their_status_and_json_body() {
+        let error = ProxyError::Upstream {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            body: Bytes::from_static(br#"{"error":{"message":"slow down","type":"rate_limit"}}"#),
+            headers: vec![],
+        };
+        assert_eq!(error.status_code(), StatusCode::TOO_MANY_REQUESTS);
+        let body = json(&error, Some("openai"));
+        assert_eq!(body["error"]["type"], "upstream_error");
+        assert_eq!(body["error"]["provider"], "openai");
+        assert_eq!(body["error"]["upstream_status"], 429);
+        assert_eq!(body["error"]["upstream"]["error"]["message"], "slow down");
+        assert_eq!(body["error"]["message"], "upstream answered 429: slow down");
+    }
+
+    #[test]
+    fn non_json_upstream_bodies_become_text_cut_at_64_kib() {
+        let error = ProxyError::Upstream {
+            status: StatusCode::BAD_GATEWAY,
+            body: Bytes::from("é".repeat(40_000)),
+            headers: vec![],
+        };
+        let text = json(&error, None)["error"]["upstream"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(text.len(), MAX_UPSTREAM_TEXT);
+        assert!(text.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn non_upstream_errors_have_no_upstream_fields() {
+        let body = json(&ProxyError::MissingKey, Some("anthropic"));
+        assert_eq!(body["error"]["provider"], "anthropic");
+        assert!(body["error"].get("upstream_status").is_none());
+        assert!(body["error"].get("upstream").is_none());
+    }
+
+    #[test]
+    fn redact_masks_every_occurrence_of_the_key() {
+        let body = Bytes::from_static(b"key sk-123 and sk-123 again");
+        assert_eq!(
+            &redact(body, b"sk-123")[..],
+            b"key [redacted] and [redacted] again"
+        );
+        let clean = Bytes::from_static(b"nothing here");
+        assert_eq!(&redact(clean, b"sk-123")[..], b"nothing here");
+    }
+}

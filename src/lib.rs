@@ -1,0 +1,31 @@
+//! llm-proxy: one small, fast HTTP server in front of many LLM providers.
+//!
+//! A caller sends one chat shape to `POST /v1/chat/{provider}` with its own provider key in
+//! `X-API-Key`; the proxy maps the key onto the provider's auth, translates the body, and
+//! answers with one normalized JSON shape, or, with `"stream": true`, passes the upstream's
+//! SSE bytes through unchanged as they arrive. It holds no keys of its own.
+//!
+//! # Layout
+//!
+//! - [`config`]: the typed configuration, read from the environment once at start.
+//! - [`server`]: the HTTP server, one awc client per worker, graceful stop on signals.
+//! - [`app`]: routes, fallbacks and the access log.
+//! - [`handlers`]: read the request, pick the provider, call the upstream, reply.
+//! - [`chat`]: the caller's request (validated, borrowed from the body) and the normalized
+//!   response.
+//! - [`providers`]: the `ChatProvider` trait, the registry, and one module per wire format:
+//!   pure translation, no I/O.
+//! - [`upstream`]: the only awc code: the client, sending, reading, relaying streams.
+//! - [`error`]: `ProxyError`, the one place that picks an error's status and body.
+
+pub mod app;
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod handlers;
+pub mod providers;
+pub mod server;
+pub mod upstream;
+
+pub use config::Config;
+pub use error::ProxyError;

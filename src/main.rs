@@ -1,0 +1,45 @@
+//! The `llm-proxy` binary: configuration from the environment, then the server until a signal.
+
+use std::{net::TcpListener, process::ExitCode};
+
+use llm_proxy::{server, Config};
+
+#[actix_web::main]
+async fn main() -> ExitCode {
+    // A missing .env is normal; the environment alone is a complete configuration.
+    let _ = dotenvy::dotenv();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("llm-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match TcpListener::bind((config.host.as_str(), config.port)) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("llm-proxy: cannot listen on {}:{}: {e}", config.host, config.port);
+            return ExitCode::from(1);
+        }
+    };
+    if let Ok(address) = listener.local_addr() {
+        log::info!("listening on http://{address} with {} workers", config.workers);
+    }
+    let server = match server::build(config, listener) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("llm-proxy: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    actix_web::rt::spawn(server::stop_on_signals(server.handle()));
+    match server.await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("llm-proxy: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

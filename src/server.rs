@@ -1,0 +1,58 @@
+//! Building the HTTP server (one awc client per worker) and stopping it gracefully on signals.
+
+use std::net::TcpListener;
+
+use actix_web::{dev::Server, dev::ServerHandle, web, App, HttpServer};
+
+use crate::{app, config::Config, providers::Registry, upstream};
+
+/// The proxy on an already bound listener. Signals are not handled here (tests run many
+/// servers in one process); the binary adds [`stop_on_signals`].
+pub fn build(config: Config, listener: TcpListener) -> std::io::Result<Server> {
+    let workers = config.workers;
+    let shutdown_timeout = config.shutdown_timeout.as_secs();
+    let registry = web::Data::new(Registry::new(&config));
+    let config = web::Data::new(config);
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(app::access_log())
+            .app_data(config.clone())
+            .app_data(registry.clone())
+            .app_data(web::Data::new(upstream::client(&config)))
+            .configure(app::configure)
+    })
+    .workers(workers)
+    // Small SSE writes to the caller must not wait on Nagle's algorithm.
+    .tcp_nodelay(true)
+    .shutdown_timeout(shutdown_timeout)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+/// Waits for SIGTERM or SIGINT, then stops the server gracefully: it stops accepting, gives
+/// in-flight requests and streams up to `SHUTDOWN_TIMEOUT_SECONDS`, then returns. (actix's own
+/// handler treats SIGINT as a forced stop.)
+pub async fn stop_on_signals(server: ServerHandle) {
+    use actix_web::rt::signal::unix::{signal, SignalKind};
+
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        log::error!("could not listen for SIGTERM/SIGINT; stop the process with SIGKILL");
+        return;
+    };
+    let name = futures_util::future::select(
+        Box::pin(terminate.recv()),
+        Box::pin(interrupt.recv()),
+    )
+    .await;
+    let name = match name {
+        futures_util::future::Either::Left(_) => "SIGTERM",
+        futures_util::future::Either::Right(_) => "SIGINT",
+    };
+    log::info!("{name} received: finishing in-flight requests, then stopping");
+    server.stop(true).await;
+}

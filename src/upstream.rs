@@ -1,0 +1,268 @@
+//! The only awc code: the pooled client, sending a request, reading or relaying the answer.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use actix_service::Service;
+use actix_tls::connect::{
+    ConnectError, ConnectInfo, Connection, Connector as TcpConnector, Resolver,
+};
+use actix_web::{
+    http::{
+        header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE},
+        Uri,
+    },
+    rt::{
+        net::TcpStream,
+        time::{sleep, timeout, Instant, Sleep},
+    },
+    web::{Bytes, BytesMut},
+};
+use awc::{error::SendRequestError, Client, ClientResponse, Connector};
+use futures_util::{future::MapOk, Stream, StreamExt, TryFutureExt};
+
+use crate::{config::Config, error::ProxyError, providers::UpstreamRequest};
+
+/// How long an idle pooled connection is kept when keep-alive is on.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Builds one worker's client. awc's `Client` is `!Send`, so each worker builds its own; its
+/// connection pool is shared by every request on that worker.
+pub fn client(config: &Config) -> Client {
+    let per_worker = config.http_max_connections.div_ceil(config.workers).max(1);
+    // awc has no cap on idle connections, only an idle timeout: 0 turns pooling off, any
+    // other value keeps idle connections (up to the connection limit) for `KEEP_ALIVE`.
+    let keep_alive = if config.http_max_keepalive_connections == 0 {
+        Duration::ZERO
+    } else {
+        KEEP_ALIVE
+    };
+    let connector = Connector::new()
+        .connector(NoDelay(TcpConnector::new(Resolver::default()).service()))
+        .timeout(config.http_timeout)
+        .handshake_timeout(config.http_timeout)
+        .limit(per_worker)
+        .conn_keep_alive(keep_alive);
+    Client::builder()
+        .connector(connector)
+        // Timeouts are applied per request below; awc's 5 s default would cut long answers.
+        .disable_timeout()
+        .disable_redirects()
+        .add_default_header((
+            actix_web::http::header::USER_AGENT,
+            concat!("llm-proxy/", env!("CARGO_PKG_VERSION")),
+        ))
+        .finish()
+}
+
+/// Sends the request and waits for the response headers, at most `wait`.
+pub async fn send(
+    client: &Client,
+    request: UpstreamRequest,
+    wait: Duration,
+) -> Result<ClientResponse, ProxyError> {
+    let mut builder = client
+        .post(request.url)
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
+        .timeout(wait);
+    for header in request.headers {
+        builder = builder.insert_header(header);
+    }
+    builder.send_body(request.body).await.map_err(send_error)
+}
+
+fn send_error(error: SendRequestError) -> ProxyError {
+    match error {
+        SendRequestError::Timeout
+        | SendRequestError::Connect(awc::error::ConnectError::Timeout) => ProxyError::Timeout,
+        other => ProxyError::Unreachable(other.to_string()),
+    }
+}
+
+/// Reads a whole response body, failing past `limit` bytes or after `idle` without a chunk.
+pub async fn read_body(
+    response: &mut ClientResponse,
+    limit: usize,
+    idle: Duration,
+) -> Result<Bytes, ProxyError> {
+    let mut body = BytesMut::new();
+    loop {
+        match timeout(idle, response.next()).await {
+            Err(_) => return Err(ProxyError::Timeout),
+            Ok(None) => return Ok(body.freeze()),
+            Ok(Some(Err(e))) => return Err(ProxyError::Unreachable(e.to_string())),
+            Ok(Some(Ok(chunk))) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(ProxyError::BadUpstreamBody(format!(
+                        "body is larger than MAX_RESPONSE_BYTES ({limit} bytes)"
+                    )));
+                }
+                // The first chunk is often the whole body: keep it without copying.
+                if body.is_empty() {
+                    body = BytesMut::from(chunk);
+                } else {
+                    body.extend_from_slice(&chunk);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a response header is one the caller should see: rate limits and request ids.
+pub fn is_passed_on(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name == "retry-after"
+        || name == "x-request-id"
+        || name == "request-id"
+        || name.starts_with("x-ratelimit-")
+        || name.starts_with("anthropic-ratelimit-")
+}
+
+/// The headers of an upstream response that are passed on to the caller.
+pub fn passed_on_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    headers
+        .iter()
+        .filter(|(name, _)| is_passed_on(name))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
+/// The upstream's body as the caller's stream: every chunk passed on as it arrives, unchanged.
+///
+/// If the upstream fails or goes silent for `idle` after the stream began, one SSE
+/// `event: error` is appended and the stream ends, so the caller never mistakes a cut stream
+/// for a finished one. Dropping the relay (the caller left) drops the upstream connection.
+pub struct Relay {
+    upstream: ClientResponse,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+    provider: &'static str,
+    /// The last two bytes passed on, to end a half-written event before our error event.
+    tail: [u8; 2],
+    done: bool,
+}
+
+impl Relay {
+    pub fn new(upstream: ClientResponse, idle: Duration, provider: &'static str) -> Self {
+        Self {
+            upstream,
+            idle,
+            deadline: Box::pin(sleep(idle)),
+            provider,
+            tail: *b"\n\n",
+            done: false,
+        }
+    }
+
+    fn remember_tail(&mut self, chunk: &[u8]) {
+        match chunk {
+            [] => {}
+            [only] => self.tail = [self.tail[1], *only],
+            [.., a, b] => self.tail = [*a, *b],
+        }
+    }
+
+    fn error_event(&mut self, error: ProxyError) -> Bytes {
+        self.done = true;
+        log::warn!("{} stream cut: {error}", self.provider);
+        let separator: &[u8] = match self.tail {
+            [b'\n', b'\n'] | [b'\r', b'\r'] => b"",
+            [_, b'\n'] | [_, b'\r'] => b"\n",
+            _ => b"\n\n",
+        };
+        let mut event = Vec::with_capacity(256);
+        event.extend_from_slice(separator);
+        event.extend_from_slice(b"event: error\ndata: ");
+        event.extend_from_slice(&error.body(Some(self.provider)));
+        event.extend_from_slice(b"\n\n");
+        Bytes::from(event)
+    }
+}
+
+impl Stream for Relay {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match this.upstream.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.remember_tail(&chunk);
+                let next = Instant::now() + this.idle;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let event = this.error_event(ProxyError::Unreachable(e.to_string()));
+                Poll::Ready(Some(Ok(event)))
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Ok(this.error_event(ProxyError::Timeout)))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+/// A TCP connector that turns Nagle's algorithm off: small SSE writes to and from the upstream
+/// must not wait on delayed ACKs.
+#[derive(Clone)]
+struct NoDelay<S>(S);
+
+type TcpConnection = Connection<Uri, TcpStream>;
+
+impl<S> Service<ConnectInfo<Uri>> for NoDelay<S>
+where
+    S: Service<ConnectInfo<Uri>, Response = TcpConnection, Error = ConnectError>,
+{
+    type Response = TcpConnection;
+    type Error = ConnectError;
+    type Future = MapOk<S::Future, fn(TcpConnection) -> TcpConnection>;
+
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&self, request: ConnectInfo<Uri>) -> Self::Future {
+        self.0.call(request).map_ok(set_nodelay)
+    }
+}
+
+fn set_nodelay(connection: TcpConnection) -> TcpConnection {
+    if let Err(e) = connection.io_ref().set_nodelay(true) {
+        log::debug!("could not set TCP_NODELAY on an upstream connection: {e}");
+    }
+    connection
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_and_request_id_headers_are_passed_on() {
+        for name in [
+            "retry-after",
+            "x-ratelimit-remaining-requests",
+            "anthropic-ratelimit-tokens-reset",
+            "x-request-id",
+            "request-id",
+        ] {
+            assert!(is_passed_on(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in ["set-cookie", "content-length", "openai-organization", "server"] {
+            assert!(!is_passed_on(&HeaderName::from_static(name)), "{name}");
+        }
+    }
+}
