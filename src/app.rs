@@ -35,13 +35,21 @@ pub fn access_log() -> Logger {
         // The model is the caller's text: escape it so it cannot forge log lines.
         field(res, |info| {
             let model = info.model.as_deref()?;
-            Some(model.chars().take(128).flat_map(char::escape_debug).collect())
+            Some(
+                model
+                    .chars()
+                    .take(128)
+                    .flat_map(char::escape_debug)
+                    .collect(),
+            )
         })
     })
     .custom_response_replace("upstream_status", |res| {
         field(res, |info| info.upstream_status.map(|s| s.to_string()))
     })
-    .custom_response_replace("stream", |res| field(res, |info| Some(info.stream.to_string())))
+    .custom_response_replace("stream", |res| {
+        field(res, |info| Some(info.stream.to_string()))
+    })
 }
 
 fn field(res: &ServiceResponse, get: impl Fn(&AccessInfo) -> Option<String>) -> String {

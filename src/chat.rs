@@ -239,7 +239,16 @@ mod tests {
         let names: Vec<_> = request.fields.iter().map(|(k, _)| k.as_ref()).collect();
         assert_eq!(
             names,
-            ["model", "messages", "stream", "max_tokens", "temperature", "top_p", "stop", "seed"]
+            [
+                "model",
+                "messages",
+                "stream",
+                "max_tokens",
+                "temperature",
+                "top_p",
+                "stop",
+                "seed"
+            ]
         );
     }
 
@@ -248,8 +257,8 @@ mod tests {
         let request = parse(&format!(r#"{{"model":"m","messages":{HI}}}"#)).unwrap();
         assert!(matches!(request.model, Cow::Borrowed(_)));
         assert!(matches!(request.messages[0].content, Cow::Borrowed(_)));
-        let escaped = parse(r#"{"model":"m","messages":[{"role":"user","content":"a\nb"}]}"#)
-            .unwrap();
+        let escaped =
+            parse(r#"{"model":"m","messages":[{"role":"user","content":"a\nb"}]}"#).unwrap();
         assert_eq!(escaped.messages[0].content, "a\nb");
     }
 
@@ -276,30 +285,90 @@ mod tests {
         let cases = [
             ("not json", "not valid JSON"),
             ("[1,2]", "must be a JSON object"),
-            (r#"{"messages":[{"role":"user","content":"hi"}]}"#, "`model` is required"),
-            (r#"{"model":null,"messages":[{"role":"user","content":"hi"}]}"#, "`model` is required"),
-            (r#"{"model":"","messages":[{"role":"user","content":"hi"}]}"#, "`model` must be a non-empty string"),
-            (r#"{"model":5,"messages":[{"role":"user","content":"hi"}]}"#, "`model` must be a non-empty string"),
+            (
+                r#"{"messages":[{"role":"user","content":"hi"}]}"#,
+                "`model` is required",
+            ),
+            (
+                r#"{"model":null,"messages":[{"role":"user","content":"hi"}]}"#,
+                "`model` is required",
+            ),
+            (
+                r#"{"model":"","messages":[{"role":"user","content":"hi"}]}"#,
+                "`model` must be a non-empty string",
+            ),
+            (
+                r#"{"model":5,"messages":[{"role":"user","content":"hi"}]}"#,
+                "`model` must be a non-empty string",
+            ),
             (r#"{"model":"m"}"#, "`messages` is required"),
-            (r#"{"model":"m","messages":[]}"#, "`messages` must not be empty"),
-            (r#"{"model":"m","messages":"hi"}"#, "`messages` must be an array"),
-            (r#"{"model":"m","messages":[1]}"#, "`messages[0]` must be an object"),
-            (r#"{"model":"m","messages":[{"content":"hi"}]}"#, "`messages[0].role` is required"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"a"},{"role":"bot","content":"hi"}]}"#, "`messages[1].role` must be one of"),
-            (r#"{"model":"m","messages":[{"role":"user"}]}"#, "`messages[0].content` is required"),
-            (r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}"#, "`messages[0].content` must be a string"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":"yes"}"#, "`stream` must be true or false"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":0}"#, "`max_tokens` must be a positive integer"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":-3}"#, "`max_tokens` must be a positive integer"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":1.5}"#, "`max_tokens` must be a positive integer"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":"hot"}"#, "`temperature` must be a number"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"top_p":[]}"#, "`top_p` must be a number"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":[1]}"#, "`stop` must be a string or an array of strings"),
-            (r#"{"model":"a","model":"b","messages":[{"role":"user","content":"hi"}]}"#, "`model` appears more than once"),
+            (
+                r#"{"model":"m","messages":[]}"#,
+                "`messages` must not be empty",
+            ),
+            (
+                r#"{"model":"m","messages":"hi"}"#,
+                "`messages` must be an array",
+            ),
+            (
+                r#"{"model":"m","messages":[1]}"#,
+                "`messages[0]` must be an object",
+            ),
+            (
+                r#"{"model":"m","messages":[{"content":"hi"}]}"#,
+                "`messages[0].role` is required",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"a"},{"role":"bot","content":"hi"}]}"#,
+                "`messages[1].role` must be one of",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user"}]}"#,
+                "`messages[0].content` is required",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}"#,
+                "`messages[0].content` must be a string",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":"yes"}"#,
+                "`stream` must be true or false",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":0}"#,
+                "`max_tokens` must be a positive integer",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":-3}"#,
+                "`max_tokens` must be a positive integer",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":1.5}"#,
+                "`max_tokens` must be a positive integer",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":"hot"}"#,
+                "`temperature` must be a number",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"top_p":[]}"#,
+                "`top_p` must be a number",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":[1]}"#,
+                "`stop` must be a string or an array of strings",
+            ),
+            (
+                r#"{"model":"a","model":"b","messages":[{"role":"user","content":"hi"}]}"#,
+                "`model` appears more than once",
+            ),
         ];
         for (body, expected) in cases {
             let err = parse(body).unwrap_err();
-            assert!(err.contains(expected), "{body}: got {err:?}, want {expected:?}");
+            assert!(
+                err.contains(expected),
+                "{body}: got {err:?}, want {expected:?}"
+            );
         }
     }
 

@@ -83,7 +83,9 @@ impl Config {
     }
 
     /// Reads the given `NAME=value` pairs; unknown names are ignored.
-    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let env: Env = envy::from_iter(vars).map_err(|e| ConfigError(e.to_string()))?;
         let defaults = Config::default();
         let config = Config {
@@ -100,13 +102,17 @@ impl Config {
                 .http_max_keepalive_connections
                 .unwrap_or(defaults.http_max_keepalive_connections),
             openai_base_url: env.openai_base_url.unwrap_or(defaults.openai_base_url),
-            anthropic_base_url: env.anthropic_base_url.unwrap_or(defaults.anthropic_base_url),
+            anthropic_base_url: env
+                .anthropic_base_url
+                .unwrap_or(defaults.anthropic_base_url),
             anthropic_version: env.anthropic_version.unwrap_or(defaults.anthropic_version),
             anthropic_default_max_tokens: env
                 .anthropic_default_max_tokens
                 .unwrap_or(defaults.anthropic_default_max_tokens),
             max_body_bytes: env.max_body_bytes.unwrap_or(defaults.max_body_bytes),
-            max_response_bytes: env.max_response_bytes.unwrap_or(defaults.max_response_bytes),
+            max_response_bytes: env
+                .max_response_bytes
+                .unwrap_or(defaults.max_response_bytes),
             shutdown_timeout: env
                 .shutdown_timeout_seconds
                 .map_or(defaults.shutdown_timeout, Duration::from_secs),
@@ -121,7 +127,10 @@ impl Config {
             ("WORKERS", self.workers as u64),
             ("HTTP_TIMEOUT_SECONDS", self.http_timeout.as_secs()),
             ("HTTP_MAX_CONNECTIONS", self.http_max_connections as u64),
-            ("ANTHROPIC_DEFAULT_MAX_TOKENS", self.anthropic_default_max_tokens),
+            (
+                "ANTHROPIC_DEFAULT_MAX_TOKENS",
+                self.anthropic_default_max_tokens,
+            ),
             ("MAX_BODY_BYTES", self.max_body_bytes as u64),
             ("MAX_RESPONSE_BYTES", self.max_response_bytes as u64),
         ];
@@ -142,9 +151,7 @@ impl Config {
 /// A base URL must be absolute http(s) with a host; a trailing slash is allowed.
 fn check_base_url(name: &str, value: &str) -> Result<(), ConfigError> {
     let invalid = |why: &str| ConfigError(format!("{name} ({value:?}) {why}"));
-    let uri: awc::http::Uri = value
-        .parse()
-        .map_err(|_| invalid("is not a valid URL"))?;
+    let uri: awc::http::Uri = value.parse().map_err(|_| invalid("is not a valid URL"))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
         _ => return Err(invalid("must start with http:// or https://")),
@@ -242,7 +249,12 @@ mod tests {
 
     #[test]
     fn base_urls_must_be_http_urls() {
-        for bad in ["ftp://example.com", "not a url", "example.com/v1", "http://"] {
+        for bad in [
+            "ftp://example.com",
+            "not a url",
+            "example.com/v1",
+            "http://",
+        ] {
             let err = Config::from_vars(vars(&[("OPENAI_BASE_URL", bad)])).unwrap_err();
             assert!(err.to_string().contains("OPENAI_BASE_URL"), "{bad}: {err}");
         }

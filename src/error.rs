@@ -65,7 +65,9 @@ impl ProxyError {
     pub fn body(&self, provider: Option<&str>) -> Vec<u8> {
         let message = self.to_string();
         let (upstream_status, upstream) = match self {
-            Self::Upstream { status, body, .. } => (Some(status.as_u16()), Some(upstream_body(body))),
+            Self::Upstream { status, body, .. } => {
+                (Some(status.as_u16()), Some(upstream_body(body)))
+            }
             _ => (None, None),
         };
         let body = ErrorBody {
@@ -98,9 +100,9 @@ impl fmt::Display for ProxyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::InvalidRequest(message) => f.write_str(message),
-            Self::MissingKey => f.write_str(
-                "missing API key: send your provider key in the X-API-Key header",
-            ),
+            Self::MissingKey => {
+                f.write_str("missing API key: send your provider key in the X-API-Key header")
+            }
             Self::UnknownProvider { name, known } => {
                 write!(f, "unknown provider {name:?}; known providers: {known}")
             }
@@ -243,11 +245,19 @@ mod tests {
     #[test]
     fn each_error_has_its_status_and_type() {
         let cases = [
-            (ProxyError::InvalidRequest("x".into()), 400, "invalid_request"),
+            (
+                ProxyError::InvalidRequest("x".into()),
+                400,
+                "invalid_request",
+            ),
             (ProxyError::MissingKey, 401, "authentication"),
             (ProxyError::NotFound, 404, "not_found"),
             (ProxyError::MethodNotAllowed, 405, "method_not_allowed"),
-            (ProxyError::PayloadTooLarge { limit: 1 }, 413, "payload_too_large"),
+            (
+                ProxyError::PayloadTooLarge { limit: 1 },
+                413,
+                "payload_too_large",
+            ),
             (ProxyError::BadUpstreamBody("x".into()), 502, "bad_gateway"),
             (ProxyError::Unreachable("x".into()), 502, "bad_gateway"),
             (ProxyError::Timeout, 504, "gateway_timeout"),

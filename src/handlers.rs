@@ -56,11 +56,11 @@ pub async fn chat(
         provider: Some(provider.name()),
         ..AccessInfo::default()
     };
-    let mut response = match exchange(&request, payload, &config, provider, &client, &mut info).await
-    {
-        Ok(response) => response,
-        Err(error) => error.to_response(Some(provider.name())),
-    };
+    let mut response =
+        match exchange(&request, payload, &config, provider, &client, &mut info).await {
+            Ok(response) => response,
+            Err(error) => error.to_response(Some(provider.name())),
+        };
     response.extensions_mut().insert(info);
     response
 }
@@ -91,9 +91,12 @@ async fn exchange(
     let passed_on = upstream::passed_on_headers(upstream.headers());
 
     if !status.is_success() {
-        let body =
-            upstream::read_body(&mut upstream, config.max_response_bytes, config.http_timeout)
-                .await?;
+        let body = upstream::read_body(
+            &mut upstream,
+            config.max_response_bytes,
+            config.http_timeout,
+        )
+        .await?;
         return Err(ProxyError::Upstream {
             status,
             body: redact(body, key.as_bytes()),
@@ -107,17 +110,24 @@ async fn exchange(
     }
     if chat.stream {
         return Ok(response
-            .insert_header((header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")))
+            .insert_header((
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ))
             .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
             .insert_header(("x-accel-buffering", HeaderValue::from_static("no")))
             .streaming(Relay::new(upstream, config.http_timeout, provider.name())));
     }
 
-    let body =
-        upstream::read_body(&mut upstream, config.max_response_bytes, config.http_timeout).await?;
+    let body = upstream::read_body(
+        &mut upstream,
+        config.max_response_bytes,
+        config.http_timeout,
+    )
+    .await?;
     let normalized = provider.translate_response(&body, &chat.model)?;
-    let json = serde_json::to_vec(&normalized)
-        .map_err(|e| ProxyError::BadUpstreamBody(e.to_string()))?;
+    let json =
+        serde_json::to_vec(&normalized).map_err(|e| ProxyError::BadUpstreamBody(e.to_string()))?;
     Ok(response.content_type("application/json").body(json))
 }
 

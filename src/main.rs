@@ -20,12 +20,18 @@ async fn main() -> ExitCode {
     let listener = match TcpListener::bind((config.host.as_str(), config.port)) {
         Ok(listener) => listener,
         Err(e) => {
-            eprintln!("llm-proxy: cannot listen on {}:{}: {e}", config.host, config.port);
+            eprintln!(
+                "llm-proxy: cannot listen on {}:{}: {e}",
+                config.host, config.port
+            );
             return ExitCode::from(1);
         }
     };
     if let Ok(address) = listener.local_addr() {
-        log::info!("listening on http://{address} with {} workers", config.workers);
+        log::info!(
+            "listening on http://{address} with {} workers",
+            config.workers
+        );
     }
     let server = match server::build(config, listener) {
         Ok(server) => server,

@@ -24,6 +24,9 @@ pub fn build(config: Config, listener: TcpListener) -> std::io::Result<Server> {
     .workers(workers)
     // Small SSE writes to the caller must not wait on Nagle's algorithm.
     .tcp_nodelay(true)
+    // A caller that closes its side has left: drop its stream (and so the upstream call) at
+    // once instead of generating tokens nobody will read.
+    .h1_allow_half_closed(false)
     .shutdown_timeout(shutdown_timeout)
     .disable_signals()
     .listen(listener)?
@@ -44,11 +47,8 @@ pub async fn stop_on_signals(server: ServerHandle) {
         log::error!("could not listen for SIGTERM/SIGINT; stop the process with SIGKILL");
         return;
     };
-    let name = futures_util::future::select(
-        Box::pin(terminate.recv()),
-        Box::pin(interrupt.recv()),
-    )
-    .await;
+    let name =
+        futures_util::future::select(Box::pin(terminate.recv()), Box::pin(interrupt.recv())).await;
     let name = match name {
         futures_util::future::Either::Left(_) => "SIGTERM",
         futures_util::future::Either::Right(_) => "SIGINT",

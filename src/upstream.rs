@@ -3,6 +3,7 @@
 use std::{
     convert::Infallible,
     future::Future,
+    io,
     pin::Pin,
     task::{Context, Poll},
     time::Duration,
@@ -14,17 +15,23 @@ use actix_tls::connect::{
 };
 use actix_web::{
     http::{
-        header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE},
-        Uri,
+        header::{
+            HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING,
+        },
+        Uri, Version,
     },
     rt::{
-        net::TcpStream,
+        net::{ActixStream, Ready, TcpStream},
         time::{sleep, timeout, Instant, Sleep},
     },
     web::{Bytes, BytesMut},
 };
-use awc::{error::SendRequestError, Client, ClientResponse, Connector};
-use futures_util::{future::MapOk, Stream, StreamExt, TryFutureExt};
+use awc::{
+    error::{PayloadError, SendRequestError},
+    Client, ClientResponse, Connector,
+};
+use futures_util::{future::MapOk, ready, Stream, StreamExt, TryFutureExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::{config::Config, error::ProxyError, providers::UpstreamRequest};
 
@@ -43,7 +50,9 @@ pub fn client(config: &Config) -> Client {
         KEEP_ALIVE
     };
     let connector = Connector::new()
-        .connector(NoDelay(TcpConnector::new(Resolver::default()).service()))
+        .connector(UpstreamConnector(
+            TcpConnector::new(Resolver::default()).service(),
+        ))
         .timeout(config.http_timeout)
         .handshake_timeout(config.http_timeout)
         .limit(per_worker)
@@ -90,11 +99,13 @@ pub async fn read_body(
     limit: usize,
     idle: Duration,
 ) -> Result<Bytes, ProxyError> {
+    let close_delimited = is_close_delimited(response.version(), response.headers());
     let mut body = BytesMut::new();
     loop {
         match timeout(idle, response.next()).await {
             Err(_) => return Err(ProxyError::Timeout),
             Ok(None) => return Ok(body.freeze()),
+            Ok(Some(Err(e))) if is_normal_end(&e, close_delimited) => return Ok(body.freeze()),
             Ok(Some(Err(e))) => return Err(ProxyError::Unreachable(e.to_string())),
             Ok(Some(Ok(chunk))) => {
                 if body.len() + chunk.len() > limit {
@@ -142,6 +153,7 @@ pub struct Relay {
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
     provider: &'static str,
+    close_delimited: bool,
     /// The last two bytes passed on, to end a half-written event before our error event.
     tail: [u8; 2],
     done: bool,
@@ -150,6 +162,7 @@ pub struct Relay {
 impl Relay {
     pub fn new(upstream: ClientResponse, idle: Duration, provider: &'static str) -> Self {
         Self {
+            close_delimited: is_close_delimited(upstream.version(), upstream.headers()),
             upstream,
             idle,
             deadline: Box::pin(sleep(idle)),
@@ -199,6 +212,10 @@ impl Stream for Relay {
                 this.deadline.as_mut().reset(next);
                 Poll::Ready(Some(Ok(chunk)))
             }
+            Poll::Ready(Some(Err(e))) if is_normal_end(&e, this.close_delimited) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
             Poll::Ready(Some(Err(e))) => {
                 let event = this.error_event(ProxyError::Unreachable(e.to_string()));
                 Poll::Ready(Some(Ok(event)))
@@ -215,35 +232,121 @@ impl Stream for Relay {
     }
 }
 
-/// A TCP connector that turns Nagle's algorithm off: small SSE writes to and from the upstream
-/// must not wait on delayed ACKs.
+/// Connects to upstreams: plain TCP from actix-tls, then [`UpstreamSocket`] on top.
 #[derive(Clone)]
-struct NoDelay<S>(S);
+struct UpstreamConnector<S>(S);
 
-type TcpConnection = Connection<Uri, TcpStream>;
-
-impl<S> Service<ConnectInfo<Uri>> for NoDelay<S>
+impl<S> Service<ConnectInfo<Uri>> for UpstreamConnector<S>
 where
-    S: Service<ConnectInfo<Uri>, Response = TcpConnection, Error = ConnectError>,
+    S: Service<ConnectInfo<Uri>, Response = Connection<Uri, TcpStream>, Error = ConnectError>,
 {
-    type Response = TcpConnection;
+    type Response = Connection<Uri, UpstreamSocket>;
     type Error = ConnectError;
-    type Future = MapOk<S::Future, fn(TcpConnection) -> TcpConnection>;
+    type Future = MapOk<S::Future, fn(Connection<Uri, TcpStream>) -> Self::Response>;
 
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.0.poll_ready(cx)
     }
 
     fn call(&self, request: ConnectInfo<Uri>) -> Self::Future {
-        self.0.call(request).map_ok(set_nodelay)
+        self.0.call(request).map_ok(UpstreamSocket::wrap)
     }
 }
 
-fn set_nodelay(connection: TcpConnection) -> TcpConnection {
-    if let Err(e) = connection.io_ref().set_nodelay(true) {
-        log::debug!("could not set TCP_NODELAY on an upstream connection: {e}");
+/// An upstream TCP socket with two changes:
+///
+/// - `TCP_NODELAY` is on: small SSE writes must not wait on Nagle's algorithm and delayed ACKs.
+/// - End of file is an `UnexpectedEof` error. awc ends a response body as if complete when the
+///   connection closes mid-body, which would pass a cut stream off as a finished one; with this,
+///   a cut body is an error. The rare body that the close itself delimits is told apart by
+///   [`is_close_delimited`].
+#[derive(Debug)]
+pub struct UpstreamSocket(TcpStream);
+
+impl UpstreamSocket {
+    fn wrap(connection: Connection<Uri, TcpStream>) -> Connection<Uri, UpstreamSocket> {
+        let (stream, connection) = connection.replace_io(());
+        if let Err(e) = stream.set_nodelay(true) {
+            log::debug!("could not set TCP_NODELAY on an upstream connection: {e}");
+        }
+        connection.replace_io(UpstreamSocket(stream)).1
     }
-    connection
+}
+
+impl AsyncRead for UpstreamSocket {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.0).poll_read(cx, buf))?;
+        if buf.filled().len() == before && buf.remaining() > 0 {
+            let closed = io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "upstream closed the connection",
+            );
+            return Poll::Ready(Err(closed));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for UpstreamSocket {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl ActixStream for UpstreamSocket {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
+        ActixStream::poll_read_ready(&self.0, cx)
+    }
+
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
+        ActixStream::poll_write_ready(&self.0, cx)
+    }
+}
+
+/// Whether a response body ends when the connection closes (HTTP/1 with neither
+/// `Content-Length` nor chunked encoding): only then is [`UpstreamSocket`]'s end-of-file
+/// error the body's normal end.
+pub fn is_close_delimited(version: Version, headers: &HeaderMap) -> bool {
+    let chunked = headers
+        .get(TRANSFER_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    version < Version::HTTP_2 && !chunked && !headers.contains_key(CONTENT_LENGTH)
+}
+
+/// Whether a body read error is the normal end of a close-delimited body.
+fn is_normal_end(error: &PayloadError, close_delimited: bool) -> bool {
+    close_delimited
+        && matches!(error, PayloadError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof)
 }
 
 #[cfg(test)]
@@ -261,7 +364,12 @@ mod tests {
         ] {
             assert!(is_passed_on(&HeaderName::from_static(name)), "{name}");
         }
-        for name in ["set-cookie", "content-length", "openai-organization", "server"] {
+        for name in [
+            "set-cookie",
+            "content-length",
+            "openai-organization",
+            "server",
+        ] {
             assert!(!is_passed_on(&HeaderName::from_static(name)), "{name}");
         }
     }

@@ -66,7 +66,8 @@ impl ChatProvider for Anthropic {
         body: &'a [u8],
         requested_model: &'a str,
     ) -> Result<ChatResponse<'a>, ProxyError> {
-        let message: MessageResponse = serde_json::from_slice(body).map_err(|e| bad_body(NAME, e))?;
+        let message: MessageResponse =
+            serde_json::from_slice(body).map_err(|e| bad_body(NAME, e))?;
         let mut texts = message
             .content
             .into_iter()
@@ -307,7 +308,8 @@ mod tests {
     #[test]
     fn stop_becomes_stop_sequences() {
         let messages = json!([{"role": "user", "content": "hi"}]);
-        let (_, sent) = translate(json!({"model": "c", "messages": messages, "stop": "END"})).unwrap();
+        let (_, sent) =
+            translate(json!({"model": "c", "messages": messages, "stop": "END"})).unwrap();
         assert_eq!(sent["stop_sequences"], json!(["END"]));
         assert!(sent.get("stop").is_none());
         let (_, sent) =

@@ -98,8 +98,8 @@ fn secret_header(prefix: &str, key: &HeaderValue) -> HeaderValue {
     let mut bytes = Vec::with_capacity(prefix.len() + key.len());
     bytes.extend_from_slice(prefix.as_bytes());
     bytes.extend_from_slice(key.as_bytes());
-    let mut value =
-        HeaderValue::from_bytes(&bytes).expect("a valid header value with an ASCII prefix is valid");
+    let mut value = HeaderValue::from_bytes(&bytes)
+        .expect("a valid header value with an ASCII prefix is valid");
     value.set_sensitive(true);
     value
 }

@@ -52,8 +52,7 @@ impl ChatProvider for OpenAi {
         body: &'a [u8],
         requested_model: &'a str,
     ) -> Result<ChatResponse<'a>, ProxyError> {
-        let completion: Completion =
-            serde_json::from_slice(body).map_err(|e| bad_body(NAME, e))?;
+        let completion: Completion = serde_json::from_slice(body).map_err(|e| bad_body(NAME, e))?;
         let choice = completion
             .choices
             .into_iter()
@@ -172,7 +171,12 @@ mod tests {
 
     #[test]
     fn bodies_without_choices_are_bad_gateway() {
-        for body in [&b"{}"[..], br#"{"choices":[]}"#, b"<html>", br#"{"choices":"no"}"#] {
+        for body in [
+            &b"{}"[..],
+            br#"{"choices":[]}"#,
+            b"<html>",
+            br#"{"choices":"no"}"#,
+        ] {
             let err = provider().translate_response(body, "m").unwrap_err();
             assert!(matches!(err, ProxyError::BadUpstreamBody(_)), "{err:?}");
         }

@@ -1,0 +1,347 @@
+//! Test harness: a recording mock upstream, the proxy on port 0, and a client.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use actix_web::{
+    http::{header::HeaderMap, StatusCode},
+    web::{self, Bytes},
+    App, HttpRequest, HttpResponse, HttpServer,
+};
+use futures_util::Stream;
+use llm_proxy::Config;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+/// One request as the mock upstream received it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("the upstream body is JSON")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+}
+
+/// What the mock answers.
+pub enum Reply {
+    /// A complete response.
+    Full {
+        status: u16,
+        content_type: &'static str,
+        headers: Vec<(&'static str, &'static str)>,
+        body: Bytes,
+    },
+    /// A 200 `text/event-stream` whose chunks the test feeds (see [`feed`]).
+    Stream(FeedBody),
+    /// Never answers.
+    Hang,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: impl Into<Bytes>) -> Self {
+        Reply::Full {
+            status,
+            content_type: "application/json",
+            headers: vec![],
+            body: body.into(),
+        }
+    }
+
+    /// A complete event stream, sent as the given chunks.
+    pub fn sse(chunks: Vec<Bytes>) -> Self {
+        let (feed, body) = feed();
+        for chunk in chunks {
+            feed.send(chunk);
+        }
+        feed.finish();
+        Reply::Stream(body)
+    }
+}
+
+/// A mock upstream on a loopback port. It records every request and answers with `reply`.
+pub struct Mock {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl Mock {
+    pub fn start(reply: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Self {
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let recorded = requests.clone();
+        let reply = Arc::new(reply);
+        let app = move || {
+            let recorded = recorded.clone();
+            let reply = reply.clone();
+            App::new()
+                .app_data(web::PayloadConfig::new(64 << 20))
+                .default_service(web::to(move |req: HttpRequest, body: Bytes| {
+                    let request = Recorded {
+                        path: req.uri().to_string(),
+                        headers: req.headers().clone(),
+                        body,
+                    };
+                    recorded.lock().unwrap().push(request.clone());
+                    let reply = reply(&request);
+                    async move { respond(reply).await }
+                }))
+        };
+        // Its own thread and runtime, like a real upstream. It notices at once when the proxy
+        // closes a connection (no half-closed connections), which the tests rely on.
+        let (started, addr) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                started.send(listener.local_addr().unwrap()).unwrap();
+                HttpServer::new(app)
+                    .workers(1)
+                    .h1_allow_half_closed(false)
+                    .disable_signals()
+                    .listen(listener)
+                    .unwrap()
+                    .run()
+                    .await
+            })
+        });
+        let addr = addr.recv().unwrap();
+        Mock { addr, requests }
+    }
+
+    /// A mock that always answers with a copy of the same complete response.
+    pub fn always(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Self {
+        let body = body.into();
+        Mock::start(move |_| Reply::Full {
+            status,
+            content_type,
+            headers: vec![],
+            body: body.clone(),
+        })
+    }
+
+    /// A mock whose first request gets `body` as its stream.
+    pub fn streaming(body: FeedBody) -> Self {
+        let body = Mutex::new(Some(body));
+        Mock::start(move |_| match body.lock().unwrap().take() {
+            Some(body) => Reply::Stream(body),
+            None => Reply::json(500, r#"{"error":"only one stream per mock"}"#),
+        })
+    }
+
+    /// The base URL the proxy is pointed at, like `http://127.0.0.1:1234/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// The one request the mock received; fails if it got any other number.
+    pub fn only_request(&self) -> Recorded {
+        let requests = self.requests();
+        assert_eq!(requests.len(), 1, "upstream calls: {requests:?}");
+        requests.into_iter().next().unwrap()
+    }
+}
+
+async fn respond(reply: Reply) -> HttpResponse {
+    match reply {
+        Reply::Full {
+            status,
+            content_type,
+            headers,
+            body,
+        } => {
+            let mut response = HttpResponse::build(StatusCode::from_u16(status).unwrap());
+            for header in headers {
+                response.insert_header(header);
+            }
+            response.content_type(content_type).body(body)
+        }
+        Reply::Stream(body) => HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .streaming(body),
+        Reply::Hang => std::future::pending().await,
+    }
+}
+
+/// The test's end of a mock stream: send chunks when the test decides, fail it, finish it,
+/// and learn when the mock's side was dropped (the proxy closed the connection).
+pub struct Feed {
+    chunks: mpsc::UnboundedSender<Result<Bytes, std::io::Error>>,
+    dropped: Option<oneshot::Receiver<()>>,
+}
+
+/// The mock's end: the response body.
+pub struct FeedBody {
+    chunks: mpsc::UnboundedReceiver<Result<Bytes, std::io::Error>>,
+    _dropped: oneshot::Sender<()>,
+}
+
+pub fn feed() -> (Feed, FeedBody) {
+    let (chunks, receiver) = mpsc::unbounded_channel();
+    let (dropped_tx, dropped_rx) = oneshot::channel();
+    (
+        Feed {
+            chunks,
+            dropped: Some(dropped_rx),
+        },
+        FeedBody {
+            chunks: receiver,
+            _dropped: dropped_tx,
+        },
+    )
+}
+
+impl Feed {
+    pub fn send(&self, chunk: impl Into<Bytes>) {
+        // The body may already be gone (the proxy hung up); tests assert on that separately.
+        let _ = self.chunks.send(Ok(chunk.into()));
+    }
+
+    /// Breaks the connection mid-body: the mock's server drops it without a clean end.
+    pub fn fail(&self) {
+        let _ = self
+            .chunks
+            .send(Err(std::io::Error::other("mock upstream failure")));
+    }
+
+    /// Ends the body cleanly.
+    pub fn finish(self) {}
+
+    /// Resolves when the mock's response body has been dropped, within `limit`.
+    pub async fn dropped_within(&mut self, limit: Duration) -> bool {
+        let dropped = self.dropped.take().expect("dropped_within is called once");
+        tokio::time::timeout(limit, dropped).await.is_ok()
+    }
+}
+
+impl Stream for FeedBody {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.chunks.poll_recv(cx)
+    }
+}
+
+/// The proxy, running on a loopback port in this test's runtime.
+pub struct Proxy {
+    pub addr: SocketAddr,
+}
+
+impl Proxy {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+/// Settings that point both providers at `mock`, with one worker and short timeouts.
+pub fn config_for(mock: &Mock) -> Config {
+    config_with_base(&mock.base_url())
+}
+
+pub fn config_with_base(base: &str) -> Config {
+    Config {
+        workers: 1,
+        openai_base_url: base.to_owned(),
+        anthropic_base_url: base.to_owned(),
+        http_timeout: Duration::from_secs(10),
+        ..Config::default()
+    }
+}
+
+pub fn start_proxy(config: Config) -> Proxy {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = llm_proxy::server::build(config, listener).unwrap();
+    actix_web::rt::spawn(server);
+    Proxy { addr }
+}
+
+/// A client with a timeout long enough for any test, so a bug fails a test rather than
+/// hanging it.
+pub fn client() -> awc::Client {
+    awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish()
+}
+
+/// A reply the proxy gave, with its body read whole.
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+}
+
+/// POSTs `body` to `path` with the given key, and reads the whole answer.
+pub async fn post(proxy: &Proxy, path: &str, key: Option<&str>, body: impl Into<Bytes>) -> Answer {
+    let mut request = client().post(proxy.url(path));
+    if let Some(key) = key {
+        request = request.insert_header(("X-API-Key", key));
+    }
+    let mut response = request
+        .insert_header(("Content-Type", "application/json"))
+        .send_body(body.into())
+        .await
+        .expect("the proxy answers");
+    let body = response.body().limit(64 << 20).await.expect("a whole body");
+    Answer {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        body,
+    }
+}
+
+/// POSTs a JSON chat body to `/v1/chat/{provider}` with the key `sk-test-key`.
+pub async fn chat(proxy: &Proxy, provider: &str, body: Value) -> Answer {
+    post(
+        proxy,
+        &format!("/v1/chat/{provider}"),
+        Some(TEST_KEY),
+        body.to_string(),
+    )
+    .await
+}
+
+pub const TEST_KEY: &str = "sk-test-key-0123456789";
+
+/// A fixture file's bytes, from `tests/fixtures`.
+pub fn fixture(path: &str) -> Bytes {
+    let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+    Bytes::from(std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}")))
+}
+
+/// Splits bytes into chunks at the given offsets: for sending one stream in awkward pieces.
+pub fn split_at(bytes: &Bytes, offsets: &[usize]) -> Vec<Bytes> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    for &offset in offsets.iter().chain(std::iter::once(&bytes.len())) {
+        chunks.push(bytes.slice(start..offset));
+        start = offset;
+    }
+    chunks
+}

@@ -1,0 +1,9 @@
+//! The one integration test binary: the proxy on a loopback port in front of mock upstreams
+//! that speak each provider's documented wire format.
+
+mod anthropic;
+mod common;
+mod errors;
+mod openai;
+mod process;
+mod streaming;
