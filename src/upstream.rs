@@ -15,9 +15,7 @@ use actix_tls::connect::{
 };
 use actix_web::{
     http::{
-        header::{
-            HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING,
-        },
+        header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE},
         Uri, Version,
     },
     rt::{
@@ -106,7 +104,7 @@ pub async fn read_body(
             Err(_) => return Err(ProxyError::Timeout),
             Ok(None) => return Ok(body.freeze()),
             Ok(Some(Err(e))) if is_normal_end(&e, close_delimited) => return Ok(body.freeze()),
-            Ok(Some(Err(e))) => return Err(ProxyError::Unreachable(e.to_string())),
+            Ok(Some(Err(e))) => return Err(body_error(e)),
             Ok(Some(Ok(chunk))) => {
                 if body.len() + chunk.len() > limit {
                     return Err(ProxyError::BadUpstreamBody(format!(
@@ -183,13 +181,8 @@ impl Relay {
     fn error_event(&mut self, error: ProxyError) -> Bytes {
         self.done = true;
         log::warn!("{} stream cut: {error}", self.provider);
-        let separator: &[u8] = match self.tail {
-            [b'\n', b'\n'] | [b'\r', b'\r'] => b"",
-            [_, b'\n'] | [_, b'\r'] => b"\n",
-            _ => b"\n\n",
-        };
         let mut event = Vec::with_capacity(256);
-        event.extend_from_slice(separator);
+        event.extend_from_slice(separator_after(self.tail));
         event.extend_from_slice(b"event: error\ndata: ");
         event.extend_from_slice(&error.body(Some(self.provider)));
         event.extend_from_slice(b"\n\n");
@@ -217,7 +210,7 @@ impl Stream for Relay {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
-                let event = this.error_event(ProxyError::Unreachable(e.to_string()));
+                let event = this.error_event(body_error(e));
                 Poll::Ready(Some(Ok(event)))
             }
             Poll::Ready(None) => {
@@ -229,6 +222,16 @@ impl Stream for Relay {
                 Poll::Pending => Poll::Pending,
             },
         }
+    }
+}
+
+/// What must come between the bytes passed on (ending in `tail`) and an event of ours, so that
+/// ours starts after a blank line: a half-written event is ended rather than extended.
+fn separator_after(tail: [u8; 2]) -> &'static [u8] {
+    match tail {
+        [b'\n', b'\n'] | [b'\r', b'\r'] => b"",
+        [_, b'\n'] | [_, b'\r'] => b"\n",
+        _ => b"\n\n",
     }
 }
 
@@ -258,8 +261,8 @@ where
 /// - `TCP_NODELAY` is on: small SSE writes must not wait on Nagle's algorithm and delayed ACKs.
 /// - End of file is an `UnexpectedEof` error. awc ends a response body as if complete when the
 ///   connection closes mid-body, which would pass a cut stream off as a finished one; with this,
-///   a cut body is an error. The rare body that the close itself delimits is told apart by
-///   [`is_close_delimited`].
+///   a cut body is an error. The rare body that the close itself delimits (HTTP/1.0) is told
+///   apart by [`is_close_delimited`].
 #[derive(Debug)]
 pub struct UpstreamSocket(TcpStream);
 
@@ -332,26 +335,58 @@ impl ActixStream for UpstreamSocket {
     }
 }
 
-/// Whether a response body ends when the connection closes (HTTP/1 with neither
-/// `Content-Length` nor chunked encoding): only then is [`UpstreamSocket`]'s end-of-file
-/// error the body's normal end.
+/// Whether a response body ends when the connection closes: HTTP/1.0 without
+/// `Content-Length`. Only then is [`UpstreamSocket`]'s end-of-file error the body's normal end.
+/// (awc reads an HTTP/1.1 body with neither length nor chunking as empty.)
 pub fn is_close_delimited(version: Version, headers: &HeaderMap) -> bool {
-    let chunked = headers
-        .get(TRANSFER_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-    version < Version::HTTP_2 && !chunked && !headers.contains_key(CONTENT_LENGTH)
+    version == Version::HTTP_10 && !headers.contains_key(CONTENT_LENGTH)
 }
 
 /// Whether a body read error is the normal end of a close-delimited body.
 fn is_normal_end(error: &PayloadError, close_delimited: bool) -> bool {
-    close_delimited
-        && matches!(error, PayloadError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof)
+    close_delimited && is_closed(error)
+}
+
+/// Whether a body read error is the connection closing (see [`UpstreamSocket`]).
+fn is_closed(error: &PayloadError) -> bool {
+    match error {
+        PayloadError::Io(e) | PayloadError::Incomplete(Some(e)) => {
+            e.kind() == io::ErrorKind::UnexpectedEof
+        }
+        _ => false,
+    }
+}
+
+/// The error for a body that failed part way.
+fn body_error(error: PayloadError) -> ProxyError {
+    if is_closed(&error) {
+        ProxyError::Unreachable("the connection closed before the response was complete".into())
+    } else {
+        ProxyError::Unreachable(format!("the response broke off: {error}"))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn our_error_event_always_starts_after_a_blank_line() {
+        assert_eq!(separator_after(*b"\n\n"), b"");
+        assert_eq!(separator_after(*b"\r\r"), b"");
+        assert_eq!(separator_after(*b"}\n"), b"\n");
+        assert_eq!(separator_after(*b"\n\r"), b"\n");
+        assert_eq!(separator_after(*b"ab"), b"\n\n");
+    }
+
+    #[test]
+    fn only_http_1_0_bodies_without_a_length_end_at_the_close() {
+        let mut headers = HeaderMap::new();
+        assert!(is_close_delimited(Version::HTTP_10, &headers));
+        assert!(!is_close_delimited(Version::HTTP_11, &headers));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert!(!is_close_delimited(Version::HTTP_10, &headers));
+    }
 
     #[test]
     fn rate_limit_and_request_id_headers_are_passed_on() {

@@ -139,10 +139,11 @@ fn translate_body(request: &ChatRequest<'_>, default_max_tokens: u64) -> Result<
                 let max_tokens = request.max_tokens.unwrap_or(default_max_tokens);
                 object.field("max_tokens", &max_tokens)?
             }
-            "stop" => match &request.stop {
-                Some(stop) => object.field("stop_sequences", stop)?,
-                None => {}
-            },
+            "stop" => {
+                if let Some(stop) = &request.stop {
+                    object.field("stop_sequences", stop)?
+                }
+            }
             // Known optional fields sent as null are absent; Anthropic rejects the nulls.
             "stream" | "temperature" | "top_p" if value.get() == "null" => {}
             _ => object.field(name, value)?,

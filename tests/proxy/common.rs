@@ -22,6 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Clone, Debug)]
 pub struct Recorded {
     pub path: String,
+    /// The proxy's side of the connection: equal for requests on one pooled connection.
+    pub peer: Option<SocketAddr>,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -91,6 +93,7 @@ impl Mock {
                 .default_service(web::to(move |req: HttpRequest, body: Bytes| {
                     let request = Recorded {
                         path: req.uri().to_string(),
+                        peer: req.peer_addr(),
                         headers: req.headers().clone(),
                         body,
                     };
@@ -344,4 +347,43 @@ pub fn split_at(bytes: &Bytes, offsets: &[usize]) -> Vec<Bytes> {
         start = offset;
     }
     chunks
+}
+
+/// An upstream that speaks raw bytes: for each connection it reads one request, writes
+/// `response` as given, and closes. For framing the mock server would never produce.
+pub fn raw_upstream(response: &'static [u8]) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse().unwrap();
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = stream.write_all(response);
+        }
+    });
+    format!("http://{addr}/v1")
+}
+
+/// A loopback address where nothing listens: connecting is refused.
+pub fn refused_base_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}/v1")
 }

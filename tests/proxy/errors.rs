@@ -1,1 +1,352 @@
-//! Errors.
+//! Errors: the caller's mistakes (4xx, checked in order, before any upstream call), the
+//! upstream's answers (its status and body), and the upstream unreachable (502) or silent (504).
+
+use std::time::Duration;
+
+use actix_web::web::Bytes;
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+fn hi(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+fn assert_error(answer: &Answer, status: u16, kind: &str, provider: Value) -> Value {
+    assert_eq!(answer.status, status, "{:?}", answer.body);
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    let body = answer.json();
+    assert_eq!(body["error"]["type"], kind, "{body}");
+    assert_eq!(body["error"]["provider"], provider, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+    assert!(!String::from_utf8_lossy(&answer.body).contains(TEST_KEY));
+    body
+}
+
+#[actix_web::test]
+async fn healthz_answers_ok() {
+    let proxy = start_proxy(config_with_base(&refused_base_url()));
+    let answer = client()
+        .get(proxy.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await;
+    assert_eq!(answer.unwrap(), json!({"status": "ok"}));
+}
+
+#[actix_web::test]
+async fn an_unknown_provider_is_404_naming_the_known_ones_and_calls_nothing() {
+    let mock = Mock::always(200, "application/json", fixture("openai/completion.json"));
+    let proxy = start_proxy(config_for(&mock));
+    let answer = chat(&proxy, "mistery", hi("m")).await;
+    let body = assert_error(&answer, 404, "not_found", Value::Null);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("mistery") && message.contains("anthropic, openai"),
+        "{message}"
+    );
+    assert!(mock.requests().is_empty());
+}
+
+#[actix_web::test]
+async fn a_missing_or_empty_key_is_401_and_calls_nothing() {
+    let mock = Mock::always(200, "application/json", fixture("openai/completion.json"));
+    let proxy = start_proxy(config_for(&mock));
+    let missing = post(&proxy, "/v1/chat/openai", None, hi("m").to_string()).await;
+    assert_error(&missing, 401, "authentication", json!("openai"));
+    let empty = post(&proxy, "/v1/chat/anthropic", Some(""), hi("m").to_string()).await;
+    assert_error(&empty, 401, "authentication", json!("anthropic"));
+    let blank = post(&proxy, "/v1/chat/openai", Some("   "), hi("m").to_string()).await;
+    assert_error(&blank, 401, "authentication", json!("openai"));
+    assert!(mock.requests().is_empty());
+}
+
+#[actix_web::test]
+async fn checks_run_in_order_provider_key_size_shape() {
+    let proxy = start_proxy(llm_proxy::Config {
+        max_body_bytes: 100,
+        ..config_with_base(&refused_base_url())
+    });
+    let too_large_and_invalid = "x".repeat(200);
+    // Unknown provider beats a missing key.
+    let answer = post(&proxy, "/v1/chat/nope", None, too_large_and_invalid.clone()).await;
+    assert_eq!(answer.status, 404);
+    // A missing key beats a body that is too large.
+    let answer = post(
+        &proxy,
+        "/v1/chat/openai",
+        None,
+        too_large_and_invalid.clone(),
+    )
+    .await;
+    assert_eq!(answer.status, 401);
+    // A body that is too large beats one that is invalid.
+    let answer = post(
+        &proxy,
+        "/v1/chat/openai",
+        Some(TEST_KEY),
+        too_large_and_invalid,
+    )
+    .await;
+    assert_error(&answer, 413, "payload_too_large", json!("openai"));
+    let answer = post(&proxy, "/v1/chat/openai", Some(TEST_KEY), "x").await;
+    assert_error(&answer, 400, "invalid_request", json!("openai"));
+}
+
+#[actix_web::test]
+async fn a_body_over_the_limit_is_413_even_without_a_content_length() {
+    let mock = Mock::always(200, "application/json", fixture("openai/completion.json"));
+    let proxy = start_proxy(llm_proxy::Config {
+        max_body_bytes: 1000,
+        ..config_for(&mock)
+    });
+    let big = json!({"model": "m", "messages": [{"role": "user", "content": "y".repeat(2000)}]});
+    let chunks = futures_util::stream::iter(
+        split_at(&Bytes::from(big.to_string()), &[500, 1000, 1500])
+            .into_iter()
+            .map(Ok::<_, std::io::Error>),
+    );
+    let mut response = client()
+        .post(proxy.url("/v1/chat/openai"))
+        .insert_header(("X-API-Key", TEST_KEY))
+        .send_stream(chunks)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "payload_too_large");
+    assert!(mock.requests().is_empty());
+}
+
+#[actix_web::test]
+async fn bad_bodies_are_400_naming_the_field() {
+    let mock = Mock::always(200, "application/json", fixture("openai/completion.json"));
+    let proxy = start_proxy(config_for(&mock));
+    let cases = [
+        ("{", "not valid JSON"),
+        (
+            r#"{"messages":[{"role":"user","content":"hi"}]}"#,
+            "`model`",
+        ),
+        (r#"{"model":"m","messages":[]}"#, "`messages`"),
+        (
+            r#"{"model":"m","messages":[{"role":"robot","content":"hi"}]}"#,
+            "`messages[0].role`",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}"#,
+            "`messages[0].content`",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":0}"#,
+            "`max_tokens`",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":"yes"}"#,
+            "`stream`",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":5}"#,
+            "`stop`",
+        ),
+    ];
+    for (body, field) in cases {
+        let answer = post(&proxy, "/v1/chat/openai", Some(TEST_KEY), body).await;
+        let error = assert_error(&answer, 400, "invalid_request", json!("openai"));
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(field), "{body}: {message}");
+    }
+    assert!(mock.requests().is_empty());
+}
+
+#[actix_web::test]
+async fn unknown_routes_and_wrong_methods_get_json_errors() {
+    let proxy = start_proxy(config_with_base(&refused_base_url()));
+    let answer = post(&proxy, "/v2/nothing", Some(TEST_KEY), "{}").await;
+    assert_error(&answer, 404, "not_found", Value::Null);
+    let mut response = client()
+        .get(proxy.url("/v1/chat/openai"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "method_not_allowed");
+    let response = client().post(proxy.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+}
+
+#[actix_web::test]
+async fn an_upstream_429_keeps_its_status_body_and_rate_limit_headers() {
+    let mock = Mock::start(|_| {
+        Reply::Full {
+        status: 429,
+        content_type: "application/json",
+        headers: vec![
+            ("retry-after", "20"),
+            ("x-ratelimit-remaining-tokens", "0"),
+            ("anthropic-ratelimit-requests-reset", "2026-11-22T04:00:00Z"),
+            ("request-id", "req_abc"),
+        ],
+        body: Bytes::from_static(
+            br#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of requests has exceeded your rate limit"}}"#,
+        ),
+    }
+    });
+    let proxy = start_proxy(config_for(&mock));
+    let answer = chat(&proxy, "anthropic", hi("c")).await;
+    let body = assert_error(&answer, 429, "upstream_error", json!("anthropic"));
+    assert_eq!(body["error"]["upstream_status"], 429);
+    assert_eq!(
+        body["error"]["upstream"]["error"]["type"],
+        "rate_limit_error"
+    );
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("exceeded your rate limit"));
+    assert_eq!(answer.header("retry-after"), Some("20"));
+    assert_eq!(answer.header("x-ratelimit-remaining-tokens"), Some("0"));
+    assert_eq!(
+        answer.header("anthropic-ratelimit-requests-reset"),
+        Some("2026-11-22T04:00:00Z")
+    );
+    assert_eq!(answer.header("request-id"), Some("req_abc"));
+}
+
+#[actix_web::test]
+async fn an_upstream_529_with_a_text_body_is_passed_on_as_text() {
+    let mock = Mock::always(529, "text/plain", "Overloaded");
+    let proxy = start_proxy(config_for(&mock));
+    let answer = chat(&proxy, "anthropic", hi("c")).await;
+    let body = assert_error(&answer, 529, "upstream_error", json!("anthropic"));
+    assert_eq!(body["error"]["upstream"], "Overloaded");
+}
+
+#[actix_web::test]
+async fn an_upstream_error_that_quotes_the_key_has_it_masked() {
+    let quoted = format!(
+        r#"{{"error":{{"message":"Incorrect API key provided: {TEST_KEY}.","type":"invalid_request_error","code":"invalid_api_key"}}}}"#
+    );
+    let mock = Mock::always(401, "application/json", quoted);
+    let proxy = start_proxy(config_for(&mock));
+    let answer = chat(&proxy, "openai", hi("m")).await;
+    let body = assert_error(&answer, 401, "upstream_error", json!("openai"));
+    assert_eq!(
+        body["error"]["upstream"]["error"]["message"],
+        "Incorrect API key provided: [redacted]."
+    );
+}
+
+#[actix_web::test]
+async fn a_refused_connection_is_502() {
+    let proxy = start_proxy(config_with_base(&refused_base_url()));
+    let answer = chat(&proxy, "openai", hi("m")).await;
+    let body = assert_error(&answer, 502, "bad_gateway", json!("openai"));
+    assert!(body["error"].get("upstream_status").is_none());
+}
+
+#[actix_web::test]
+async fn an_upstream_that_never_answers_is_504() {
+    let mock = Mock::start(|_| Reply::Hang);
+    let proxy = start_proxy(llm_proxy::Config {
+        http_timeout: Duration::from_millis(300),
+        ..config_for(&mock)
+    });
+    let answer = chat(&proxy, "anthropic", hi("c")).await;
+    assert_error(&answer, 504, "gateway_timeout", json!("anthropic"));
+    let stream =
+        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let answer = chat(&proxy, "openai", stream).await;
+    assert_error(&answer, 504, "gateway_timeout", json!("openai"));
+}
+
+#[actix_web::test]
+async fn a_2xx_body_that_is_not_the_documented_shape_is_502() {
+    for (content_type, body) in [
+        ("text/html", "<html>maintenance</html>"),
+        ("application/json", r#"{"object":"chat.completion"}"#),
+        ("application/json", r#"{"choices":[]}"#),
+    ] {
+        let mock = Mock::always(200, content_type, body);
+        let proxy = start_proxy(config_for(&mock));
+        let answer = chat(&proxy, "openai", hi("m")).await;
+        assert_error(&answer, 502, "bad_gateway", json!("openai"));
+    }
+    let mock = Mock::always(200, "application/json", r#"{"type":"message"}"#);
+    let proxy = start_proxy(config_for(&mock));
+    let answer = chat(&proxy, "anthropic", hi("c")).await;
+    assert_error(&answer, 502, "bad_gateway", json!("anthropic"));
+}
+
+#[actix_web::test]
+async fn an_upstream_body_over_max_response_bytes_is_502() {
+    let mock = Mock::always(200, "application/json", fixture("openai/completion.json"));
+    let proxy = start_proxy(llm_proxy::Config {
+        max_response_bytes: 100,
+        ..config_for(&mock)
+    });
+    let answer = chat(&proxy, "openai", hi("m")).await;
+    let body = assert_error(&answer, 502, "bad_gateway", json!("openai"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("MAX_RESPONSE_BYTES"));
+}
+
+#[actix_web::test]
+async fn a_body_cut_short_of_its_content_length_is_502() {
+    let base = raw_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n{\"choices\":[",
+    );
+    let proxy = start_proxy(config_with_base(&base));
+    let answer = chat(&proxy, "openai", hi("m")).await;
+    assert_error(&answer, 502, "bad_gateway", json!("openai"));
+}
+
+#[actix_web::test]
+async fn an_http_1_0_body_delimited_by_the_connection_closing_is_complete() {
+    let base = raw_upstream(
+        b"HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{\"model\":\"m-1\",\"choices\":[{\"message\":{\"content\":\"closed\"},\"finish_reason\":\"stop\"}]}",
+    );
+    let proxy = start_proxy(config_with_base(&base));
+    let answer = chat(&proxy, "openai", hi("m")).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.json()["content"], "closed");
+
+    let stream =
+        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let base = raw_upstream(
+        b"HTTP/1.0 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: {}\n\ndata: [DONE]\n\n",
+    );
+    let proxy = start_proxy(config_with_base(&base));
+    let answer = chat(&proxy, "openai", stream).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, "data: {}\n\ndata: [DONE]\n\n");
+}
+
+#[actix_web::test]
+async fn a_chunked_stream_cut_between_chunks_ends_with_an_error_event() {
+    // Two whole chunks, then the connection closes without the terminating zero-size chunk.
+    let base = raw_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
+          a\r\ndata: {}\n\n\r\n",
+    );
+    let proxy = start_proxy(config_with_base(&base));
+    let stream =
+        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let answer = chat(&proxy, "openai", stream).await;
+    assert_eq!(answer.status, 200);
+    let text = String::from_utf8(answer.body.to_vec()).unwrap();
+    assert!(
+        text.starts_with("data: {}\n\nevent: error\ndata: "),
+        "{text:?}"
+    );
+    let data: Value =
+        serde_json::from_str(text["data: {}\n\nevent: error\ndata: ".len()..].trim_end()).unwrap();
+    assert_eq!(data["error"]["type"], "bad_gateway");
+}

@@ -1,1 +1,194 @@
-//! The binary.
+//! The `llm-proxy` binary as a process: configuration errors, the access log, graceful stop.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc::{self, Receiver},
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use serde_json::json;
+
+use crate::common::*;
+
+/// The binary, started with only the given variables (no `.env`: it runs in a temp dir).
+struct Process {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Process {
+    fn start(vars: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_llm-proxy"));
+        command
+            .env_clear()
+            .current_dir(std::env::temp_dir())
+            .env("RUST_LOG", "info")
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("WORKERS", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (name, value) in vars {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("the binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Process {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line containing `text`, and returns it.
+    fn wait_for_line(&mut self, text: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("no line with {text:?} in {:#?}", self.seen));
+            self.seen.push(line.clone());
+            if line.contains(text) {
+                return line;
+            }
+        }
+    }
+
+    /// The address from the "listening on" line.
+    fn address(&mut self) -> String {
+        let line = self.wait_for_line("listening on http://");
+        let at = line.find("http://").unwrap();
+        line[at..].split_whitespace().next().unwrap().to_owned()
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([name, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    fn exit_within(mut self, limit: Duration) -> (ExitStatus, Vec<String>) {
+        let (send, exited) = mpsc::channel();
+        let mut child = self.child;
+        std::thread::spawn(move || send.send(child.wait().unwrap()));
+        let status = exited
+            .recv_timeout(limit)
+            .expect("the process exits in time");
+        self.seen.extend(self.lines.try_iter());
+        // The reader thread may still be draining; take what is left once it ends.
+        self.seen.extend(self.lines.iter());
+        (status, self.seen)
+    }
+}
+
+#[test]
+fn an_invalid_variable_stops_the_process_naming_it() {
+    for (name, value) in [
+        ("PORT", "eighty"),
+        ("HTTP_TIMEOUT_SECONDS", "0"),
+        ("OPENAI_BASE_URL", "ftp://example.com"),
+        ("MAX_BODY_BYTES", "-1"),
+    ] {
+        let process = Process::start(&[(name, value)]);
+        let (status, lines) = process.exit_within(Duration::from_secs(20));
+        assert_eq!(status.code(), Some(2), "{name}={value}: {lines:?}");
+        assert!(
+            lines.iter().any(|l| l.contains(name)),
+            "{name}={value}: {lines:?}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn the_access_log_has_one_line_per_request_and_no_key_or_content() {
+    let mock = Mock::always(200, "application/json", fixture("openai/completion.json"));
+    let mut process = Process::start(&[("OPENAI_BASE_URL", &mock.base_url())]);
+    let base = process.address();
+    let secret_content = "my secret question";
+    let response = client()
+        .post(format!("{base}/v1/chat/openai"))
+        .insert_header(("X-API-Key", TEST_KEY))
+        .send_body(json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": secret_content}]}).to_string())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let line = process.wait_for_line("/v1/chat/openai");
+    for field in [
+        "POST /v1/chat/openai",
+        "provider=openai",
+        "model=gpt-4o-mini",
+        "status=200",
+        "upstream_status=200",
+        "stream=false",
+        "duration_ms=",
+    ] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
+    process.signal("-TERM");
+    let (status, lines) = process.exit_within(Duration::from_secs(20));
+    assert!(status.success());
+    for line in &lines {
+        assert!(!line.contains(TEST_KEY), "the key leaked: {line}");
+        assert!(!line.contains(secret_content), "content leaked: {line}");
+    }
+}
+
+/// A stream in flight when the signal comes is finished, then the process exits 0.
+async fn a_signal_lets_a_stream_in_flight_finish(signal: &str, name: &str) {
+    let (feed, body) = feed();
+    let mock = Mock::streaming(body);
+    let mut process = Process::start(&[
+        ("OPENAI_BASE_URL", &mock.base_url()),
+        ("SHUTDOWN_TIMEOUT_SECONDS", "15"),
+    ]);
+    let base = process.address();
+    feed.send("data: {\"n\":1}\n\n");
+    let mut response = client()
+        .post(format!("{base}/v1/chat/openai"))
+        .insert_header(("X-API-Key", TEST_KEY))
+        .send_body(r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        response.next().await.unwrap().unwrap(),
+        "data: {\"n\":1}\n\n"
+    );
+
+    process.signal(signal);
+    process.wait_for_line(&format!("{name} received"));
+    feed.send("data: [DONE]\n\n");
+    feed.finish();
+    let mut rest = Vec::new();
+    while let Some(chunk) = response.next().await {
+        rest.extend_from_slice(&chunk.expect("the stream finishes cleanly"));
+    }
+    assert_eq!(rest, b"data: [DONE]\n\n");
+    drop(response);
+
+    let (status, lines) = process.exit_within(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{lines:#?}");
+}
+
+#[actix_web::test]
+async fn sigterm_lets_a_stream_in_flight_finish_then_exits_zero() {
+    a_signal_lets_a_stream_in_flight_finish("-TERM", "SIGTERM").await;
+}
+
+#[actix_web::test]
+async fn sigint_lets_a_stream_in_flight_finish_then_exits_zero() {
+    a_signal_lets_a_stream_in_flight_finish("-INT", "SIGINT").await;
+}
