@@ -98,25 +98,28 @@ pub async fn read_body(
     idle: Duration,
 ) -> Result<Bytes, ProxyError> {
     let close_delimited = is_close_delimited(response.version(), response.headers());
-    let mut body = BytesMut::new();
+    // The first chunk is often the whole body: keep it as it is, copy only when a second comes.
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    let mut length = 0;
     loop {
-        match timeout(idle, response.next()).await {
+        let chunk = match timeout(idle, response.next()).await {
             Err(_) => return Err(ProxyError::Timeout),
-            Ok(None) => return Ok(body.freeze()),
-            Ok(Some(Err(e))) if is_normal_end(&e, close_delimited) => return Ok(body.freeze()),
-            Ok(Some(Err(e))) => return Err(body_error(e)),
-            Ok(Some(Ok(chunk))) => {
-                if body.len() + chunk.len() > limit {
-                    return Err(ProxyError::BadUpstreamBody(format!(
-                        "body is larger than MAX_RESPONSE_BYTES ({limit} bytes)"
-                    )));
-                }
-                // The first chunk is often the whole body: keep it without copying.
-                if body.is_empty() {
-                    body = BytesMut::from(chunk);
-                } else {
-                    body.extend_from_slice(&chunk);
-                }
+            Ok(Some(Ok(chunk))) => chunk,
+            Ok(Some(Err(e))) if !is_normal_end(&e, close_delimited) => return Err(body_error(e)),
+            Ok(None | Some(Err(_))) => return Ok(first.unwrap_or_else(|| joined.freeze())),
+        };
+        length += chunk.len();
+        if length > limit {
+            return Err(ProxyError::BadUpstreamBody(format!(
+                "body is larger than MAX_RESPONSE_BYTES ({limit} bytes)"
+            )));
+        }
+        match first.take() {
+            None if joined.is_empty() => first = Some(chunk),
+            previous => {
+                joined.extend_from_slice(&previous.unwrap_or_default());
+                joined.extend_from_slice(&chunk);
             }
         }
     }
@@ -369,6 +372,17 @@ fn body_error(error: PayloadError) -> ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[actix_web::test]
+    async fn upstream_sockets_have_nagle_off() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let uri: Uri = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let connector = UpstreamConnector(TcpConnector::new(Resolver::default()).service());
+        let connection = connector.call(ConnectInfo::new(uri)).await.unwrap();
+        assert!(connection.io_ref().0.nodelay().unwrap());
+    }
 
     #[test]
     fn our_error_event_always_starts_after_a_blank_line() {
