@@ -6,8 +6,14 @@ use llm_proxy::{server, Config};
 
 #[actix_web::main]
 async fn main() -> ExitCode {
-    // A missing .env is normal; the environment alone is a complete configuration.
-    let _ = dotenvy::dotenv();
+    // A missing .env is normal (the environment alone is a complete configuration); a broken
+    // one must not be half-read in silence.
+    if let Err(e) = dotenvy::dotenv() {
+        if !e.not_found() {
+            eprintln!("llm-proxy: invalid .env: {e}");
+            return ExitCode::from(2);
+        }
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
     let config = match Config::from_env() {

@@ -34,11 +34,13 @@ pub fn build(config: Config, listener: TcpListener) -> std::io::Result<Server> {
     Ok(server)
 }
 
-/// Waits for SIGTERM or SIGINT, then stops the server gracefully: it stops accepting, gives
-/// in-flight requests and streams up to `SHUTDOWN_TIMEOUT_SECONDS`, then returns. (actix's own
-/// handler treats SIGINT as a forced stop.)
+/// Waits for SIGTERM or SIGINT, then stops the server gracefully: it stops accepting and gives
+/// in-flight requests and streams up to `SHUTDOWN_TIMEOUT_SECONDS`. A second signal ends the
+/// process at once, with the shell's 128 + signal number. (actix's own handler treats SIGINT as
+/// a forced stop.)
 pub async fn stop_on_signals(server: ServerHandle) {
     use actix_web::rt::signal::unix::{signal, SignalKind};
+    use futures_util::future::{select, Either};
 
     let (Ok(mut terminate), Ok(mut interrupt)) = (
         signal(SignalKind::terminate()),
@@ -47,12 +49,21 @@ pub async fn stop_on_signals(server: ServerHandle) {
         log::error!("could not listen for SIGTERM/SIGINT; stop the process with SIGKILL");
         return;
     };
-    let name =
-        futures_util::future::select(Box::pin(terminate.recv()), Box::pin(interrupt.recv())).await;
-    let name = match name {
-        futures_util::future::Either::Left(_) => "SIGTERM",
-        futures_util::future::Either::Right(_) => "SIGINT",
-    };
-    log::info!("{name} received: finishing in-flight requests, then stopping");
-    server.stop(true).await;
+    let mut graceful = true;
+    loop {
+        let (name, number) =
+            match select(Box::pin(terminate.recv()), Box::pin(interrupt.recv())).await {
+                Either::Left(_) => ("SIGTERM", 15),
+                Either::Right(_) => ("SIGINT", 2),
+            };
+        if graceful {
+            log::info!("{name} received: finishing in-flight requests, then stopping");
+            actix_web::rt::spawn(server.clone().stop(true));
+            graceful = false;
+        } else {
+            // actix finishes a graceful stop before it looks at another stop command.
+            log::warn!("{name} received again: exiting now");
+            std::process::exit(128 + number);
+        }
+    }
 }

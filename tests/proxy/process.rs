@@ -3,7 +3,10 @@
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc::{self, Receiver},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc::{self, Receiver},
+    },
     time::Duration,
 };
 
@@ -21,10 +24,25 @@ struct Process {
 
 impl Process {
     fn start(vars: &[(&str, &str)]) -> Self {
+        Self::start_with_dotenv(vars, None)
+    }
+
+    /// Starts the binary in a fresh directory of its own, holding `dotenv` as `.env` if given.
+    fn start_with_dotenv(vars: &[(&str, &str)], dotenv: Option<&str>) -> Self {
+        static RUNS: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "llm-proxy-test-{}-{}",
+            std::process::id(),
+            RUNS.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        if let Some(dotenv) = dotenv {
+            std::fs::write(dir.join(".env"), dotenv).unwrap();
+        }
         let mut command = Command::new(env!("CARGO_BIN_EXE_llm-proxy"));
         command
             .env_clear()
-            .current_dir(std::env::temp_dir())
+            .current_dir(&dir)
             .env("RUST_LOG", "info")
             .env("HOST", "127.0.0.1")
             .env("PORT", "0")
@@ -113,6 +131,32 @@ fn an_invalid_variable_stops_the_process_naming_it() {
     }
 }
 
+#[test]
+fn a_malformed_dotenv_stops_the_process() {
+    let process = Process::start_with_dotenv(&[], Some("PORT=8000\nTHIS LINE IS NOT A VARIABLE\n"));
+    let (status, lines) = process.exit_within(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(2), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains(".env")), "{lines:?}");
+}
+
+#[actix_web::test]
+async fn the_dotenv_file_is_read() {
+    let mock = Mock::always(200, "application/json", fixture("openai/completion.json"));
+    let dotenv = format!("OPENAI_BASE_URL={}\n", mock.base_url());
+    let mut process = Process::start_with_dotenv(&[], Some(&dotenv));
+    let base = process.address();
+    let response = client()
+        .post(format!("{base}/v1/chat/openai"))
+        .insert_header(("X-API-Key", TEST_KEY))
+        .send_body(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(mock.requests().len(), 1);
+    process.signal("-TERM");
+    assert!(process.exit_within(Duration::from_secs(20)).0.success());
+}
+
 #[actix_web::test]
 async fn the_access_log_has_one_line_per_request_and_no_key_or_content() {
     let mock = Mock::always(200, "application/json", fixture("openai/completion.json"));
@@ -191,4 +235,31 @@ async fn sigterm_lets_a_stream_in_flight_finish_then_exits_zero() {
 #[actix_web::test]
 async fn sigint_lets_a_stream_in_flight_finish_then_exits_zero() {
     a_signal_lets_a_stream_in_flight_finish("-INT", "SIGINT").await;
+}
+
+#[actix_web::test]
+async fn a_second_signal_exits_at_once() {
+    let (feed, body) = feed();
+    let mock = Mock::streaming(body);
+    let mut process = Process::start(&[
+        ("OPENAI_BASE_URL", &mock.base_url()),
+        ("SHUTDOWN_TIMEOUT_SECONDS", "600"),
+    ]);
+    let base = process.address();
+    feed.send("data: {\"n\":1}\n\n");
+    let mut response = client()
+        .post(format!("{base}/v1/chat/openai"))
+        .insert_header(("X-API-Key", TEST_KEY))
+        .send_body(r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#)
+        .await
+        .unwrap();
+    response.next().await.unwrap().unwrap();
+
+    process.signal("-INT");
+    process.wait_for_line("SIGINT received");
+    process.signal("-INT");
+    // Far sooner than the 600 s grace period the stream would otherwise get.
+    let (status, lines) = process.exit_within(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(130), "{lines:#?}");
+    drop(feed);
 }
