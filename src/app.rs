@@ -13,6 +13,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(handlers::method_not_allowed)),
     )
     .service(
+        web::resource("/v1/chat/completions")
+            .route(web::post().to(handlers::completions))
+            .default_service(web::to(handlers::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/models")
+            .route(web::get().to(handlers::models))
+            .default_service(web::to(handlers::method_not_allowed)),
+    )
+    .service(
         web::resource("/v1/chat/{provider}")
             .route(web::post().to(handlers::chat))
             .default_service(web::to(handlers::method_not_allowed)),

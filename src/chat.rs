@@ -1,7 +1,7 @@
 //! The caller's chat request (parsed and validated, borrowing from the body) and the normalized
 //! response every provider answers with.
 
-use std::{borrow::Cow, fmt};
+use std::{borrow::Cow, fmt, io::Write};
 
 use actix_web::web::Bytes;
 use serde::{
@@ -9,6 +9,8 @@ use serde::{
     Deserialize, Deserializer, Serialize,
 };
 use serde_json::value::RawValue;
+
+use crate::error::ProxyError;
 
 /// One chat request, as the caller sent it to `POST /v1/chat/{provider}`.
 ///
@@ -25,6 +27,10 @@ pub struct ChatRequest<'a> {
     /// `stop` as a list: a single string becomes a list of one.
     pub stop: Option<Vec<Cow<'a, str>>>,
     pub fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+    /// Whether `stream_options.include_usage` asks for a usage chunk (front door).
+    pub include_usage: bool,
+    /// Whether fields were removed after parsing, so `body` no longer matches `fields`.
+    pub fields_removed: bool,
     /// The body exactly as received.
     pub body: &'a Bytes,
 }
@@ -40,7 +46,64 @@ pub enum Role {
 #[derive(Debug)]
 pub struct Message<'a> {
     pub role: Role,
-    pub content: Cow<'a, str>,
+    pub content: Content<'a>,
+}
+
+/// A message's content: a string, or a list of text and image parts.
+#[derive(Debug, PartialEq)]
+pub enum Content<'a> {
+    Text(Cow<'a, str>),
+    Parts(Vec<Part<'a>>),
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Part<'a> {
+    Text(Cow<'a, str>),
+    Image(Image<'a>),
+}
+
+/// An image, by URL or inline, always with a media type the providers accept.
+#[derive(Debug, PartialEq)]
+pub enum Image<'a> {
+    /// An `https` URL; `media_type` is inferred from its extension (JPEG when it has none).
+    Url {
+        url: Cow<'a, str>,
+        media_type: &'static str,
+    },
+    /// A `data:` URL's payload, still base64.
+    Base64 {
+        media_type: &'static str,
+        data: Cow<'a, str>,
+    },
+}
+
+/// The image types every provider here accepts.
+const MEDIA_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/gif", "image/webp"];
+
+impl Content<'_> {
+    /// The text of the content; image parts are skipped, text parts joined without separator.
+    pub fn text(&self) -> Cow<'_, str> {
+        match self {
+            Content::Text(text) => Cow::Borrowed(text),
+            Content::Parts(parts) => {
+                let mut texts = parts.iter().filter_map(|part| match part {
+                    Part::Text(text) => Some(text.as_ref()),
+                    Part::Image(_) => None,
+                });
+                match (texts.next(), texts.next()) {
+                    (None, _) => Cow::Borrowed(""),
+                    (Some(only), None) => Cow::Borrowed(only),
+                    (Some(first), Some(second)) => {
+                        Cow::Owned([first, second].into_iter().chain(texts).collect())
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn has_images(&self) -> bool {
+        matches!(self, Content::Parts(parts) if parts.iter().any(|p| matches!(p, Part::Image(_))))
+    }
 }
 
 /// A string that borrows from the input when it has no escapes.
@@ -83,6 +146,7 @@ impl<'a> ChatRequest<'a> {
 
         let mut model = None;
         let mut messages = None;
+        let mut max_completion_tokens = None;
         let mut request = ChatRequest {
             model: Cow::Borrowed(""),
             messages: Vec::new(),
@@ -92,6 +156,8 @@ impl<'a> ChatRequest<'a> {
             top_p: None,
             stop: None,
             fields: Vec::new(),
+            include_usage: false,
+            fields_removed: false,
             body,
         };
         for (index, (name, value)) in fields.iter().enumerate() {
@@ -121,14 +187,41 @@ impl<'a> ChatRequest<'a> {
                 "temperature" => request.temperature = Some(parse_number("temperature", value)?),
                 "top_p" => request.top_p = Some(parse_number("top_p", value)?),
                 "stop" => request.stop = Some(parse_stop(value)?),
+                "max_completion_tokens" => match serde_json::from_str::<u64>(value.get()) {
+                    // OpenAI's newer name; `max_tokens` wins when both are sent.
+                    Ok(n) if n > 0 => max_completion_tokens = Some(n),
+                    _ => return Err("`max_completion_tokens` must be a positive integer".into()),
+                },
+                "stream_options" => request.include_usage = parse_include_usage(value)?,
                 _ => {}
             }
         }
+        request.max_tokens = request.max_tokens.or(max_completion_tokens);
         request.model = model.ok_or("`model` is required")?;
         request.messages = messages.ok_or("`messages` is required")?;
         request.fields = fields;
         Ok(request)
     }
+}
+
+impl ChatRequest<'_> {
+    /// Drops the named top-level fields, so a translation does not forward them.
+    pub fn remove_fields(&mut self, names: &[&str]) {
+        let before = self.fields.len();
+        self.fields
+            .retain(|(name, _)| !names.contains(&name.as_ref()));
+        self.fields_removed |= self.fields.len() != before;
+    }
+}
+
+fn parse_include_usage(value: &RawValue) -> Result<bool, String> {
+    #[derive(Deserialize)]
+    struct StreamOptions {
+        include_usage: Option<bool>,
+    }
+    serde_json::from_str::<StreamOptions>(value.get())
+        .map(|options| options.include_usage.unwrap_or(false))
+        .map_err(|_| "`stream_options` must be an object like {\"include_usage\": true}".into())
 }
 
 fn parse_model(value: &RawValue) -> Result<Cow<'_, str>, String> {
@@ -182,9 +275,157 @@ fn parse_message(index: usize, value: &RawValue) -> Result<Message<'_>, String> 
     let content = message
         .content
         .ok_or_else(|| format!("`messages[{index}].content` is required"))?;
-    let Text(content) = serde_json::from_str(content.get())
-        .map_err(|_| format!("`messages[{index}].content` must be a string"))?;
+    let content = parse_content(content).map_err(|e| format!("`messages[{index}].content{e}"))?;
     Ok(Message { role, content })
+}
+
+/// A message's content. Errors start with the part's place (`[1]`, or `` ` `` for the whole),
+/// so the caller can prefix `messages[i].content`.
+fn parse_content(value: &RawValue) -> Result<Content<'_>, String> {
+    if let Ok(Text(text)) = serde_json::from_str::<Text>(value.get()) {
+        return Ok(Content::Text(text));
+    }
+    let parts: Vec<&RawValue> = serde_json::from_str(value.get())
+        .map_err(|_| "` must be a string or an array of content parts".to_owned())?;
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, part)| parse_part(part).map_err(|e| format!("[{i}]` {e}")))
+        .collect::<Result<_, _>>()
+        .map(Content::Parts)
+}
+
+fn parse_part(value: &RawValue) -> Result<Part<'_>, String> {
+    #[derive(Deserialize)]
+    struct RawPart<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        text: Option<Text<'a>>,
+        #[serde(borrow)]
+        image_url: Option<RawImageUrl<'a>>,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum RawImageUrl<'a> {
+        Object {
+            #[serde(borrow)]
+            url: Text<'a>,
+        },
+        Bare(#[serde(borrow)] Text<'a>),
+    }
+    let part: RawPart = serde_json::from_str(value.get())
+        .map_err(|_| "must be an object with a `type` and its field".to_owned())?;
+    match part.kind.as_deref() {
+        Some("text") => match part.text {
+            Some(Text(text)) => Ok(Part::Text(text)),
+            None => Err("is a text part without a string `text`".into()),
+        },
+        Some("image_url") => match part.image_url {
+            Some(RawImageUrl::Object { url: Text(url) } | RawImageUrl::Bare(Text(url))) => {
+                parse_image_url(url).map(Part::Image)
+            }
+            None => Err("is an image part without `image_url.url`".into()),
+        },
+        Some(other) => Err(format!(
+            "has type {other:?}; supported part types are \"text\" and \"image_url\""
+        )),
+        None => Err("has no `type`".into()),
+    }
+}
+
+/// An image URL: `https://...`, or `data:<media type>;base64,<data>`.
+fn parse_image_url(url: Cow<'_, str>) -> Result<Image<'_>, String> {
+    if let Some(rest) = url.strip_prefix("data:") {
+        let (header, data) = rest
+            .split_once(',')
+            .ok_or("has a data: URL without a `,` before its data")?;
+        let media_type = header
+            .strip_suffix(";base64")
+            .ok_or("has a data: URL that is not base64; use data:<type>;base64,<data>")?;
+        let media_type = supported_media_type(media_type)?;
+        if data.is_empty() || !data.bytes().all(is_base64) {
+            return Err("has a data: URL whose data is not base64".into());
+        }
+        let start = url.len() - data.len();
+        let data = match url {
+            Cow::Borrowed(url) => Cow::Borrowed(&url[start..]),
+            Cow::Owned(url) => Cow::Owned(url[start..].to_owned()),
+        };
+        return Ok(Image::Base64 { media_type, data });
+    }
+    if !url.starts_with("https://") || url.len() == "https://".len() {
+        return Err("has an image URL that is neither https:// nor data:".into());
+    }
+    let path = url.split(['?', '#']).next().unwrap_or_default();
+    let file = path.rsplit('/').next().unwrap_or_default();
+    let media_type = match file.rsplit_once('.') {
+        Some((_, extension)) => media_type_of_extension(extension)?,
+        None => "image/jpeg",
+    };
+    Ok(Image::Url { url, media_type })
+}
+
+fn is_base64(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'+' | b'/' | b'=')
+}
+
+fn supported_media_type(media_type: &str) -> Result<&'static str, String> {
+    MEDIA_TYPES
+        .into_iter()
+        .find(|known| known.eq_ignore_ascii_case(media_type))
+        .ok_or_else(|| {
+            format!(
+                "has media type {media_type:?}; supported are {}",
+                MEDIA_TYPES.join(", ")
+            )
+        })
+}
+
+fn media_type_of_extension(extension: &str) -> Result<&'static str, String> {
+    match extension.to_ascii_lowercase().as_str() {
+        "jpg" | "jpeg" => Ok("image/jpeg"),
+        "png" => Ok("image/png"),
+        "gif" => Ok("image/gif"),
+        "webp" => Ok("image/webp"),
+        // A dot in the last path segment that is not an image extension says nothing about the
+        // type (`/v2/render.api`), except for the image types we know we cannot send.
+        "bmp" | "svg" | "tif" | "tiff" | "ico" | "heic" | "avif" => Err(format!(
+            "has an image of type .{extension}; supported are {}",
+            MEDIA_TYPES.join(", ")
+        )),
+        _ => Ok("image/jpeg"),
+    }
+}
+
+/// Writes a JSON object one field at a time, so raw values can be copied in unparsed.
+pub struct JsonObject<'w> {
+    out: &'w mut Vec<u8>,
+    empty: bool,
+}
+
+impl<'w> JsonObject<'w> {
+    pub fn new(out: &'w mut Vec<u8>) -> Self {
+        out.push(b'{');
+        Self { out, empty: true }
+    }
+
+    pub fn field(&mut self, name: &str, value: &impl Serialize) -> Result<(), ProxyError> {
+        if !self.empty {
+            self.out.push(b',');
+        }
+        self.empty = false;
+        let write = |out: &mut Vec<u8>| -> serde_json::Result<()> {
+            serde_json::to_writer(&mut *out, name)?;
+            out.write_all(b":").map_err(serde_json::Error::io)?;
+            serde_json::to_writer(&mut *out, value)
+        };
+        write(self.out).map_err(|e| ProxyError::InvalidRequest(format!("`{name}`: {e}")))
+    }
+
+    pub fn end(self) {
+        self.out.push(b'}');
+    }
 }
 
 /// The one response shape every provider's answer becomes.
@@ -202,7 +443,7 @@ pub struct ChatResponse<'a> {
     pub usage: Option<Usage>,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq, Clone, Copy)]
+#[derive(Debug, Serialize, PartialEq, Eq, Clone, Copy, Default)]
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -230,7 +471,7 @@ mod tests {
         assert_eq!(request.model, "m");
         assert_eq!(request.messages.len(), 2);
         assert_eq!(request.messages[0].role, Role::System);
-        assert_eq!(request.messages[1].content, "hi");
+        assert_eq!(request.messages[1].content, Content::Text("hi".into()));
         assert!(request.stream);
         assert_eq!(request.max_tokens, Some(5));
         assert_eq!(request.temperature, Some(0.2));
@@ -256,10 +497,13 @@ mod tests {
     fn strings_without_escapes_borrow_from_the_body() {
         let request = parse(&format!(r#"{{"model":"m","messages":{HI}}}"#)).unwrap();
         assert!(matches!(request.model, Cow::Borrowed(_)));
-        assert!(matches!(request.messages[0].content, Cow::Borrowed(_)));
+        assert!(matches!(
+            request.messages[0].content,
+            Content::Text(Cow::Borrowed(_))
+        ));
         let escaped =
             parse(r#"{"model":"m","messages":[{"role":"user","content":"a\nb"}]}"#).unwrap();
-        assert_eq!(escaped.messages[0].content, "a\nb");
+        assert_eq!(escaped.messages[0].content, Content::Text("a\nb".into()));
     }
 
     #[test]
@@ -327,8 +571,52 @@ mod tests {
                 "`messages[0].content` is required",
             ),
             (
-                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}"#,
-                "`messages[0].content` must be a string",
+                r#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+                "`messages[0].content` must be a string or an array of content parts",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"},{"type":"audio"}]}]}"#,
+                "`messages[0].content[1]` has type \"audio\"",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":[{"text":"hi"}]}]}"#,
+                "`messages[0].content[0]` has no `type`",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text"}]}]}"#,
+                "`messages[0].content[0]` is a text part without a string `text`",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#,
+                "`messages[0].content[0]` is an image part without `image_url.url`",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"http://x.com/a.png"}}]}]}"#,
+                "neither https:// nor data:",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/bmp;base64,Qk0="}}]}]}"#,
+                "`messages[0].content[0]` has media type \"image/bmp\"",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png,rawbytes"}}]}]}"#,
+                "not base64",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,@@@"}}]}]}"#,
+                "whose data is not base64",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x.com/a.svg"}}]}]}"#,
+                "has an image of type .svg",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream_options":true}"#,
+                "`stream_options` must be an object",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_completion_tokens":0}"#,
+                "`max_completion_tokens` must be a positive integer",
             ),
             (
                 r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":"yes"}"#,
@@ -370,6 +658,71 @@ mod tests {
                 "{body}: got {err:?}, want {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn content_parts_parse_into_text_and_images() {
+        let request = parse(
+            r#"{"model":"m","messages":[{"role":"user","content":[
+                {"type":"text","text":"Look: "},
+                {"type":"image_url","image_url":{"url":"data:image/PNG;base64,iVBORw0KGgo=","detail":"low"}},
+                {"type":"image_url","image_url":{"url":"https://example.com/img/cat.webp?size=2"}},
+                {"type":"image_url","image_url":{"url":"https://example.com/render"}},
+                {"type":"text","text":"what?"}]}]}"#,
+        )
+        .unwrap();
+        let Content::Parts(parts) = &request.messages[0].content else {
+            panic!("parts expected");
+        };
+        assert_eq!(parts[0], Part::Text("Look: ".into()));
+        assert_eq!(
+            parts[1],
+            Part::Image(Image::Base64 {
+                media_type: "image/png",
+                data: "iVBORw0KGgo=".into()
+            })
+        );
+        assert_eq!(
+            parts[2],
+            Part::Image(Image::Url {
+                url: "https://example.com/img/cat.webp?size=2".into(),
+                media_type: "image/webp"
+            })
+        );
+        assert!(matches!(
+            parts[3],
+            Part::Image(Image::Url {
+                media_type: "image/jpeg",
+                ..
+            })
+        ));
+        assert_eq!(request.messages[0].content.text(), "Look: what?");
+        assert!(request.messages[0].content.has_images());
+    }
+
+    #[test]
+    fn front_door_options_are_read() {
+        let request = parse(&format!(
+            r#"{{"model":"m","messages":{HI},"stream_options":{{"include_usage":true}},"max_completion_tokens":9}}"#
+        ))
+        .unwrap();
+        assert!(request.include_usage);
+        assert_eq!(request.max_tokens, Some(9));
+        let both = parse(&format!(
+            r#"{{"model":"m","messages":{HI},"max_tokens":5,"max_completion_tokens":9}}"#
+        ))
+        .unwrap();
+        assert_eq!(both.max_tokens, Some(5), "max_tokens wins");
+    }
+
+    #[test]
+    fn removing_fields_is_remembered() {
+        let mut request = parse(&format!(r#"{{"model":"m","messages":{HI},"seed":1}}"#)).unwrap();
+        request.remove_fields(&["n"]);
+        assert!(!request.fields_removed);
+        request.remove_fields(&["seed"]);
+        assert!(request.fields_removed);
+        assert_eq!(request.fields.len(), 2);
     }
 
     #[test]

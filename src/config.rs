@@ -1,8 +1,14 @@
 //! The typed configuration: read from the environment once at start, validated, then immutable.
 
-use std::{fmt, time::Duration};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Deserialize;
+
+use crate::catalog::Catalog;
 
 /// Everything the proxy can be told. Build it with [`Config::from_env`] in the binary, or with
 /// `Config { .., ..Config::default() }` in tests.
@@ -19,11 +25,15 @@ pub struct Config {
     pub http_max_keepalive_connections: usize,
     pub openai_base_url: String,
     pub anthropic_base_url: String,
+    pub gemini_base_url: String,
+    pub ollama_base_url: String,
     pub anthropic_version: String,
     pub anthropic_default_max_tokens: u64,
     pub max_body_bytes: usize,
     pub max_response_bytes: usize,
     pub shutdown_timeout: Duration,
+    /// What `PROVIDERS_FILE` declares (empty when it is not set).
+    pub catalog: Catalog,
 }
 
 impl Default for Config {
@@ -37,11 +47,14 @@ impl Default for Config {
             http_max_keepalive_connections: 20,
             openai_base_url: "https://api.openai.com/v1".into(),
             anthropic_base_url: "https://api.anthropic.com/v1".into(),
+            gemini_base_url: "https://generativelanguage.googleapis.com/v1beta".into(),
+            ollama_base_url: "http://localhost:11434/v1".into(),
             anthropic_version: "2023-06-01".into(),
             anthropic_default_max_tokens: 1024,
             max_body_bytes: 4 * 1024 * 1024,
             max_response_bytes: 64 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
+            catalog: Catalog::default(),
         }
     }
 }
@@ -69,11 +82,14 @@ struct Env {
     http_max_keepalive_connections: Option<usize>,
     openai_base_url: Option<String>,
     anthropic_base_url: Option<String>,
+    gemini_base_url: Option<String>,
+    ollama_base_url: Option<String>,
     anthropic_version: Option<String>,
     anthropic_default_max_tokens: Option<u64>,
     max_body_bytes: Option<usize>,
     max_response_bytes: Option<usize>,
     shutdown_timeout_seconds: Option<u64>,
+    providers_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -105,6 +121,8 @@ impl Config {
             anthropic_base_url: env
                 .anthropic_base_url
                 .unwrap_or(defaults.anthropic_base_url),
+            gemini_base_url: env.gemini_base_url.unwrap_or(defaults.gemini_base_url),
+            ollama_base_url: env.ollama_base_url.unwrap_or(defaults.ollama_base_url),
             anthropic_version: env.anthropic_version.unwrap_or(defaults.anthropic_version),
             anthropic_default_max_tokens: env
                 .anthropic_default_max_tokens
@@ -116,6 +134,10 @@ impl Config {
             shutdown_timeout: env
                 .shutdown_timeout_seconds
                 .map_or(defaults.shutdown_timeout, Duration::from_secs),
+            catalog: match &env.providers_file {
+                Some(path) => read_catalog(path)?,
+                None => Catalog::default(),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -137,8 +159,16 @@ impl Config {
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError(format!("{name} must be greater than 0")));
         }
-        check_base_url("OPENAI_BASE_URL", &self.openai_base_url)?;
-        check_base_url("ANTHROPIC_BASE_URL", &self.anthropic_base_url)?;
+        for (name, url) in [
+            ("OPENAI_BASE_URL", &self.openai_base_url),
+            ("ANTHROPIC_BASE_URL", &self.anthropic_base_url),
+            ("GEMINI_BASE_URL", &self.gemini_base_url),
+            ("OLLAMA_BASE_URL", &self.ollama_base_url),
+        ] {
+            check_base_url(url).map_err(|why| ConfigError(format!("{name} ({url:?}) {why}")))?;
+        }
+        crate::providers::check_catalog(self)
+            .map_err(|why| ConfigError(format!("PROVIDERS_FILE: {why}")))?;
         if awc::http::header::HeaderValue::from_str(&self.anthropic_version).is_err() {
             return Err(ConfigError(
                 "ANTHROPIC_VERSION must be a valid header value".into(),
@@ -148,19 +178,26 @@ impl Config {
     }
 }
 
-/// A base URL must be absolute http(s) with a host; a trailing slash is allowed.
-fn check_base_url(name: &str, value: &str) -> Result<(), ConfigError> {
-    let invalid = |why: &str| ConfigError(format!("{name} ({value:?}) {why}"));
-    let uri: awc::http::Uri = value.parse().map_err(|_| invalid("is not a valid URL"))?;
+/// Reads and checks the providers file; the error names the file, the field and the fault.
+fn read_catalog(path: &Path) -> Result<Catalog, ConfigError> {
+    let at = |why: String| ConfigError(format!("PROVIDERS_FILE {}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| at(e.to_string()))?;
+    Catalog::parse(&text).map_err(at)
+}
+
+/// A base URL must be absolute http(s) with a host and no query; a trailing slash is allowed.
+/// The error says what is wrong, to follow the URL.
+pub fn check_base_url(value: &str) -> Result<(), &'static str> {
+    let uri: awc::http::Uri = value.parse().map_err(|_| "is not a valid URL")?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
-        _ => return Err(invalid("must start with http:// or https://")),
+        _ => return Err("must start with http:// or https://"),
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err(invalid("has no host"));
+        return Err("has no host");
     }
     if uri.query().is_some() {
-        return Err(invalid("must not have a query string"));
+        return Err("must not have a query string");
     }
     Ok(())
 }
@@ -196,6 +233,12 @@ mod tests {
         assert_eq!(config.http_max_keepalive_connections, 20);
         assert_eq!(config.openai_base_url, "https://api.openai.com/v1");
         assert_eq!(config.anthropic_base_url, "https://api.anthropic.com/v1");
+        assert_eq!(
+            config.gemini_base_url,
+            "https://generativelanguage.googleapis.com/v1beta"
+        );
+        assert_eq!(config.ollama_base_url, "http://localhost:11434/v1");
+        assert_eq!(config.catalog, Catalog::default());
         assert_eq!(config.anthropic_version, "2023-06-01");
         assert_eq!(config.anthropic_default_max_tokens, 1024);
         assert_eq!(config.max_body_bytes, 4_194_304);
@@ -213,6 +256,8 @@ mod tests {
             ("HTTP_MAX_KEEPALIVE_CONNECTIONS", "0"),
             ("OPENAI_BASE_URL", "http://localhost:1/v1/"),
             ("ANTHROPIC_BASE_URL", "http://localhost:2"),
+            ("GEMINI_BASE_URL", "http://localhost:3/v1beta"),
+            ("OLLAMA_BASE_URL", "http://localhost:4/v1"),
             ("ANTHROPIC_VERSION", "2024-01-01"),
             ("ANTHROPIC_DEFAULT_MAX_TOKENS", "99"),
             ("MAX_BODY_BYTES", "10"),
@@ -228,6 +273,8 @@ mod tests {
         assert_eq!(config.http_max_keepalive_connections, 0);
         assert_eq!(config.openai_base_url, "http://localhost:1/v1/");
         assert_eq!(config.anthropic_base_url, "http://localhost:2");
+        assert_eq!(config.gemini_base_url, "http://localhost:3/v1beta");
+        assert_eq!(config.ollama_base_url, "http://localhost:4/v1");
         assert_eq!(config.anthropic_version, "2024-01-01");
         assert_eq!(config.anthropic_default_max_tokens, 99);
         assert_eq!(config.max_body_bytes, 10);
@@ -260,6 +307,35 @@ mod tests {
         }
         let err = Config::from_vars(vars(&[("ANTHROPIC_BASE_URL", "")])).unwrap_err();
         assert!(err.to_string().contains("ANTHROPIC_BASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn a_providers_file_is_read_and_its_faults_name_file_and_field() {
+        let dir = std::env::temp_dir().join(format!("llm-proxy-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.json");
+        std::fs::write(
+            &good,
+            r#"{"aliases": {"fast": {"provider": "openai", "model": "m"}}}"#,
+        )
+        .unwrap();
+        let config =
+            Config::from_vars(vars(&[("PROVIDERS_FILE", good.to_str().unwrap())])).unwrap();
+        assert_eq!(config.catalog.aliases[0].name, "fast");
+
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, r#"{"providers": {"groq": {"kind": "soap"}}}"#).unwrap();
+        let err = Config::from_vars(vars(&[("PROVIDERS_FILE", bad.to_str().unwrap())]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PROVIDERS_FILE"), "{err}");
+        assert!(err.contains("bad.json"), "{err}");
+        assert!(err.contains("providers.groq.kind"), "{err}");
+
+        let missing = dir.join("missing.json");
+        let err =
+            Config::from_vars(vars(&[("PROVIDERS_FILE", missing.to_str().unwrap())])).unwrap_err();
+        assert!(err.to_string().contains("missing.json"), "{err}");
     }
 
     #[test]

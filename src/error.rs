@@ -38,6 +38,8 @@ pub enum ProxyError {
         body: Bytes,
         headers: Vec<(HeaderName, HeaderValue)>,
     },
+    /// The upstream reported an error inside a stream it had begun with 2xx (its event's data).
+    StreamEvent(Bytes),
     /// The upstream answered 2xx with a body we cannot read as its documented shape.
     BadUpstreamBody(String),
     /// The upstream could not be reached, or the connection failed: refused, reset, DNS, TLS.
@@ -55,7 +57,7 @@ impl ProxyError {
             Self::UnknownProvider { .. } | Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge { .. } => "payload_too_large",
-            Self::Upstream { .. } => "upstream_error",
+            Self::Upstream { .. } | Self::StreamEvent(_) => "upstream_error",
             Self::BadUpstreamBody(_) | Self::Unreachable(_) => "bad_gateway",
             Self::Timeout => "gateway_timeout",
         }
@@ -80,6 +82,70 @@ impl ProxyError {
             },
         };
         serde_json::to_vec(&body).expect("an error body always serializes")
+    }
+
+    /// The body in OpenAI's error shape, `{"error": {"message", "type", "param", "code"}}`, for
+    /// the front door: the SDKs pick their exception class from the status, and read these.
+    /// An upstream's own `type`, `param` and `code` are kept when it has them.
+    pub fn openai_body(&self, provider: Option<&str>) -> Vec<u8> {
+        let message = self.to_string();
+        let own = match self {
+            Self::Upstream { body, .. } | Self::StreamEvent(body) => {
+                serde_json::from_slice::<UpstreamEnvelope>(body).ok()
+            }
+            _ => None,
+        };
+        let own = own.map(|envelope| envelope.error);
+        let kind = match self {
+            Self::InvalidRequest(_)
+            | Self::UnknownProvider { .. }
+            | Self::NotFound
+            | Self::MethodNotAllowed
+            | Self::PayloadTooLarge { .. } => "invalid_request_error",
+            Self::MissingKey => "authentication_error",
+            _ => "api_error",
+        };
+        let code = match self {
+            Self::UnknownProvider { .. } => Some("model_not_found"),
+            Self::Upstream { .. } | Self::StreamEvent(_) => None,
+            _ => Some(self.kind()),
+        };
+        let (upstream_status, upstream) = match self {
+            Self::Upstream { status, body, .. } => {
+                (Some(status.as_u16()), Some(upstream_body(body)))
+            }
+            Self::StreamEvent(body) => (None, Some(upstream_body(body))),
+            _ => (None, None),
+        };
+        let body = OpenAiErrorBody {
+            error: OpenAiError {
+                message: &message,
+                kind: own.as_ref().and_then(|o| o.kind.as_deref()).unwrap_or(kind),
+                param: own.as_ref().and_then(|o| o.param.as_ref()),
+                code: own
+                    .as_ref()
+                    .and_then(|o| o.code.as_ref())
+                    .map(CodeValue::Upstream)
+                    .or(code.map(CodeValue::Ours)),
+                provider,
+                upstream_status,
+                upstream,
+            },
+        };
+        serde_json::to_vec(&body).expect("an error body always serializes")
+    }
+
+    /// The front door's HTTP response for this error.
+    pub fn to_openai_response(&self, provider: Option<&str>) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if let Self::Upstream { headers, .. } = self {
+            for header in headers {
+                response.insert_header(header.clone());
+            }
+        }
+        response
+            .content_type("application/json")
+            .body(self.openai_body(provider))
     }
 
     /// The full HTTP response for this error.
@@ -115,6 +181,10 @@ impl fmt::Display for ProxyError {
                 Some(message) => write!(f, "upstream answered {}: {message}", status.as_u16()),
                 None => write!(f, "upstream answered {status}"),
             },
+            Self::StreamEvent(body) => match upstream_message(body) {
+                Some(message) => write!(f, "upstream stream failed: {message}"),
+                None => f.write_str("upstream stream failed"),
+            },
             Self::BadUpstreamBody(why) => write!(f, "upstream sent an unusable response: {why}"),
             Self::Unreachable(why) => write!(f, "upstream unreachable: {why}"),
             Self::Timeout => f.write_str("upstream did not answer in time"),
@@ -133,7 +203,9 @@ impl ResponseError for ProxyError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Upstream { status, .. } => *status,
-            Self::BadUpstreamBody(_) | Self::Unreachable(_) => StatusCode::BAD_GATEWAY,
+            Self::StreamEvent(_) | Self::BadUpstreamBody(_) | Self::Unreachable(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -159,6 +231,47 @@ struct ErrorFields<'a> {
     upstream_status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     upstream: Option<UpstreamBody<'a>>,
+}
+
+#[derive(Serialize)]
+struct OpenAiErrorBody<'a> {
+    error: OpenAiError<'a>,
+}
+
+#[derive(Serialize)]
+struct OpenAiError<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a serde_json::Value>,
+    code: Option<CodeValue<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provider: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<UpstreamBody<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum CodeValue<'a> {
+    Upstream(&'a serde_json::Value),
+    Ours(&'a str),
+}
+
+/// The `error` object most providers answer with; each field may be missing.
+#[derive(serde::Deserialize)]
+struct UpstreamEnvelope {
+    error: UpstreamError,
+}
+
+#[derive(serde::Deserialize)]
+struct UpstreamError {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    param: Option<serde_json::Value>,
+    code: Option<serde_json::Value>,
 }
 
 /// An upstream error body as we pass it on: its JSON as it came, or its text.
@@ -297,6 +410,59 @@ mod tests {
             .to_owned();
         assert_eq!(text.len(), MAX_UPSTREAM_TEXT);
         assert!(text.chars().all(|c| c == 'é'));
+    }
+
+    fn openai_json(error: &ProxyError, provider: Option<&str>) -> serde_json::Value {
+        serde_json::from_slice(&error.openai_body(provider)).unwrap()
+    }
+
+    #[test]
+    fn front_door_errors_have_openais_shape() {
+        let body = openai_json(&ProxyError::MissingKey, None);
+        let error = &body["error"];
+        assert_eq!(error["type"], "authentication_error");
+        assert_eq!(error["code"], "authentication");
+        assert!(error["param"].is_null());
+        assert!(error["message"].as_str().unwrap().contains("X-API-Key"));
+        let body = openai_json(
+            &ProxyError::UnknownProvider {
+                name: "x".into(),
+                known: "openai".into(),
+            },
+            None,
+        );
+        assert_eq!(body["error"]["code"], "model_not_found");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+    }
+
+    #[test]
+    fn front_door_upstream_errors_keep_the_upstreams_type_param_and_code() {
+        let error = ProxyError::Upstream {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            body: Bytes::from_static(
+                br#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
+            ),
+            headers: vec![],
+        };
+        let body = openai_json(&error, Some("groq"));
+        assert_eq!(body["error"]["type"], "requests");
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(body["error"]["provider"], "groq");
+        assert_eq!(body["error"]["upstream_status"], 429);
+        let anthropic = ProxyError::Upstream {
+            status: StatusCode::UNAUTHORIZED,
+            body: Bytes::from_static(
+                br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#,
+            ),
+            headers: vec![],
+        };
+        let body = openai_json(&anthropic, Some("anthropic"));
+        assert_eq!(body["error"]["type"], "authentication_error");
+        assert!(body["error"]["code"].is_null());
+        assert_eq!(
+            body["error"]["message"],
+            "upstream answered 401: invalid x-api-key"
+        );
     }
 
     #[test]

@@ -19,12 +19,15 @@
 //! - [`error`]: `ProxyError`, the one place that picks an error's status and body.
 
 pub mod app;
+pub mod catalog;
 pub mod chat;
+pub mod completions;
 pub mod config;
 pub mod error;
 pub mod handlers;
 pub mod providers;
 pub mod server;
+pub mod sse;
 pub mod upstream;
 
 pub use config::Config;

@@ -20,7 +20,7 @@ use actix_web::{
     },
     rt::{
         net::{ActixStream, Ready, TcpStream},
-        time::{sleep, timeout, Instant, Sleep},
+        time::{sleep, Instant, Sleep},
     },
     web::{Bytes, BytesMut},
 };
@@ -31,7 +31,13 @@ use awc::{
 use futures_util::{future::MapOk, ready, Stream, StreamExt, TryFutureExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::{config::Config, error::ProxyError, providers::UpstreamRequest};
+use crate::{
+    completions::{ChunkWriter, StreamTranslator},
+    config::Config,
+    error::ProxyError,
+    providers::UpstreamRequest,
+    sse,
+};
 
 /// How long an idle pooled connection is kept when keep-alive is on.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -93,22 +99,17 @@ fn send_error(error: SendRequestError) -> ProxyError {
 
 /// Reads a whole response body, failing past `limit` bytes or after `idle` without a chunk.
 pub async fn read_body(
-    response: &mut ClientResponse,
+    response: ClientResponse,
     limit: usize,
     idle: Duration,
 ) -> Result<Bytes, ProxyError> {
-    let close_delimited = is_close_delimited(response.version(), response.headers());
+    let mut body = Body::new(response, idle);
     // The first chunk is often the whole body: keep it as it is, copy only when a second comes.
     let mut first: Option<Bytes> = None;
     let mut joined = BytesMut::new();
     let mut length = 0;
-    loop {
-        let chunk = match timeout(idle, response.next()).await {
-            Err(_) => return Err(ProxyError::Timeout),
-            Ok(Some(Ok(chunk))) => chunk,
-            Ok(Some(Err(e))) if !is_normal_end(&e, close_delimited) => return Err(body_error(e)),
-            Ok(None | Some(Err(_))) => return Ok(first.unwrap_or_else(|| joined.freeze())),
-        };
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
         length += chunk.len();
         if length > limit {
             return Err(ProxyError::BadUpstreamBody(format!(
@@ -123,6 +124,7 @@ pub async fn read_body(
             }
         }
     }
+    Ok(first.unwrap_or_else(|| joined.freeze()))
 }
 
 /// Whether a response header is one the caller should see: rate limits and request ids.
@@ -144,30 +146,100 @@ pub fn passed_on_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> 
         .collect()
 }
 
-/// The upstream's body as the caller's stream: every chunk passed on as it arrives, unchanged.
-///
-/// If the upstream fails or goes silent for `idle` after the stream began, one SSE
-/// `event: error` is appended and the stream ends, so the caller never mistakes a cut stream
-/// for a finished one. Dropping the relay (the caller left) drops the upstream connection.
-pub struct Relay {
+/// The upstream's body, chunk by chunk as it arrives, ending in an error when the upstream
+/// fails or goes silent for `idle` (the clock restarts with every chunk).
+pub struct Body {
     upstream: ClientResponse,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
-    provider: &'static str,
     close_delimited: bool,
+}
+
+impl Body {
+    pub fn new(upstream: ClientResponse, idle: Duration) -> Self {
+        Self {
+            close_delimited: is_close_delimited(upstream.version(), upstream.headers()),
+            upstream,
+            idle,
+            deadline: Box::pin(sleep(idle)),
+        }
+    }
+}
+
+impl Stream for Body {
+    type Item = Result<Bytes, ProxyError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match this.upstream.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                let next = Instant::now() + this.idle;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) if is_normal_end(&e, this.close_delimited) => {
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(body_error(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(ProxyError::Timeout))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+/// How a stream tells its caller that it broke after it began.
+#[derive(Clone, Copy, Debug)]
+pub enum StreamErrors {
+    /// `event: error` with our JSON error body (the path-routed route).
+    Proxy,
+    /// `data: {"error": {...}}` in OpenAI's shape, which the OpenAI SDKs raise (front door).
+    OpenAi,
+}
+
+impl StreamErrors {
+    /// The event that reports `error`, starting after a blank line whatever came before.
+    fn event(self, error: &ProxyError, provider: &str, tail: [u8; 2]) -> Bytes {
+        log::warn!("{provider} stream cut: {error}");
+        let mut event = Vec::with_capacity(256);
+        event.extend_from_slice(separator_after(tail));
+        match self {
+            StreamErrors::Proxy => {
+                event.extend_from_slice(b"event: error\ndata: ");
+                event.extend_from_slice(&error.body(Some(provider)));
+            }
+            StreamErrors::OpenAi => {
+                event.extend_from_slice(b"data: ");
+                event.extend_from_slice(&error.openai_body(Some(provider)));
+            }
+        }
+        event.extend_from_slice(b"\n\n");
+        Bytes::from(event)
+    }
+}
+
+/// The upstream's body as the caller's stream: every chunk passed on as it arrives, unchanged.
+///
+/// If the upstream fails or goes silent after the stream began, one error event is appended
+/// and the stream ends, so the caller never mistakes a cut stream for a finished one. Dropping
+/// the relay (the caller left) drops the upstream connection.
+pub struct Relay {
+    body: Body,
+    provider: &'static str,
+    errors: StreamErrors,
     /// The last two bytes passed on, to end a half-written event before our error event.
     tail: [u8; 2],
     done: bool,
 }
 
 impl Relay {
-    pub fn new(upstream: ClientResponse, idle: Duration, provider: &'static str) -> Self {
+    pub fn new(body: Body, provider: &'static str, errors: StreamErrors) -> Self {
         Self {
-            close_delimited: is_close_delimited(upstream.version(), upstream.headers()),
-            upstream,
-            idle,
-            deadline: Box::pin(sleep(idle)),
+            body,
             provider,
+            errors,
             tail: *b"\n\n",
             done: false,
         }
@@ -180,17 +252,6 @@ impl Relay {
             [.., a, b] => self.tail = [*a, *b],
         }
     }
-
-    fn error_event(&mut self, error: ProxyError) -> Bytes {
-        self.done = true;
-        log::warn!("{} stream cut: {error}", self.provider);
-        let mut event = Vec::with_capacity(256);
-        event.extend_from_slice(separator_after(self.tail));
-        event.extend_from_slice(b"event: error\ndata: ");
-        event.extend_from_slice(&error.body(Some(self.provider)));
-        event.extend_from_slice(b"\n\n");
-        Bytes::from(event)
-    }
 }
 
 impl Stream for Relay {
@@ -201,30 +262,94 @@ impl Stream for Relay {
         if this.done {
             return Poll::Ready(None);
         }
-        match this.upstream.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
+        match ready!(this.body.poll_next_unpin(cx)) {
+            Some(Ok(chunk)) => {
                 this.remember_tail(&chunk);
-                let next = Instant::now() + this.idle;
-                this.deadline.as_mut().reset(next);
                 Poll::Ready(Some(Ok(chunk)))
             }
-            Poll::Ready(Some(Err(e))) if is_normal_end(&e, this.close_delimited) => {
+            Some(Err(error)) => {
                 this.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(e))) => {
-                let event = this.error_event(body_error(e));
+                let event = this.errors.event(&error, this.provider, this.tail);
                 Poll::Ready(Some(Ok(event)))
             }
-            Poll::Ready(None) => {
+            None => {
                 this.done = true;
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Ok(this.error_event(ProxyError::Timeout)))),
-                Poll::Pending => Poll::Pending,
-            },
         }
+    }
+}
+
+/// An upstream stream of another wire format, translated event by event into
+/// `chat.completion.chunk`s as each event arrives (front door).
+pub struct Translated {
+    body: Body,
+    provider: &'static str,
+    parser: sse::Parser,
+    translator: Box<dyn StreamTranslator>,
+    writer: ChunkWriter,
+    done: bool,
+}
+
+impl Translated {
+    pub fn new(
+        body: Body,
+        provider: &'static str,
+        translator: Box<dyn StreamTranslator>,
+        writer: ChunkWriter,
+    ) -> Self {
+        Self {
+            body,
+            provider,
+            parser: sse::Parser::default(),
+            translator,
+            writer,
+            done: false,
+        }
+    }
+
+    fn fail(&mut self, error: &ProxyError) -> Bytes {
+        self.done = true;
+        // Chunks written so far are whole events: ours follows them directly.
+        let mut out = self.writer.take();
+        out.extend_from_slice(&StreamErrors::OpenAi.event(error, self.provider, *b"\n\n"));
+        Bytes::from(out)
+    }
+}
+
+impl Stream for Translated {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        // Keep reading until the events so far make a chunk: a read may end mid-event.
+        while !this.done {
+            let fed = match ready!(this.body.poll_next_unpin(cx)) {
+                Some(Ok(chunk)) => {
+                    let (translator, writer) = (&mut this.translator, &mut this.writer);
+                    this.parser
+                        .feed(&chunk, |event| translator.event(&event, writer))
+                }
+                Some(Err(error)) => return Poll::Ready(Some(Ok(this.fail(&error)))),
+                None => {
+                    let (translator, writer) = (&mut this.translator, &mut this.writer);
+                    let ended = this.parser.finish(|event| translator.event(&event, writer));
+                    if ended.is_ok() {
+                        this.done = true;
+                        this.writer.done();
+                    }
+                    ended
+                }
+            };
+            if let Err(error) = fed {
+                return Poll::Ready(Some(Ok(this.fail(&error))));
+            }
+            let out = this.writer.take();
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Bytes::from(out))));
+            }
+        }
+        Poll::Ready(None)
     }
 }
 

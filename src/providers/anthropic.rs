@@ -1,7 +1,8 @@
-//! Anthropic Messages: system messages move to `system`, `stop` becomes `stop_sequences`, and
-//! `max_tokens` (which Anthropic requires) gets a default.
+//! Anthropic Messages: system messages move to `system`, `stop` becomes `stop_sequences`,
+//! `max_tokens` (which Anthropic requires) gets a default, images become image blocks; and its
+//! stream events become `chat.completion.chunk`s for the front door.
 
-use std::{borrow::Cow, io::Write};
+use std::borrow::Cow;
 
 use actix_web::{
     http::{
@@ -12,28 +13,30 @@ use actix_web::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{bad_body, endpoint, secret_header, ChatProvider, UpstreamRequest};
+use super::{bad_body, secret_header, ChatProvider, Endpoint, UpstreamRequest};
 use crate::{
-    chat::{ChatRequest, ChatResponse, Role, Usage},
+    chat::{ChatRequest, ChatResponse, Content, Image, JsonObject, Part, Role, Usage},
+    completions::{ChunkWriter, StreamTranslator},
     config::Config,
     error::ProxyError,
+    sse,
 };
-
-pub const NAME: &str = "anthropic";
 
 const API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 
 pub struct Anthropic {
+    endpoint: Endpoint,
     url: Uri,
     version: HeaderValue,
     default_max_tokens: u64,
 }
 
 impl Anthropic {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(endpoint: Endpoint, config: &Config) -> Self {
         Self {
-            url: endpoint(&config.anthropic_base_url, "messages"),
+            url: endpoint.url("messages"),
+            endpoint,
             version: HeaderValue::from_str(&config.anthropic_version)
                 .expect("ANTHROPIC_VERSION is validated at start"),
             default_max_tokens: config.anthropic_default_max_tokens,
@@ -42,23 +45,30 @@ impl Anthropic {
 }
 
 impl ChatProvider for Anthropic {
-    fn name(&self) -> &'static str {
-        NAME
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     fn translate_request(
         &self,
         request: &ChatRequest<'_>,
-        key: &HeaderValue,
+        model: &str,
+        key: Option<&HeaderValue>,
     ) -> Result<UpstreamRequest, ProxyError> {
+        let mut headers = Vec::with_capacity(2);
+        if let Some(key) = key {
+            headers.push((API_KEY, secret_header("", key)));
+        }
+        headers.push((VERSION, self.version.clone()));
         Ok(UpstreamRequest {
             url: self.url.clone(),
-            headers: vec![
-                (API_KEY, secret_header("", key)),
-                (VERSION, self.version.clone()),
-            ],
-            body: translate_body(request, self.default_max_tokens)?,
+            headers,
+            body: translate_body(request, model, self.default_max_tokens)?,
         })
+    }
+
+    fn stream_translator(&self) -> Option<Box<dyn StreamTranslator>> {
+        Some(Box::new(StreamEvents))
     }
 
     fn translate_response<'a>(
@@ -66,8 +76,9 @@ impl ChatProvider for Anthropic {
         body: &'a [u8],
         requested_model: &'a str,
     ) -> Result<ChatResponse<'a>, ProxyError> {
+        let name = self.endpoint.name;
         let message: MessageResponse =
-            serde_json::from_slice(body).map_err(|e| bad_body(NAME, e))?;
+            serde_json::from_slice(body).map_err(|e| bad_body(name, e))?;
         let mut texts = message
             .content
             .into_iter()
@@ -85,7 +96,7 @@ impl ChatProvider for Anthropic {
             }
         };
         Ok(ChatResponse {
-            provider: NAME,
+            provider: name,
             model: message.model.unwrap_or(Cow::Borrowed(requested_model)),
             content,
             stop_reason: message.stop_reason.clone().map(normalize_stop_reason),
@@ -110,13 +121,22 @@ pub fn normalize_stop_reason(reason: Cow<'_, str>) -> Cow<'_, str> {
 }
 
 /// Writes the Messages API body: fields in the caller's order, with ours changed in place.
-fn translate_body(request: &ChatRequest<'_>, default_max_tokens: u64) -> Result<Bytes, ProxyError> {
-    let system: Vec<&str> = request
-        .messages
-        .iter()
-        .filter(|m| m.role == Role::System)
-        .map(|m| m.content.as_ref())
-        .collect();
+fn translate_body(
+    request: &ChatRequest<'_>,
+    model: &str,
+    default_max_tokens: u64,
+) -> Result<Bytes, ProxyError> {
+    let mut system = Vec::new();
+    for (index, message) in request.messages.iter().enumerate() {
+        if message.role == Role::System {
+            if message.content.has_images() {
+                return Err(ProxyError::InvalidRequest(format!(
+                    "`messages[{index}].content`: a system message can hold only text"
+                )));
+            }
+            system.push(message.content.text());
+        }
+    }
     let has = |name: &str| request.fields.iter().any(|(k, _)| k == name);
     if !system.is_empty() && has("system") {
         return Err(ProxyError::InvalidRequest(
@@ -134,6 +154,7 @@ fn translate_body(request: &ChatRequest<'_>, default_max_tokens: u64) -> Result<
     let mut object = JsonObject::new(&mut out);
     for (name, value) in &request.fields {
         match name.as_ref() {
+            "model" => object.field("model", &model)?,
             "messages" => object.field("messages", &ConversationMessages(request))?,
             "max_tokens" => {
                 let max_tokens = request.max_tokens.unwrap_or(default_max_tokens);
@@ -167,7 +188,7 @@ impl Serialize for ConversationMessages<'_, '_> {
         #[derive(Serialize)]
         struct Turn<'a> {
             role: Role,
-            content: &'a str,
+            content: Blocks<'a>,
         }
         serializer.collect_seq(
             self.0
@@ -176,39 +197,130 @@ impl Serialize for ConversationMessages<'_, '_> {
                 .filter(|m| m.role != Role::System)
                 .map(|m| Turn {
                     role: m.role,
-                    content: &m.content,
+                    content: Blocks(&m.content),
                 }),
         )
     }
 }
 
-/// Writes a JSON object one field at a time, so raw values can be copied in unparsed.
-struct JsonObject<'w> {
-    out: &'w mut Vec<u8>,
-    empty: bool,
+/// A message's content: a string stays a string; parts become text and image blocks.
+struct Blocks<'c>(&'c Content<'c>);
+
+impl Serialize for Blocks<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(tag = "type", rename_all = "lowercase")]
+        enum Block<'a> {
+            Text { text: &'a str },
+            Image { source: Source<'a> },
+        }
+        #[derive(Serialize)]
+        #[serde(tag = "type", rename_all = "lowercase")]
+        enum Source<'a> {
+            Base64 { media_type: &'a str, data: &'a str },
+            Url { url: &'a str },
+        }
+        match self.0 {
+            Content::Text(text) => serializer.serialize_str(text),
+            Content::Parts(parts) => serializer.collect_seq(parts.iter().map(|part| match part {
+                Part::Text(text) => Block::Text { text },
+                Part::Image(Image::Base64 { media_type, data }) => Block::Image {
+                    source: Source::Base64 { media_type, data },
+                },
+                Part::Image(Image::Url { url, .. }) => Block::Image {
+                    source: Source::Url { url },
+                },
+            })),
+        }
+    }
 }
 
-impl<'w> JsonObject<'w> {
-    fn new(out: &'w mut Vec<u8>) -> Self {
-        out.push(b'{');
-        Self { out, empty: true }
-    }
+/// Anthropic's stream events as `chat.completion.chunk`s: `message_start` gives the model,
+/// input tokens and the role chunk; text deltas become content; `message_delta` gives the
+/// finish reason and output tokens; an `error` event ends the stream with an error.
+struct StreamEvents;
 
-    fn field(&mut self, name: &str, value: &impl Serialize) -> Result<(), ProxyError> {
-        if !self.empty {
-            self.out.push(b',');
+impl StreamTranslator for StreamEvents {
+    fn event(&mut self, event: &sse::Event<'_>, out: &mut ChunkWriter) -> Result<(), ProxyError> {
+        #[derive(Deserialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum Event<'a> {
+            MessageStart {
+                #[serde(borrow)]
+                message: Start<'a>,
+            },
+            ContentBlockDelta {
+                #[serde(borrow)]
+                delta: Delta<'a>,
+            },
+            MessageDelta {
+                #[serde(borrow)]
+                delta: Stop<'a>,
+                usage: Option<Output>,
+            },
+            Error,
+            #[serde(other)]
+            Other,
         }
-        self.empty = false;
-        let write = |out: &mut Vec<u8>| -> serde_json::Result<()> {
-            serde_json::to_writer(&mut *out, name)?;
-            out.write_all(b":").map_err(serde_json::Error::io)?;
-            serde_json::to_writer(&mut *out, value)
-        };
-        write(self.out).map_err(|e| ProxyError::InvalidRequest(format!("`{name}`: {e}")))
-    }
+        #[derive(Deserialize)]
+        struct Start<'a> {
+            #[serde(borrow)]
+            model: Option<Cow<'a, str>>,
+            usage: Option<Input>,
+        }
+        #[derive(Deserialize)]
+        struct Input {
+            input_tokens: u64,
+        }
+        #[derive(Deserialize)]
+        struct Output {
+            output_tokens: u64,
+        }
+        #[derive(Deserialize)]
+        struct Delta<'a> {
+            #[serde(borrow)]
+            text: Option<Cow<'a, str>>,
+        }
+        #[derive(Deserialize)]
+        struct Stop<'a> {
+            #[serde(borrow)]
+            stop_reason: Option<Cow<'a, str>>,
+        }
 
-    fn end(self) {
-        self.out.push(b'}');
+        let parsed: Event = serde_json::from_str(&event.data)
+            .map_err(|e| ProxyError::BadUpstreamBody(format!("anthropic stream event {e}")))?;
+        match parsed {
+            Event::MessageStart { message } => {
+                if let Some(model) = &message.model {
+                    out.set_model(model);
+                }
+                if let Some(usage) = message.usage {
+                    out.input_tokens(usage.input_tokens);
+                }
+                out.start();
+            }
+            Event::ContentBlockDelta { delta } => {
+                // Only text deltas have `text`; thinking and tool-input deltas are not content.
+                if let Some(text) = delta.text {
+                    out.content(&text);
+                }
+            }
+            Event::MessageDelta { delta, usage } => {
+                if let Some(usage) = usage {
+                    out.output_tokens(usage.output_tokens);
+                }
+                if let Some(reason) = delta.stop_reason {
+                    out.finish(&normalize_stop_reason(reason));
+                }
+            }
+            Event::Error => {
+                return Err(ProxyError::StreamEvent(Bytes::copy_from_slice(
+                    event.data.as_bytes(),
+                )))
+            }
+            Event::Other => {}
+        }
+        Ok(())
     }
 }
 
@@ -245,18 +357,20 @@ mod tests {
     use serde_json::{json, Value};
 
     fn provider() -> Anthropic {
-        Anthropic::new(&Config {
-            anthropic_base_url: "http://upstream.test/v1".into(),
-            anthropic_default_max_tokens: 1024,
-            ..Config::default()
-        })
+        let endpoint = Endpoint {
+            name: "anthropic",
+            base_url: "http://upstream.test/v1".into(),
+            key_required: true,
+            headers: vec![],
+        };
+        Anthropic::new(endpoint, &Config::default())
     }
 
     fn translate(body: Value) -> Result<(UpstreamRequest, Value), ProxyError> {
         let body = Bytes::from(body.to_string());
         let request = ChatRequest::parse(&body).unwrap();
-        let upstream =
-            provider().translate_request(&request, &HeaderValue::from_static("sk-ant-test"))?;
+        let key = HeaderValue::from_static("sk-ant-test");
+        let upstream = provider().translate_request(&request, &request.model, Some(&key))?;
         let sent = serde_json::from_slice(&upstream.body).unwrap();
         Ok((upstream, sent))
     }
@@ -325,7 +439,7 @@ mod tests {
         );
         let request = ChatRequest::parse(&body).unwrap();
         let upstream = provider()
-            .translate_request(&request, &HeaderValue::from_static("k"))
+            .translate_request(&request, "c", Some(&HeaderValue::from_static("k")))
             .unwrap();
         assert_eq!(
             std::str::from_utf8(&upstream.body).unwrap(),
@@ -341,6 +455,98 @@ mod tests {
         }))
         .unwrap_err();
         assert!(matches!(err, ProxyError::InvalidRequest(_)));
+    }
+
+    #[test]
+    fn image_parts_become_image_blocks() {
+        let (_, sent) = translate(json!({
+            "model": "c",
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
+            ]}],
+        }))
+        .unwrap();
+        assert_eq!(
+            sent["messages"][0]["content"],
+            json!([
+                {"type": "text", "text": "What is this?"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
+            ])
+        );
+    }
+
+    #[test]
+    fn the_front_door_model_replaces_the_callers() {
+        let body = Bytes::from_static(
+            br#"{"model":"anthropic/claude-x","messages":[{"role":"user","content":"hi"}]}"#,
+        );
+        let request = ChatRequest::parse(&body).unwrap();
+        let upstream = provider()
+            .translate_request(&request, "claude-x", None)
+            .unwrap();
+        let sent: Value = serde_json::from_slice(&upstream.body).unwrap();
+        assert_eq!(sent["model"], "claude-x");
+        assert_eq!(
+            upstream.headers.len(),
+            1,
+            "only the version header without a key"
+        );
+    }
+
+    #[test]
+    fn a_stream_becomes_chat_completion_chunks() {
+        let stream = include_bytes!("../../tests/fixtures/anthropic/stream.sse");
+        let mut translator = provider().stream_translator().unwrap();
+        let mut out = ChunkWriter::new("asked-for", true);
+        let mut parser = sse::Parser::default();
+        parser
+            .feed(stream, |event| translator.event(&event, &mut out))
+            .unwrap();
+        out.done();
+        let text = String::from_utf8(out.take()).unwrap();
+        let chunks: Vec<Value> = text
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|data| *data != "[DONE]")
+            .map(|data| serde_json::from_str(data).unwrap())
+            .collect();
+        let deltas: Vec<_> = chunks
+            .iter()
+            .map(|c| c["choices"][0]["delta"].clone())
+            .collect();
+        assert_eq!(
+            deltas[..4],
+            [
+                json!({"role": "assistant", "content": ""}),
+                json!({"content": "¡Hola"}),
+                json!({"content": "! 👋 ¿Qué tal?"}),
+                json!({}),
+            ]
+        );
+        assert_eq!(chunks[3]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(chunks[0]["model"], "claude-3-5-haiku-20241022");
+        assert_eq!(
+            chunks[4]["usage"],
+            json!({"prompt_tokens": 25, "completion_tokens": 15, "total_tokens": 40})
+        );
+        assert!(text.ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn an_error_event_ends_the_stream_with_its_data() {
+        let mut translator = provider().stream_translator().unwrap();
+        let mut out = ChunkWriter::new("m", false);
+        let event = sse::Event {
+            name: Some("error"),
+            data: r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#
+                .into(),
+        };
+        let err = translator.event(&event, &mut out).unwrap_err();
+        assert!(matches!(err, ProxyError::StreamEvent(_)));
+        assert_eq!(err.to_string(), "upstream stream failed: Overloaded");
     }
 
     #[test]

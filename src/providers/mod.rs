@@ -1,12 +1,16 @@
-//! The `ChatProvider` trait every wire format implements, and the registry that names them.
+//! The `ChatProvider` trait every wire format implements, and the registry of configured
+//! providers and aliases.
 //!
-//! Adding a provider: write one module with a type that implements [`ChatProvider`], then add
-//! one line to [`Registry::new`].
+//! Adding an OpenAI-compatible provider needs only the providers file. Adding a wire format:
+//! write one module with a type that implements [`ChatProvider`], then add one line to
+//! [`wire_format`].
 
 mod anthropic;
+mod gemini;
 mod openai;
 
 pub use anthropic::Anthropic;
+pub use gemini::Gemini;
 pub use openai::OpenAi;
 
 use actix_web::{
@@ -18,33 +22,76 @@ use actix_web::{
 };
 
 use crate::{
+    catalog::ProviderDecl,
     chat::{ChatRequest, ChatResponse},
+    completions::StreamTranslator,
     config::Config,
     error::ProxyError,
 };
+
+/// The providers every proxy knows without a providers file: name, wire format, and whether a
+/// key is required. Their base URLs come from `Config`.
+pub const BUILT_IN: [(&str, &str, bool); 4] = [
+    ("openai", "openai", true),
+    ("anthropic", "anthropic", true),
+    ("gemini", "gemini", true),
+    ("ollama", "openai", false),
+];
+
+/// Builds a provider of the given wire format. The one line to add for a new format.
+fn wire_format(kind: &str, endpoint: Endpoint, config: &Config) -> Box<dyn ChatProvider> {
+    match kind {
+        "openai" => Box::new(OpenAi::new(endpoint)),
+        "anthropic" => Box::new(Anthropic::new(endpoint, config)),
+        "gemini" => Box::new(Gemini::new(endpoint)),
+        _ => unreachable!("kinds are validated at start: {kind}"),
+    }
+}
+
+/// Where and how to reach one configured provider, whatever its wire format.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The `{provider}` of `/v1/chat/{provider}`, and the part before `/` in a front-door model.
+    pub name: &'static str,
+    pub base_url: String,
+    /// Without a key, a request to a provider that requires one is a 401 and goes nowhere.
+    pub key_required: bool,
+    /// Static headers from the providers file, sent on every request.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Endpoint {
+    /// The URL of a path below the base URL.
+    pub fn url(&self, path: &str) -> Uri {
+        crate::config::join_url(&self.base_url, path)
+            .parse()
+            .expect("base URLs are validated at start")
+    }
+}
 
 /// Everything `upstream::send` needs for one call: where, which headers, what body.
 #[derive(Debug)]
 pub struct UpstreamRequest {
     pub url: Uri,
-    /// Auth and version headers. `Content-Type: application/json` is always added by the sender.
+    /// Auth, version and configured headers. `Content-Type: application/json` is always added
+    /// by the sender.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
 }
 
-/// One upstream wire format. Implementations are plain data and translate with pure functions;
-/// all network I/O lives in `upstream`.
+/// One upstream wire format, configured for one provider. Implementations are plain data and
+/// translate with pure functions; all network I/O lives in `upstream`.
 pub trait ChatProvider: Send + Sync {
-    /// The `{provider}` segment of `/v1/chat/{provider}`, and the `provider` of responses.
-    fn name(&self) -> &'static str;
+    fn endpoint(&self) -> &Endpoint;
 
-    /// Runs once per request, after the body has been validated: builds the upstream call,
-    /// mapping the caller's key onto this provider's auth headers. Fails only on input this
-    /// provider cannot express (a 400).
+    /// Runs once per request, after the body has been validated: builds the upstream call for
+    /// `model`, mapping the caller's key (when there is one) onto this provider's auth. Fails
+    /// only on input this provider cannot express (a 400).
     fn translate_request(
         &self,
         request: &ChatRequest<'_>,
-        key: &HeaderValue,
+        model: &str,
+        key: Option<&HeaderValue>,
     ) -> Result<UpstreamRequest, ProxyError>;
 
     /// Runs on a 2xx answer to a non-streaming request: the upstream body, normalized.
@@ -54,46 +101,172 @@ pub trait ChatProvider: Send + Sync {
         body: &'a [u8],
         requested_model: &'a str,
     ) -> Result<ChatResponse<'a>, ProxyError>;
+
+    /// Runs when the front door opens a stream: turns this format's events into
+    /// `chat.completion.chunk`s. The default, `None`, means the upstream already speaks them and
+    /// its bytes pass through.
+    fn stream_translator(&self) -> Option<Box<dyn StreamTranslator>> {
+        None
+    }
+
+    /// Whether the upstream speaks OpenAI's Chat Completions, so a front-door body can go to it
+    /// as it came (with its model replaced). Default: no.
+    fn speaks_openai(&self) -> bool {
+        false
+    }
 }
 
-/// The providers this process serves, by name.
+/// A name that stands for a provider and a model.
+#[derive(Debug, Clone)]
+pub struct Alias {
+    pub name: String,
+    pub provider: &'static str,
+    pub model: String,
+}
+
+/// The providers and aliases this process serves.
 pub struct Registry {
     providers: Vec<Box<dyn ChatProvider>>,
+    aliases: Vec<Alias>,
 }
 
 impl Registry {
+    /// The built-in providers with the providers file applied. The config must be validated.
     pub fn new(config: &Config) -> Self {
-        Self {
-            providers: vec![
-                Box::new(OpenAi::new(&config.openai_base_url)),
-                Box::new(Anthropic::new(config)),
-            ],
+        let built_in_url = |name: &str| match name {
+            "openai" => &config.openai_base_url,
+            "anthropic" => &config.anthropic_base_url,
+            "gemini" => &config.gemini_base_url,
+            _ => &config.ollama_base_url,
+        };
+        let mut declared: Vec<(&str, Endpoint)> = BUILT_IN
+            .iter()
+            .map(|&(name, kind, key_required)| {
+                let endpoint = Endpoint {
+                    name,
+                    base_url: built_in_url(name).clone(),
+                    key_required,
+                    headers: Vec::new(),
+                };
+                (kind, endpoint)
+            })
+            .collect();
+        for decl in &config.catalog.providers {
+            match declared.iter_mut().find(|(_, e)| e.name == decl.name) {
+                Some((_, endpoint)) => apply_override(endpoint, decl),
+                None => declared.push((
+                    decl.kind.as_deref().expect("new providers have a kind"),
+                    Endpoint {
+                        // Leaked once at start: names live as long as the process.
+                        name: Box::leak(decl.name.clone().into_boxed_str()),
+                        base_url: decl.base_url.clone().expect("new providers have a URL"),
+                        key_required: decl.key_required.unwrap_or(true),
+                        headers: decl.headers.clone(),
+                    },
+                )),
+            }
         }
+        let providers: Vec<_> = declared
+            .into_iter()
+            .map(|(kind, endpoint)| wire_format(kind, endpoint, config))
+            .collect();
+        let aliases = config
+            .catalog
+            .aliases
+            .iter()
+            .map(|alias| Alias {
+                name: alias.name.clone(),
+                provider: providers
+                    .iter()
+                    .map(|p| p.endpoint().name)
+                    .find(|name| *name == alias.provider)
+                    .expect("aliases name known providers"),
+                model: alias.model.clone(),
+            })
+            .collect();
+        Self { providers, aliases }
     }
 
     pub fn get(&self, name: &str) -> Option<&dyn ChatProvider> {
         self.providers
             .iter()
-            .find(|provider| provider.name() == name)
+            .find(|provider| provider.endpoint().name == name)
             .map(Box::as_ref)
     }
 
-    /// The known names, sorted, for error messages.
+    pub fn alias(&self, name: &str) -> Option<&Alias> {
+        self.aliases.iter().find(|alias| alias.name == name)
+    }
+
+    pub fn aliases(&self) -> &[Alias] {
+        &self.aliases
+    }
+
+    /// The known provider names, sorted, for error messages and `/v1/models`.
     pub fn names(&self) -> Vec<&'static str> {
-        let mut names: Vec<_> = self.providers.iter().map(|p| p.name()).collect();
+        let mut names: Vec<_> = self.providers.iter().map(|p| p.endpoint().name).collect();
         names.sort_unstable();
         names
     }
+
+    /// The error for a provider name that is not known.
+    pub fn unknown(&self, name: &str) -> ProxyError {
+        ProxyError::UnknownProvider {
+            name: name.chars().take(64).collect(),
+            known: self.names().join(", "),
+        }
+    }
 }
 
-/// The URL of an endpoint below a validated base URL.
-fn endpoint(base: &str, path: &str) -> Uri {
-    crate::config::join_url(base, path)
-        .parse()
-        .expect("base URLs are validated at start")
+fn apply_override(endpoint: &mut Endpoint, decl: &ProviderDecl) {
+    if let Some(url) = &decl.base_url {
+        endpoint.base_url = url.clone();
+    }
+    if let Some(required) = decl.key_required {
+        endpoint.key_required = required;
+    }
+    endpoint.headers.extend(decl.headers.iter().cloned());
 }
 
-/// A header value built from a key, marked sensitive so that it is never printed.
+/// Checks the providers file against the built-in providers: a new provider needs a kind and
+/// a base URL, an override keeps its kind, an alias names a known provider.
+pub fn check_catalog(config: &Config) -> Result<(), String> {
+    let built_in = |name: &str| BUILT_IN.iter().find(|(n, _, _)| *n == name);
+    for decl in &config.catalog.providers {
+        let at = format!("providers.{}", decl.name);
+        match (built_in(&decl.name), &decl.kind) {
+            (Some((_, kind, _)), Some(declared)) if declared != kind => {
+                return Err(format!(
+                    "{at}.kind: {:?} is built in as {kind:?}; its kind cannot change",
+                    decl.name
+                ))
+            }
+            (Some(_), _) => {}
+            (None, None) => return Err(format!("{at}.kind: required for a new provider")),
+            (None, Some(_)) if decl.base_url.is_none() => {
+                return Err(format!("{at}.base_url: required for a new provider"))
+            }
+            (None, Some(_)) => {}
+        }
+    }
+    for alias in &config.catalog.aliases {
+        let known = built_in(&alias.provider).is_some()
+            || config
+                .catalog
+                .providers
+                .iter()
+                .any(|p| p.name == alias.provider);
+        if !known {
+            return Err(format!(
+                "aliases.{}.provider: {:?} is not a known provider",
+                alias.name, alias.provider
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Builds a header value from a key, marked sensitive so that it is never printed.
 fn secret_header(prefix: &str, key: &HeaderValue) -> HeaderValue {
     let mut bytes = Vec::with_capacity(prefix.len() + key.len());
     bytes.extend_from_slice(prefix.as_bytes());
@@ -107,4 +280,83 @@ fn secret_header(prefix: &str, key: &HeaderValue) -> HeaderValue {
 /// The error for a 2xx body that does not have the shape a provider documents.
 fn bad_body(provider: &str, why: impl std::fmt::Display) -> ProxyError {
     ProxyError::BadUpstreamBody(format!("{provider} response {why}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+
+    fn config(catalog: &str) -> Config {
+        Config {
+            catalog: Catalog::parse(catalog).unwrap(),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn built_ins_are_there_without_a_file() {
+        let registry = Registry::new(&Config::default());
+        assert_eq!(
+            registry.names(),
+            ["anthropic", "gemini", "ollama", "openai"]
+        );
+        assert!(!registry.get("ollama").unwrap().endpoint().key_required);
+        assert!(registry.get("openai").unwrap().endpoint().key_required);
+        assert!(registry.get("ollama").unwrap().speaks_openai());
+    }
+
+    #[test]
+    fn the_file_adds_providers_overrides_built_ins_and_names_aliases() {
+        let config = config(
+            r#"{"providers": {
+                  "groq": {"kind": "openai", "base_url": "https://api.groq.com/openai/v1"},
+                  "local": {"kind": "openai", "base_url": "http://localhost:1234/v1",
+                            "key_required": false, "headers": {"x-extra": "1"}},
+                  "openai": {"base_url": "http://gateway.internal/v1"}},
+                "aliases": {"fast": {"provider": "groq", "model": "llama-3.1-8b-instant"}}}"#,
+        );
+        check_catalog(&config).unwrap();
+        let registry = Registry::new(&config);
+        let groq = registry.get("groq").unwrap().endpoint();
+        assert!(groq.key_required);
+        assert_eq!(groq.base_url, "https://api.groq.com/openai/v1");
+        let local = registry.get("local").unwrap().endpoint();
+        assert!(!local.key_required);
+        assert_eq!(local.headers[0].0, "x-extra");
+        assert_eq!(
+            registry.get("openai").unwrap().endpoint().base_url,
+            "http://gateway.internal/v1"
+        );
+        let fast = registry.alias("fast").unwrap();
+        assert_eq!(
+            (fast.provider, fast.model.as_str()),
+            ("groq", "llama-3.1-8b-instant")
+        );
+    }
+
+    #[test]
+    fn the_file_is_checked_against_the_built_ins() {
+        for (catalog, expected) in [
+            (
+                r#"{"providers": {"groq": {"base_url": "http://x"}}}"#,
+                "providers.groq.kind: required",
+            ),
+            (
+                r#"{"providers": {"groq": {"kind": "openai"}}}"#,
+                "providers.groq.base_url: required",
+            ),
+            (
+                r#"{"providers": {"anthropic": {"kind": "openai"}}}"#,
+                "its kind cannot change",
+            ),
+            (
+                r#"{"aliases": {"fast": {"provider": "nobody", "model": "m"}}}"#,
+                "aliases.fast.provider",
+            ),
+        ] {
+            let err = check_catalog(&config(catalog)).unwrap_err();
+            assert!(err.contains(expected), "{catalog}: {err}");
+        }
+    }
 }

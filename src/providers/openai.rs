@@ -1,50 +1,69 @@
-//! OpenAI Chat Completions: the body goes upstream byte for byte; only auth is mapped.
+//! OpenAI Chat Completions, and every provider that speaks it (Groq, Mistral, OpenRouter,
+//! Ollama, vLLM, ...): the body goes upstream byte for byte; only auth is mapped.
 
 use std::borrow::Cow;
 
-use actix_web::http::{
-    header::{HeaderValue, AUTHORIZATION},
-    Uri,
+use actix_web::{
+    http::{
+        header::{HeaderValue, AUTHORIZATION},
+        Uri,
+    },
+    web::Bytes,
 };
 use serde::Deserialize;
 
-use super::{bad_body, endpoint, secret_header, ChatProvider, UpstreamRequest};
+use super::{bad_body, secret_header, ChatProvider, Endpoint, UpstreamRequest};
 use crate::{
-    chat::{ChatRequest, ChatResponse, Usage},
+    chat::{ChatRequest, ChatResponse, JsonObject, Usage},
     error::ProxyError,
 };
 
-pub const NAME: &str = "openai";
-
 pub struct OpenAi {
+    endpoint: Endpoint,
     url: Uri,
 }
 
 impl OpenAi {
-    pub fn new(base_url: &str) -> Self {
+    pub fn new(endpoint: Endpoint) -> Self {
         Self {
-            url: endpoint(base_url, "chat/completions"),
+            url: endpoint.url("chat/completions"),
+            endpoint,
         }
     }
 }
 
 impl ChatProvider for OpenAi {
-    fn name(&self) -> &'static str {
-        NAME
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     fn translate_request(
         &self,
         request: &ChatRequest<'_>,
-        key: &HeaderValue,
+        model: &str,
+        key: Option<&HeaderValue>,
     ) -> Result<UpstreamRequest, ProxyError> {
+        let headers = key
+            .map(|key| (AUTHORIZATION, secret_header("Bearer ", key)))
+            .into_iter()
+            .collect();
         // Our request shape is a subset of OpenAI's: forwarding the body as received keeps
-        // field order and unknown fields, and costs no copy.
+        // field order and unknown fields, and costs no copy. Only a front-door request, whose
+        // model named the provider or an alias, or that lost fields, is written anew.
+        let body = if model == request.model && !request.fields_removed {
+            request.body.clone()
+        } else {
+            with_model(request, model)?
+        };
         Ok(UpstreamRequest {
             url: self.url.clone(),
-            headers: vec![(AUTHORIZATION, secret_header("Bearer ", key))],
-            body: request.body.clone(),
+            headers,
+            body,
         })
+    }
+
+    fn speaks_openai(&self) -> bool {
+        true
     }
 
     fn translate_response<'a>(
@@ -52,14 +71,15 @@ impl ChatProvider for OpenAi {
         body: &'a [u8],
         requested_model: &'a str,
     ) -> Result<ChatResponse<'a>, ProxyError> {
-        let completion: Completion = serde_json::from_slice(body).map_err(|e| bad_body(NAME, e))?;
+        let name = self.endpoint.name;
+        let completion: Completion = serde_json::from_slice(body).map_err(|e| bad_body(name, e))?;
         let choice = completion
             .choices
             .into_iter()
             .next()
-            .ok_or_else(|| bad_body(NAME, "has no choices"))?;
+            .ok_or_else(|| bad_body(name, "has no choices"))?;
         Ok(ChatResponse {
-            provider: NAME,
+            provider: name,
             model: completion.model.unwrap_or(Cow::Borrowed(requested_model)),
             content: choice.message.content.unwrap_or_default(),
             stop_reason: choice.finish_reason.clone(),
@@ -70,6 +90,20 @@ impl ChatProvider for OpenAi {
             }),
         })
     }
+}
+
+/// The request's fields in order, with `model` set to `model`.
+fn with_model(request: &ChatRequest<'_>, model: &str) -> Result<Bytes, ProxyError> {
+    let mut out = Vec::with_capacity(request.body.len());
+    let mut object = JsonObject::new(&mut out);
+    for (name, value) in &request.fields {
+        match name.as_ref() {
+            "model" => object.field("model", &model)?,
+            _ => object.field(name, value)?,
+        }
+    }
+    object.end();
+    Ok(Bytes::from(out))
 }
 
 #[derive(Deserialize)]
@@ -109,7 +143,12 @@ mod tests {
     use actix_web::web::Bytes;
 
     fn provider() -> OpenAi {
-        OpenAi::new("http://upstream.test/v1/")
+        OpenAi::new(Endpoint {
+            name: "openai",
+            base_url: "http://upstream.test/v1/".into(),
+            key_required: true,
+            headers: vec![],
+        })
     }
 
     #[test]
@@ -119,7 +158,11 @@ mod tests {
         );
         let request = ChatRequest::parse(&body).unwrap();
         let upstream = provider()
-            .translate_request(&request, &HeaderValue::from_static("sk-test"))
+            .translate_request(
+                &request,
+                "gpt-4o-mini",
+                Some(&HeaderValue::from_static("sk-test")),
+            )
             .unwrap();
         assert_eq!(upstream.url, "http://upstream.test/v1/chat/completions");
         assert_eq!(upstream.body, body);
@@ -127,6 +170,22 @@ mod tests {
         assert_eq!(upstream.headers[0].0, AUTHORIZATION);
         assert_eq!(upstream.headers[0].1, "Bearer sk-test");
         assert!(upstream.headers[0].1.is_sensitive());
+    }
+
+    #[test]
+    fn another_model_rewrites_only_the_model_field_in_place() {
+        let body = Bytes::from_static(
+            br#"{"seed":1,"model":"groq/llama-3.1-8b","messages":[{"role":"user","content":"hi"}]}"#,
+        );
+        let request = ChatRequest::parse(&body).unwrap();
+        let upstream = provider()
+            .translate_request(&request, "llama-3.1-8b", None)
+            .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&upstream.body).unwrap(),
+            r#"{"seed":1,"model":"llama-3.1-8b","messages":[{"role":"user","content":"hi"}]}"#
+        );
+        assert!(upstream.headers.is_empty(), "no key, no auth header");
     }
 
     #[test]

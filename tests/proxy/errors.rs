@@ -46,7 +46,7 @@ async fn an_unknown_provider_is_404_naming_the_known_ones_and_calls_nothing() {
     let body = assert_error(&answer, 404, "not_found", Value::Null);
     let message = body["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("mistery") && message.contains("anthropic, openai"),
+        message.contains("mistery") && message.contains("anthropic, gemini, ollama, openai"),
         "{message}"
     );
     assert!(mock.requests().is_empty());
@@ -138,8 +138,8 @@ async fn bad_bodies_are_400_naming_the_field() {
             "`messages[0].role`",
         ),
         (
-            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}"#,
-            "`messages[0].content`",
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"video","url":"x"}]}]}"#,
+            "`messages[0].content[0]`",
         ),
         (
             r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":0}"#,

@@ -1,0 +1,265 @@
+//! The providers file (`PROVIDERS_FILE`): extra providers, overrides of built-in ones, and model
+//! aliases, checked field by field at start.
+
+use actix_web::http::header::{HeaderName, HeaderValue};
+use serde_json::{Map, Value};
+
+use crate::config::check_base_url;
+
+/// The wire formats a provider can speak.
+pub const KINDS: [&str; 3] = ["openai", "anthropic", "gemini"];
+
+/// Everything the providers file declares.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Catalog {
+    pub providers: Vec<ProviderDecl>,
+    pub aliases: Vec<AliasDecl>,
+}
+
+/// One entry of `providers`: a new provider, or an override of a built-in one (then every
+/// field is optional and only what is given changes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderDecl {
+    pub name: String,
+    pub kind: Option<String>,
+    pub base_url: Option<String>,
+    pub key_required: Option<bool>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// One entry of `aliases`: a name that stands for a provider and a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AliasDecl {
+    pub name: String,
+    pub provider: String,
+    pub model: String,
+}
+
+impl Catalog {
+    /// Parses the file's text. The error names the field and what is wrong with it, like
+    /// `providers.groq.base_url: must start with http:// or https://`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let root: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+        let root = object(&root, "the file")?;
+        only_fields(root, "", &["providers", "aliases"])?;
+        let mut catalog = Catalog::default();
+        if let Some(providers) = root.get("providers") {
+            for (name, decl) in object(providers, "providers")? {
+                catalog.providers.push(provider(name, decl)?);
+            }
+        }
+        if let Some(aliases) = root.get("aliases") {
+            for (name, decl) in object(aliases, "aliases")? {
+                catalog.aliases.push(alias(name, decl)?);
+            }
+        }
+        Ok(catalog)
+    }
+}
+
+fn provider(name: &str, decl: &Value) -> Result<ProviderDecl, String> {
+    let at = format!("providers.{name}");
+    if !is_valid_name(name) {
+        return Err(format!(
+            "{at}: a provider name is lowercase letters, digits, `-`, `_` and `.`"
+        ));
+    }
+    let fields = object(decl, &at)?;
+    only_fields(
+        fields,
+        &at,
+        &["kind", "base_url", "key_required", "headers"],
+    )?;
+    let kind = optional_string(fields, &at, "kind")?;
+    if let Some(kind) = &kind {
+        if !KINDS.contains(&kind.as_str()) {
+            return Err(format!(
+                "{at}.kind: {kind:?} is not one of {}",
+                KINDS.join(", ")
+            ));
+        }
+    }
+    let base_url = optional_string(fields, &at, "base_url")?;
+    if let Some(url) = &base_url {
+        check_base_url(url).map_err(|why| format!("{at}.base_url: {url:?} {why}"))?;
+    }
+    let key_required = match fields.get("key_required") {
+        None => None,
+        Some(Value::Bool(required)) => Some(*required),
+        Some(_) => return Err(format!("{at}.key_required: must be true or false")),
+    };
+    let mut headers = Vec::new();
+    if let Some(declared) = fields.get("headers") {
+        for (header, value) in object(declared, &format!("{at}.headers"))? {
+            let at = format!("{at}.headers.{header}");
+            let header = HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| format!("{at}: not a valid header name"))?;
+            let value = value
+                .as_str()
+                .and_then(|v| HeaderValue::from_str(v).ok())
+                .ok_or_else(|| format!("{at}: must be a string valid in a header"))?;
+            headers.push((header, value));
+        }
+    }
+    Ok(ProviderDecl {
+        name: name.to_owned(),
+        kind,
+        base_url,
+        key_required,
+        headers,
+    })
+}
+
+fn alias(name: &str, decl: &Value) -> Result<AliasDecl, String> {
+    let at = format!("aliases.{name}");
+    if name.is_empty() || name.contains('/') {
+        return Err(format!("{at}: an alias name is not empty and has no `/`"));
+    }
+    let fields = object(decl, &at)?;
+    only_fields(fields, &at, &["provider", "model"])?;
+    let required = |field| {
+        optional_string(fields, &at, field)?
+            .filter(|value| !value.is_empty())
+            .ok_or_else(|| format!("{at}.{field}: required, a non-empty string"))
+    };
+    Ok(AliasDecl {
+        name: name.to_owned(),
+        provider: required("provider")?,
+        model: required("model")?,
+    })
+}
+
+/// Provider names are what appears in `/v1/chat/{provider}` and before the `/` of a model.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
+
+fn object<'v>(value: &'v Value, at: &str) -> Result<&'v Map<String, Value>, String> {
+    value
+        .as_object()
+        .ok_or_else(|| format!("{at}: must be a JSON object"))
+}
+
+fn only_fields(fields: &Map<String, Value>, at: &str, known: &[&str]) -> Result<(), String> {
+    match fields.keys().find(|key| !known.contains(&key.as_str())) {
+        None => Ok(()),
+        Some(unknown) => {
+            let place = if at.is_empty() {
+                unknown.clone()
+            } else {
+                format!("{at}.{unknown}")
+            };
+            Err(format!(
+                "{place}: unknown field; expected one of {}",
+                known.join(", ")
+            ))
+        }
+    }
+}
+
+fn optional_string(
+    fields: &Map<String, Value>,
+    at: &str,
+    field: &str,
+) -> Result<Option<String>, String> {
+    match fields.get(field) {
+        None => Ok(None),
+        Some(Value::String(value)) => Ok(Some(value.clone())),
+        Some(_) => Err(format!("{at}.{field}: must be a string")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_file_parses() {
+        let catalog = Catalog::parse(
+            r#"{
+              "providers": {
+                "groq": {"kind": "openai", "base_url": "https://api.groq.com/openai/v1",
+                         "key_required": true, "headers": {"X-Title": "app"}},
+                "openai": {"base_url": "http://localhost:9000/v1"}
+              },
+              "aliases": {"fast": {"provider": "groq", "model": "llama-3.1-8b-instant"}}
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(catalog.providers.len(), 2);
+        let groq = &catalog.providers[0];
+        assert_eq!(groq.name, "groq");
+        assert_eq!(groq.kind.as_deref(), Some("openai"));
+        assert_eq!(groq.key_required, Some(true));
+        assert_eq!(groq.headers[0].0, "x-title");
+        assert_eq!(groq.headers[0].1, "app");
+        assert_eq!(catalog.providers[1].kind, None);
+        assert_eq!(
+            catalog.aliases,
+            [AliasDecl {
+                name: "fast".into(),
+                provider: "groq".into(),
+                model: "llama-3.1-8b-instant".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn each_mistake_names_its_field() {
+        let cases = [
+            ("{", "not valid JSON"),
+            ("[]", "the file: must be a JSON object"),
+            (r#"{"provider": {}}"#, "provider: unknown field"),
+            (
+                r#"{"providers": {"Groq": {}}}"#,
+                "providers.Groq: a provider name",
+            ),
+            (
+                r#"{"providers": {"g": {"kind": "grpc"}}}"#,
+                "providers.g.kind: \"grpc\" is not one of",
+            ),
+            (
+                r#"{"providers": {"g": {"base_url": "ftp://x"}}}"#,
+                "providers.g.base_url",
+            ),
+            (
+                r#"{"providers": {"g": {"bse_url": "http://x"}}}"#,
+                "providers.g.bse_url: unknown field",
+            ),
+            (
+                r#"{"providers": {"g": {"key_required": "yes"}}}"#,
+                "providers.g.key_required",
+            ),
+            (
+                r#"{"providers": {"g": {"headers": {"bad header": "v"}}}}"#,
+                "providers.g.headers.bad header",
+            ),
+            (
+                r#"{"providers": {"g": {"headers": {"x-a": 1}}}}"#,
+                "providers.g.headers.x-a",
+            ),
+            (
+                r#"{"aliases": {"a/b": {"provider": "p", "model": "m"}}}"#,
+                "aliases.a/b",
+            ),
+            (
+                r#"{"aliases": {"fast": {"provider": "p"}}}"#,
+                "aliases.fast.model: required",
+            ),
+            (
+                r#"{"aliases": {"fast": {"provider": "p", "model": 3}}}"#,
+                "aliases.fast.model: must be a string",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = Catalog::parse(text).unwrap_err();
+            assert!(
+                err.contains(expected),
+                "{text}: got {err:?}, want {expected:?}"
+            );
+        }
+    }
+}
