@@ -147,7 +147,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("WORKERS", self.workers as u64),
-            ("HTTP_TIMEOUT_SECONDS", self.http_timeout.as_secs()),
+            ("HTTP_TIMEOUT_SECONDS", self.http_timeout.as_millis() as u64),
             ("HTTP_MAX_CONNECTIONS", self.http_max_connections as u64),
             (
                 "ANTHROPIC_DEFAULT_MAX_TOKENS",

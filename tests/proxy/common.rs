@@ -261,12 +261,23 @@ pub fn config_with_base(base: &str) -> Config {
         workers: 1,
         openai_base_url: base.to_owned(),
         anthropic_base_url: base.to_owned(),
+        gemini_base_url: base.to_owned(),
+        ollama_base_url: base.to_owned(),
         http_timeout: Duration::from_secs(10),
         ..Config::default()
     }
 }
 
+/// Settings for `mock` with a providers file's text applied.
+pub fn config_with_catalog(mock: &Mock, catalog: &str) -> Config {
+    Config {
+        catalog: llm_proxy::catalog::Catalog::parse(catalog).expect("a valid providers file"),
+        ..config_for(mock)
+    }
+}
+
 pub fn start_proxy(config: Config) -> Proxy {
+    config.validate().expect("a valid test configuration");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = llm_proxy::server::build(config, listener).unwrap();
@@ -317,6 +328,32 @@ pub async fn post(proxy: &Proxy, path: &str, key: Option<&str>, body: impl Into<
         headers: response.headers().clone(),
         body,
     }
+}
+
+/// POSTs an OpenAI request to the front door with the key as a bearer token, as the SDKs do.
+pub async fn complete(proxy: &Proxy, body: Value) -> Answer {
+    let mut response = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .insert_header(("Authorization", format!("Bearer {TEST_KEY}")))
+        .send_body(body.to_string())
+        .await
+        .expect("the proxy answers");
+    let body = response.body().limit(64 << 20).await.expect("a whole body");
+    Answer {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        body,
+    }
+}
+
+/// The `data:` payloads of an SSE body, parsed as JSON (`[DONE]` as a JSON string).
+pub fn sse_data(body: &[u8]) -> Vec<Value> {
+    std::str::from_utf8(body)
+        .expect("UTF-8 events")
+        .split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap_or_else(|_| Value::String(data.into())))
+        .collect()
 }
 
 /// POSTs a JSON chat body to `/v1/chat/{provider}` with the key `sk-test-key`.

@@ -4,6 +4,8 @@
 mod anthropic;
 mod common;
 mod errors;
+mod front_door;
+mod gemini;
 mod openai;
 mod process;
 mod streaming;

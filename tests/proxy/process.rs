@@ -132,6 +132,24 @@ fn an_invalid_variable_stops_the_process_naming_it() {
 }
 
 #[test]
+fn a_bad_providers_file_stops_the_process_naming_file_and_field() {
+    let dir = std::env::temp_dir().join(format!("llm-proxy-catalog-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("providers.json");
+    std::fs::write(
+        &file,
+        r#"{"providers": {"groq": {"kind": "openai", "base_url": "groq.com"}}}"#,
+    )
+    .unwrap();
+    let process = Process::start(&[("PROVIDERS_FILE", file.to_str().unwrap())]);
+    let (status, lines) = process.exit_within(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(2), "{lines:?}");
+    let line = lines.join("\n");
+    assert!(line.contains("providers.json"), "{line}");
+    assert!(line.contains("providers.groq.base_url"), "{line}");
+}
+
+#[test]
 fn a_malformed_dotenv_stops_the_process() {
     let process = Process::start_with_dotenv(&[], Some("PORT=8000\nTHIS LINE IS NOT A VARIABLE\n"));
     let (status, lines) = process.exit_within(Duration::from_secs(20));
