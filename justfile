@@ -22,6 +22,10 @@ start:
 test:
     cargo test
 
+# Run the OpenAI SDK tests: the official `openai` Python package against the proxy and mocks.
+test-sdk:
+    bash tests/sdk/run
+
 # Check formatting and lints, as CI does.
 lint:
     cargo fmt --check

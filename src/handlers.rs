@@ -258,14 +258,16 @@ async fn exchange(
         upstream::read_body(upstream, config.max_response_bytes, config.http_timeout).await?;
     let json = match route {
         // Already a chat.completion: passed on as it came, tool calls and all.
-        Route::FrontDoor if provider.speaks_openai() => body.to_vec(),
+        Route::FrontDoor if provider.speaks_openai() => body,
         Route::FrontDoor => {
-            completions::completion_body(&provider.translate_response(&body, model)?)
+            let normalized = provider.translate_response(&body, model)?;
+            Bytes::from(completions::completion_body(&normalized))
         }
         Route::Path => {
             let normalized = provider.translate_response(&body, model)?;
-            serde_json::to_vec(&normalized)
-                .map_err(|e| ProxyError::BadUpstreamBody(e.to_string()))?
+            let json = serde_json::to_vec(&normalized)
+                .map_err(|e| ProxyError::BadUpstreamBody(e.to_string()))?;
+            Bytes::from(json)
         }
     };
     Ok(response.content_type("application/json").body(json))
