@@ -35,7 +35,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub fn access_log() -> Logger {
     Logger::new(
         "%{method}xi %U provider=%{provider}xo model=%{model}xo status=%s \
-         upstream_status=%{upstream_status}xo stream=%{stream}xo duration_ms=%D",
+         upstream_status=%{upstream_status}xo attempts=%{attempts}xo stream=%{stream}xo \
+         duration_ms=%D",
     )
     .custom_request_replace("method", |req| req.method().to_string())
     .custom_response_replace("provider", |res| {

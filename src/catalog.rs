@@ -33,6 +33,8 @@ pub struct AliasDecl {
     pub name: String,
     pub provider: String,
     pub model: String,
+    /// Tried in order when the alias's provider fails: `provider/model` or other aliases.
+    pub fallbacks: Vec<String>,
 }
 
 impl Catalog {
@@ -116,16 +118,30 @@ fn alias(name: &str, decl: &Value) -> Result<AliasDecl, String> {
         return Err(format!("{at}: an alias name is not empty and has no `/`"));
     }
     let fields = object(decl, &at)?;
-    only_fields(fields, &at, &["provider", "model"])?;
+    only_fields(fields, &at, &["provider", "model", "fallbacks"])?;
     let required = |field| {
         optional_string(fields, &at, field)?
             .filter(|value| !value.is_empty())
             .ok_or_else(|| format!("{at}.{field}: required, a non-empty string"))
     };
+    let fallbacks = match fields.get("fallbacks") {
+        None => Vec::new(),
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|entry| entry.as_str().filter(|s| !s.is_empty()).map(str::to_owned))
+            .collect::<Option<_>>()
+            .ok_or_else(|| format!("{at}.fallbacks: must be a list of non-empty strings"))?,
+        Some(_) => {
+            return Err(format!(
+                "{at}.fallbacks: must be a list of non-empty strings"
+            ))
+        }
+    };
     Ok(AliasDecl {
         name: name.to_owned(),
         provider: required("provider")?,
         model: required("model")?,
+        fallbacks,
     })
 }
 
@@ -202,7 +218,8 @@ mod tests {
             [AliasDecl {
                 name: "fast".into(),
                 provider: "groq".into(),
-                model: "llama-3.1-8b-instant".into()
+                model: "llama-3.1-8b-instant".into(),
+                fallbacks: vec![],
             }]
         );
     }

@@ -16,7 +16,7 @@ use crate::error::ProxyError;
 ///
 /// Strings borrow from the body where they can; `fields` keeps every top-level field in the
 /// order it came, raw, so translations can forward what they do not understand unchanged.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ChatRequest<'a> {
     pub model: Cow<'a, str>,
     pub messages: Vec<Message<'a>>,
@@ -43,27 +43,27 @@ pub enum Role {
     Assistant,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Message<'a> {
     pub role: Role,
     pub content: Content<'a>,
 }
 
 /// A message's content: a string, or a list of text and image parts.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Content<'a> {
     Text(Cow<'a, str>),
     Parts(Vec<Part<'a>>),
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Part<'a> {
     Text(Cow<'a, str>),
     Image(Image<'a>),
 }
 
 /// An image, by URL or inline, always with a media type the providers accept.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Image<'a> {
     /// An `https` URL; `media_type` is inferred from its extension (JPEG when it has none).
     Url {

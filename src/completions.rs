@@ -11,9 +11,12 @@ use serde::Serialize;
 use crate::{
     chat::{ChatResponse, Usage},
     error::ProxyError,
-    providers::{ChatProvider, Registry},
+    providers::Registry,
     sse,
 };
+
+/// Fields of ours that no upstream understands: always dropped before a request goes on.
+pub const PROXY_FIELDS: [&str; 1] = ["fallbacks"];
 
 /// Fields only OpenAI understands. They are dropped before a front-door request goes to
 /// another wire format, which would refuse them; `stream_options` is honoured by the proxy.
@@ -36,41 +39,6 @@ pub const OPENAI_ONLY_FIELDS: [&str; 17] = [
     "stream_options",
     "top_logprobs",
 ];
-
-/// Resolves a front-door `model`: an alias, or `provider/model` split at the first `/`.
-pub fn resolve<'r, 'm>(
-    registry: &'r Registry,
-    model: &'m str,
-) -> Result<(&'r dyn ChatProvider, &'m str), ProxyError>
-where
-    'r: 'm,
-{
-    if let Some(alias) = registry.alias(model) {
-        let provider = registry
-            .get(alias.provider)
-            .expect("aliases name known providers");
-        return Ok((provider, alias.model.as_str()));
-    }
-    let Some((name, model)) = model.split_once('/') else {
-        let aliases: Vec<_> = registry.aliases().iter().map(|a| a.name.as_str()).collect();
-        return Err(ProxyError::InvalidRequest(format!(
-            "`model` must be `provider/model` (providers: {}) or an alias{}",
-            registry.names().join(", "),
-            if aliases.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", aliases.join(", "))
-            }
-        )));
-    };
-    let provider = registry.get(name).ok_or_else(|| registry.unknown(name))?;
-    if model.is_empty() {
-        return Err(ProxyError::InvalidRequest(format!(
-            "`model` names provider {name:?} but no model after the `/`"
-        )));
-    }
-    Ok((provider, model))
-}
 
 /// A fresh completion id, unique within the process and across restarts.
 pub fn completion_id() -> String {
@@ -387,7 +355,9 @@ mod tests {
     #[test]
     fn a_model_splits_at_the_first_slash_only() {
         let registry = registry();
-        let (provider, model) = resolve(&registry, "openrouter/meta-llama/llama-3.1-70b").unwrap();
+        let (provider, model) = registry
+            .resolve("openrouter/meta-llama/llama-3.1-70b")
+            .unwrap();
         assert_eq!(provider.endpoint().name, "openrouter");
         assert_eq!(model, "meta-llama/llama-3.1-70b");
     }
@@ -395,7 +365,7 @@ mod tests {
     #[test]
     fn an_alias_names_its_provider_and_model() {
         let registry = registry();
-        let (provider, model) = resolve(&registry, "fast").unwrap();
+        let (provider, model) = registry.resolve("fast").unwrap();
         assert_eq!(provider.endpoint().name, "openrouter");
         assert_eq!(model, "meta-llama/llama-3.1-8b");
     }
@@ -403,13 +373,13 @@ mod tests {
     #[test]
     fn unresolvable_models_are_refused_clearly() {
         let registry = registry();
-        let err = resolve(&registry, "gpt-4o").err().unwrap();
+        let err = registry.resolve("gpt-4o").err().unwrap();
         assert!(matches!(err, ProxyError::InvalidRequest(_)));
         assert!(err.to_string().contains("provider/model"), "{err}");
         assert!(err.to_string().contains("fast"), "{err}");
-        let err = resolve(&registry, "nobody/model").err().unwrap();
+        let err = registry.resolve("nobody/model").err().unwrap();
         assert!(matches!(err, ProxyError::UnknownProvider { .. }));
-        let err = resolve(&registry, "openai/").err().unwrap();
+        let err = registry.resolve("openai/").err().unwrap();
         assert!(matches!(err, ProxyError::InvalidRequest(_)));
     }
 

@@ -32,6 +32,21 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub max_response_bytes: usize,
     pub shutdown_timeout: Duration,
+    /// Retries of one provider after a retryable failure; a request may ask for fewer.
+    pub max_retries: u32,
+    /// The first retry waits up to this long (full jitter), each next one twice as long.
+    pub retry_base: Duration,
+    /// An upstream asking to be retried later than this is not waited for.
+    pub retry_max_wait: Duration,
+    /// Bounds connecting to an upstream (TCP and TLS), apart from `http_timeout`.
+    pub connect_timeout: Duration,
+    /// Chat requests in flight at once in this process; more get a fast 503.
+    pub max_concurrent_requests: usize,
+    /// While a translated front-door stream is silent, a `: keep-alive` comment this often.
+    /// Zero turns it off.
+    pub sse_heartbeat: Duration,
+    /// The same for pass-through streams; off (zero) by default, since it adds bytes.
+    pub passthrough_heartbeat: Duration,
     /// What `PROVIDERS_FILE` declares (empty when it is not set).
     pub catalog: Catalog,
 }
@@ -54,6 +69,13 @@ impl Default for Config {
             max_body_bytes: 4 * 1024 * 1024,
             max_response_bytes: 64 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
+            max_retries: 2,
+            retry_base: Duration::from_millis(200),
+            retry_max_wait: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            max_concurrent_requests: 1024,
+            sse_heartbeat: Duration::from_secs(15),
+            passthrough_heartbeat: Duration::ZERO,
             catalog: Catalog::default(),
         }
     }
@@ -89,6 +111,13 @@ struct Env {
     max_body_bytes: Option<usize>,
     max_response_bytes: Option<usize>,
     shutdown_timeout_seconds: Option<u64>,
+    max_retries: Option<u32>,
+    retry_base_ms: Option<u64>,
+    retry_max_wait_seconds: Option<u64>,
+    connect_timeout_seconds: Option<u64>,
+    max_concurrent_requests: Option<usize>,
+    sse_heartbeat_seconds: Option<u64>,
+    passthrough_heartbeat_seconds: Option<u64>,
     providers_file: Option<PathBuf>,
 }
 
@@ -134,6 +163,25 @@ impl Config {
             shutdown_timeout: env
                 .shutdown_timeout_seconds
                 .map_or(defaults.shutdown_timeout, Duration::from_secs),
+            max_retries: env.max_retries.unwrap_or(defaults.max_retries),
+            retry_base: env
+                .retry_base_ms
+                .map_or(defaults.retry_base, Duration::from_millis),
+            retry_max_wait: env
+                .retry_max_wait_seconds
+                .map_or(defaults.retry_max_wait, Duration::from_secs),
+            connect_timeout: env
+                .connect_timeout_seconds
+                .map_or(defaults.connect_timeout, Duration::from_secs),
+            max_concurrent_requests: env
+                .max_concurrent_requests
+                .unwrap_or(defaults.max_concurrent_requests),
+            sse_heartbeat: env
+                .sse_heartbeat_seconds
+                .map_or(defaults.sse_heartbeat, Duration::from_secs),
+            passthrough_heartbeat: env
+                .passthrough_heartbeat_seconds
+                .map_or(defaults.passthrough_heartbeat, Duration::from_secs),
             catalog: match &env.providers_file {
                 Some(path) => read_catalog(path)?,
                 None => Catalog::default(),
@@ -155,6 +203,14 @@ impl Config {
             ),
             ("MAX_BODY_BYTES", self.max_body_bytes as u64),
             ("MAX_RESPONSE_BYTES", self.max_response_bytes as u64),
+            (
+                "CONNECT_TIMEOUT_SECONDS",
+                self.connect_timeout.as_millis() as u64,
+            ),
+            (
+                "MAX_CONCURRENT_REQUESTS",
+                self.max_concurrent_requests as u64,
+            ),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError(format!("{name} must be greater than 0")));
@@ -243,6 +299,13 @@ mod tests {
         assert_eq!(config.anthropic_default_max_tokens, 1024);
         assert_eq!(config.max_body_bytes, 4_194_304);
         assert_eq!(config.workers, defaults.workers);
+        assert_eq!(config.max_retries, 2);
+        assert_eq!(config.retry_base, Duration::from_millis(200));
+        assert_eq!(config.retry_max_wait, Duration::from_secs(10));
+        assert_eq!(config.connect_timeout, Duration::from_secs(10));
+        assert_eq!(config.max_concurrent_requests, 1024);
+        assert_eq!(config.sse_heartbeat, Duration::from_secs(15));
+        assert_eq!(config.passthrough_heartbeat, Duration::ZERO);
     }
 
     #[test]
@@ -263,6 +326,13 @@ mod tests {
             ("MAX_BODY_BYTES", "10"),
             ("MAX_RESPONSE_BYTES", "20"),
             ("SHUTDOWN_TIMEOUT_SECONDS", "5"),
+            ("MAX_RETRIES", "0"),
+            ("RETRY_BASE_MS", "50"),
+            ("RETRY_MAX_WAIT_SECONDS", "3"),
+            ("CONNECT_TIMEOUT_SECONDS", "4"),
+            ("MAX_CONCURRENT_REQUESTS", "8"),
+            ("SSE_HEARTBEAT_SECONDS", "0"),
+            ("PASSTHROUGH_HEARTBEAT_SECONDS", "20"),
         ]))
         .unwrap();
         assert_eq!(config.host, "127.0.0.1");
@@ -280,6 +350,13 @@ mod tests {
         assert_eq!(config.max_body_bytes, 10);
         assert_eq!(config.max_response_bytes, 20);
         assert_eq!(config.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(config.max_retries, 0);
+        assert_eq!(config.retry_base, Duration::from_millis(50));
+        assert_eq!(config.retry_max_wait, Duration::from_secs(3));
+        assert_eq!(config.connect_timeout, Duration::from_secs(4));
+        assert_eq!(config.max_concurrent_requests, 8);
+        assert_eq!(config.sse_heartbeat, Duration::ZERO);
+        assert_eq!(config.passthrough_heartbeat, Duration::from_secs(20));
     }
 
     #[test]

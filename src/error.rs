@@ -13,6 +13,8 @@ use actix_web::{
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use crate::retry::Attempt;
+
 /// Upstream error bodies that are not JSON are passed on as text, cut at this many bytes.
 const MAX_UPSTREAM_TEXT: usize = 64 * 1024;
 
@@ -46,6 +48,15 @@ pub enum ProxyError {
     Unreachable(String),
     /// No response headers (or, in a body, no chunk) within `HTTP_TIMEOUT_SECONDS`.
     Timeout,
+    /// `MAX_CONCURRENT_REQUESTS` are in flight already.
+    Overloaded,
+    /// Every upstream connection this worker may open is in use.
+    PoolExhausted,
+    /// Every provider and retry failed: the last failure, and the record of each attempt.
+    Exhausted {
+        last: Box<ProxyError>,
+        attempts: Vec<Attempt>,
+    },
 }
 
 impl ProxyError {
@@ -60,25 +71,57 @@ impl ProxyError {
             Self::Upstream { .. } | Self::StreamEvent(_) => "upstream_error",
             Self::BadUpstreamBody(_) | Self::Unreachable(_) => "bad_gateway",
             Self::Timeout => "gateway_timeout",
+            Self::Overloaded => "overloaded",
+            Self::PoolExhausted => "pool_exhausted",
+            Self::Exhausted { last, .. } => last.kind(),
+        }
+    }
+
+    /// The failure itself and the attempts behind it (none when there was one try or none).
+    fn unwrap_attempts(&self) -> (&ProxyError, &[Attempt]) {
+        match self {
+            Self::Exhausted { last, attempts } => (last, attempts),
+            _ => (self, &[]),
+        }
+    }
+
+    /// The headers an error response carries: the upstream's rate-limit headers, or our own
+    /// `Retry-After` when we turn a request away.
+    fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        match self.unwrap_attempts().0 {
+            Self::Upstream { headers, .. } => headers.clone(),
+            Self::Overloaded | Self::PoolExhausted => vec![(
+                actix_web::http::header::RETRY_AFTER,
+                HeaderValue::from_static("1"),
+            )],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The upstream's status and body, when the failure is an upstream's answer.
+    fn upstream(&self) -> (Option<u16>, Option<UpstreamBody<'_>>) {
+        match self {
+            Self::Upstream { status, body, .. } => {
+                (Some(status.as_u16()), Some(upstream_body(body)))
+            }
+            Self::StreamEvent(body) => (None, Some(upstream_body(body))),
+            _ => (None, None),
         }
     }
 
     /// The JSON error body, `{"error": {...}}`, naming the provider when there is one.
     pub fn body(&self, provider: Option<&str>) -> Vec<u8> {
-        let message = self.to_string();
-        let (upstream_status, upstream) = match self {
-            Self::Upstream { status, body, .. } => {
-                (Some(status.as_u16()), Some(upstream_body(body)))
-            }
-            _ => (None, None),
-        };
+        let (error, attempts) = self.unwrap_attempts();
+        let message = error.to_string();
+        let (upstream_status, upstream) = error.upstream();
         let body = ErrorBody {
             error: ErrorFields {
-                kind: self.kind(),
+                kind: error.kind(),
                 message: &message,
                 provider,
                 upstream_status,
                 upstream,
+                attempts,
             },
         };
         serde_json::to_vec(&body).expect("an error body always serializes")
@@ -88,15 +131,16 @@ impl ProxyError {
     /// the front door: the SDKs pick their exception class from the status, and read these.
     /// An upstream's own `type`, `param` and `code` are kept when it has them.
     pub fn openai_body(&self, provider: Option<&str>) -> Vec<u8> {
-        let message = self.to_string();
-        let own = match self {
+        let (error, attempts) = self.unwrap_attempts();
+        let message = error.to_string();
+        let own = match error {
             Self::Upstream { body, .. } | Self::StreamEvent(body) => {
                 serde_json::from_slice::<UpstreamEnvelope>(body).ok()
             }
             _ => None,
         };
         let own = own.map(|envelope| envelope.error);
-        let kind = match self {
+        let kind = match error {
             Self::InvalidRequest(_)
             | Self::UnknownProvider { .. }
             | Self::NotFound
@@ -105,18 +149,12 @@ impl ProxyError {
             Self::MissingKey => "authentication_error",
             _ => "api_error",
         };
-        let code = match self {
+        let code = match error {
             Self::UnknownProvider { .. } => Some("model_not_found"),
             Self::Upstream { .. } | Self::StreamEvent(_) => None,
-            _ => Some(self.kind()),
+            _ => Some(error.kind()),
         };
-        let (upstream_status, upstream) = match self {
-            Self::Upstream { status, body, .. } => {
-                (Some(status.as_u16()), Some(upstream_body(body)))
-            }
-            Self::StreamEvent(body) => (None, Some(upstream_body(body))),
-            _ => (None, None),
-        };
+        let (upstream_status, upstream) = error.upstream();
         let body = OpenAiErrorBody {
             error: OpenAiError {
                 message: &message,
@@ -130,6 +168,7 @@ impl ProxyError {
                 provider,
                 upstream_status,
                 upstream,
+                attempts,
             },
         };
         serde_json::to_vec(&body).expect("an error body always serializes")
@@ -137,28 +176,20 @@ impl ProxyError {
 
     /// The front door's HTTP response for this error.
     pub fn to_openai_response(&self, provider: Option<&str>) -> HttpResponse {
-        let mut response = HttpResponse::build(self.status_code());
-        if let Self::Upstream { headers, .. } = self {
-            for header in headers {
-                response.insert_header(header.clone());
-            }
-        }
-        response
-            .content_type("application/json")
-            .body(self.openai_body(provider))
+        self.response(self.openai_body(provider))
     }
 
     /// The full HTTP response for this error.
     pub fn to_response(&self, provider: Option<&str>) -> HttpResponse {
+        self.response(self.body(provider))
+    }
+
+    fn response(&self, body: Vec<u8>) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if let Self::Upstream { headers, .. } = self {
-            for header in headers {
-                response.insert_header(header.clone());
-            }
+        for header in self.headers() {
+            response.insert_header(header);
         }
-        response
-            .content_type("application/json")
-            .body(self.body(provider))
+        response.content_type("application/json").body(body)
     }
 }
 
@@ -188,6 +219,13 @@ impl fmt::Display for ProxyError {
             Self::BadUpstreamBody(why) => write!(f, "upstream sent an unusable response: {why}"),
             Self::Unreachable(why) => write!(f, "upstream unreachable: {why}"),
             Self::Timeout => f.write_str("upstream did not answer in time"),
+            Self::Overloaded => f.write_str(
+                "the proxy is handling as many requests as it may (MAX_CONCURRENT_REQUESTS); retry shortly",
+            ),
+            Self::PoolExhausted => f.write_str(
+                "every upstream connection is in use (HTTP_MAX_CONNECTIONS); retry shortly",
+            ),
+            Self::Exhausted { last, .. } => last.fmt(f),
         }
     }
 }
@@ -207,6 +245,8 @@ impl ResponseError for ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Overloaded | Self::PoolExhausted => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Exhausted { last, .. } => last.status_code(),
         }
     }
 
@@ -231,6 +271,8 @@ struct ErrorFields<'a> {
     upstream_status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     upstream: Option<UpstreamBody<'a>>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    attempts: &'a [Attempt],
 }
 
 #[derive(Serialize)]
@@ -251,6 +293,8 @@ struct OpenAiError<'a> {
     upstream_status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     upstream: Option<UpstreamBody<'a>>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    attempts: &'a [Attempt],
 }
 
 #[derive(Serialize)]
@@ -374,6 +418,8 @@ mod tests {
             (ProxyError::BadUpstreamBody("x".into()), 502, "bad_gateway"),
             (ProxyError::Unreachable("x".into()), 502, "bad_gateway"),
             (ProxyError::Timeout, 504, "gateway_timeout"),
+            (ProxyError::Overloaded, 503, "overloaded"),
+            (ProxyError::PoolExhausted, 503, "pool_exhausted"),
         ];
         for (error, status, kind) in cases {
             assert_eq!(error.status_code().as_u16(), status, "{error:?}");
@@ -463,6 +509,49 @@ mod tests {
             body["error"]["message"],
             "upstream answered 401: invalid x-api-key"
         );
+    }
+
+    #[test]
+    fn an_exhausted_request_answers_as_its_last_failure_and_lists_the_attempts() {
+        let last = ProxyError::Upstream {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            body: Bytes::from_static(br#"{"error":{"message":"down"}}"#),
+            headers: vec![(
+                actix_web::http::header::RETRY_AFTER,
+                HeaderValue::from_static("2"),
+            )],
+        };
+        let attempts = vec![
+            Attempt::failed("openai", "a", &ProxyError::Timeout),
+            Attempt::skipped("gemini", "b", "no key: send X-API-Key-Gemini".into()),
+            Attempt::failed("anthropic", "c", &last),
+        ];
+        let error = ProxyError::Exhausted {
+            last: Box::new(last),
+            attempts,
+        };
+        assert_eq!(error.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = json(&error, Some("anthropic"));
+        assert_eq!(body["error"]["type"], "upstream_error");
+        assert_eq!(body["error"]["upstream_status"], 503);
+        assert_eq!(body["error"]["upstream"]["error"]["message"], "down");
+        assert_eq!(body["error"]["attempts"][0]["failure"], "timeout");
+        assert_eq!(
+            body["error"]["attempts"][1]["failure"],
+            "no key: send X-API-Key-Gemini"
+        );
+        assert_eq!(body["error"]["attempts"][2]["status"], 503);
+        let openai = openai_json(&error, Some("anthropic"));
+        assert_eq!(openai["error"]["attempts"].as_array().unwrap().len(), 3);
+        let response = error.to_response(None);
+        assert_eq!(response.headers().get("retry-after").unwrap(), "2");
+    }
+
+    #[test]
+    fn turned_away_requests_are_told_when_to_come_back() {
+        let response = ProxyError::Overloaded.to_response(None);
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers().get("retry-after").unwrap(), "1");
     }
 
     #[test]

@@ -1,11 +1,10 @@
-//! HTTP handlers: read the request, pick the provider, call the upstream, reply (buffered or
-//! streamed) in the route's shape.
+//! HTTP handlers: read the request, work out its targets (provider, fallbacks, keys), hand
+//! them to `exchange`, and answer errors in the route's shape.
+
+use std::borrow::Cow;
 
 use actix_web::{
-    http::{
-        header::{self, HeaderValue},
-        StatusCode,
-    },
+    http::header::{self, HeaderValue},
     web::{self, Bytes, BytesMut},
     HttpRequest, HttpResponse,
 };
@@ -14,11 +13,12 @@ use futures_util::StreamExt;
 
 use crate::{
     chat::ChatRequest,
-    completions::{self, ChunkWriter, OPENAI_ONLY_FIELDS},
+    completions::{self, PROXY_FIELDS},
     config::Config,
-    error::{redact, ProxyError},
+    error::ProxyError,
+    exchange::{self, Outcome, Route, State, Target},
+    limits::{RequestLimit, UpstreamSlots},
     providers::{ChatProvider, Registry},
-    upstream::{self, Body, Relay, StreamErrors, Translated},
 };
 
 /// What the access log says about a request, left in the response's extensions.
@@ -28,22 +28,61 @@ pub struct AccessInfo {
     pub model: Option<String>,
     pub upstream_status: Option<u16>,
     pub stream: bool,
+    pub attempts: u32,
 }
 
-/// The two ways in, which answer in different shapes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Route {
-    /// `POST /v1/chat/{provider}`: the normalized body, pass-through streams, our errors.
-    Path,
-    /// `POST /v1/chat/completions`: OpenAI's shapes throughout.
-    FrontDoor,
+impl AccessInfo {
+    fn record(&mut self, outcome: Outcome) {
+        self.provider = outcome.provider.or(self.provider);
+        self.model = outcome.model.or(self.model.take());
+        self.upstream_status = outcome.upstream_status;
+        self.attempts = outcome.attempts;
+    }
 }
 
-/// The shared state every chat handler reads.
-pub struct State<'s> {
-    config: &'s Config,
-    registry: &'s Registry,
-    client: &'s Client,
+/// The per-worker and shared state a chat handler needs, as actix extracts it.
+pub struct Shared {
+    pub config: web::Data<Config>,
+    pub registry: web::Data<Registry>,
+    pub client: web::Data<Client>,
+    pub slots: web::Data<UpstreamSlots>,
+    pub limit: web::Data<RequestLimit>,
+}
+
+impl Shared {
+    fn from_request(request: &HttpRequest) -> Self {
+        let data = |what| -> ! { panic!("{what} is registered by server::build") };
+        Self {
+            config: request
+                .app_data()
+                .cloned()
+                .unwrap_or_else(|| data("Config")),
+            registry: request
+                .app_data()
+                .cloned()
+                .unwrap_or_else(|| data("Registry")),
+            client: request
+                .app_data()
+                .cloned()
+                .unwrap_or_else(|| data("Client")),
+            slots: request
+                .app_data()
+                .cloned()
+                .unwrap_or_else(|| data("UpstreamSlots")),
+            limit: request
+                .app_data()
+                .cloned()
+                .unwrap_or_else(|| data("RequestLimit")),
+        }
+    }
+
+    fn state(&self) -> State<'_> {
+        State {
+            config: &self.config,
+            client: &self.client,
+            slots: &self.slots,
+        }
+    }
 }
 
 /// `GET /healthz`
@@ -54,29 +93,23 @@ pub async fn healthz() -> HttpResponse {
 }
 
 /// `POST /v1/chat/{provider}`
-pub async fn chat(
-    request: HttpRequest,
-    payload: web::Payload,
-    config: web::Data<Config>,
-    registry: web::Data<Registry>,
-    client: web::Data<Client>,
-) -> HttpResponse {
+pub async fn chat(request: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let shared = Shared::from_request(&request);
     let name = request.match_info().get("provider").unwrap_or_default();
-    let Some(provider) = registry.get(name) else {
-        return registry.unknown(name).to_response(None);
-    };
-    let state = State {
-        config: &config,
-        registry: &registry,
-        client: &client,
+    let Some(provider) = shared.registry.get(name) else {
+        return shared.registry.unknown(name).to_response(None);
     };
     let mut info = AccessInfo {
         provider: Some(provider.endpoint().name),
         ..AccessInfo::default()
     };
-    let mut response = match path_route(&request, payload, &state, provider, &mut info).await {
+    let mut response = match path_route(&request, payload, &shared, provider, &mut info).await {
         Ok(response) => response,
-        Err(error) => error.to_response(Some(provider.endpoint().name)),
+        Err(error) => {
+            let mut response = error.to_response(info.provider);
+            label_failure(&mut response, &info);
+            response
+        }
     };
     response.extensions_mut().insert(info);
     response
@@ -86,7 +119,7 @@ pub async fn chat(
 async fn path_route(
     request: &HttpRequest,
     payload: web::Payload,
-    state: &State<'_>,
+    shared: &Shared,
     provider: &dyn ChatProvider,
     info: &mut AccessInfo,
 ) -> Result<HttpResponse, ProxyError> {
@@ -94,15 +127,18 @@ async fn path_route(
     if key.is_none() && provider.endpoint().key_required {
         return Err(ProxyError::MissingKey);
     }
-    let key = key.as_ref();
-    let body = read_body(request, payload, state.config.max_body_bytes).await?;
+    let permit = shared.limit.try_acquire()?;
+    let body = read_body(request, payload, shared.config.max_body_bytes).await?;
     let chat = ChatRequest::parse(&body).map_err(ProxyError::InvalidRequest)?;
     info.model = Some(chat.model.clone().into_owned());
     info.stream = chat.stream;
+    let registry = &shared.registry;
     // An alias of this provider stands for its model; an alias of another is a mistake.
-    let model = match state.registry.alias(&chat.model) {
-        None => chat.model.as_ref(),
-        Some(alias) if alias.provider == provider.endpoint().name => alias.model.as_str(),
+    let (model, alias_fallbacks) = match registry.alias(&chat.model) {
+        None => (chat.model.as_ref(), &[][..]),
+        Some(alias) if alias.provider == provider.endpoint().name => {
+            (alias.model.as_str(), &alias.fallbacks[..])
+        }
         Some(alias) => {
             return Err(ProxyError::InvalidRequest(format!(
                 "`model` {:?} is an alias for provider {:?}; send it to /v1/chat/{} or /v1/chat/completions",
@@ -110,26 +146,46 @@ async fn path_route(
             )))
         }
     };
-    exchange(Route::Path, state, provider, &chat, model, key, info).await
+    let fallbacks = header_fallbacks(request)?;
+    let fallbacks = if fallbacks.is_empty() {
+        alias_fallbacks.iter().map(|f| f.as_str()).collect()
+    } else {
+        fallbacks
+    };
+    let primary = Target {
+        provider,
+        model: Cow::Borrowed(model),
+        key: Ok(key.clone()),
+    };
+    let targets = targets(registry, request, primary, &fallbacks, key.as_ref())?;
+    let max_retries = max_retries(request, shared.config.max_retries)?;
+    let mut outcome = Outcome::default();
+    let state = shared.state();
+    let result = exchange::run(
+        Route::Path,
+        &state,
+        &chat,
+        &targets,
+        max_retries,
+        permit,
+        &mut outcome,
+    )
+    .await;
+    info.record(outcome);
+    result
 }
 
 /// `POST /v1/chat/completions`: the OpenAI-compatible front door.
-pub async fn completions(
-    request: HttpRequest,
-    payload: web::Payload,
-    config: web::Data<Config>,
-    registry: web::Data<Registry>,
-    client: web::Data<Client>,
-) -> HttpResponse {
-    let state = State {
-        config: &config,
-        registry: &registry,
-        client: &client,
-    };
+pub async fn completions(request: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let shared = Shared::from_request(&request);
     let mut info = AccessInfo::default();
-    let mut response = match front_door(&request, payload, &state, &mut info).await {
+    let mut response = match front_door(&request, payload, &shared, &mut info).await {
         Ok(response) => response,
-        Err(error) => error.to_openai_response(info.provider),
+        Err(error) => {
+            let mut response = error.to_openai_response(info.provider);
+            label_failure(&mut response, &info);
+            response
+        }
     };
     response.extensions_mut().insert(info);
     response
@@ -140,25 +196,51 @@ pub async fn completions(
 async fn front_door(
     request: &HttpRequest,
     payload: web::Payload,
-    state: &State<'_>,
+    shared: &Shared,
     info: &mut AccessInfo,
 ) -> Result<HttpResponse, ProxyError> {
-    let body = read_body(request, payload, state.config.max_body_bytes).await?;
+    let permit = shared.limit.try_acquire()?;
+    let body = read_body(request, payload, shared.config.max_body_bytes).await?;
     let mut chat = ChatRequest::parse(&body).map_err(ProxyError::InvalidRequest)?;
     info.model = Some(chat.model.clone().into_owned());
     info.stream = chat.stream;
-    let requested = chat.model.clone();
-    let (provider, model) = completions::resolve(state.registry, &requested)?;
+    let body_fallbacks = body_fallbacks(&chat)?;
+    chat.remove_fields(&PROXY_FIELDS);
+    let registry = &shared.registry;
+    let (provider, model) = registry.resolve(&chat.model)?;
     info.provider = Some(provider.endpoint().name);
     let key = request_key(request, true);
     if key.is_none() && provider.endpoint().key_required {
         return Err(ProxyError::MissingKey);
     }
-    let key = key.as_ref();
-    if !provider.speaks_openai() {
-        chat.remove_fields(&OPENAI_ONLY_FIELDS);
+    let mut fallbacks = header_fallbacks(request)?;
+    fallbacks.extend(body_fallbacks.iter().map(String::as_str));
+    if fallbacks.is_empty() {
+        if let Some(alias) = registry.alias(&chat.model) {
+            fallbacks.extend(alias.fallbacks.iter().map(String::as_str));
+        }
     }
-    exchange(Route::FrontDoor, state, provider, &chat, model, key, info).await
+    let primary = Target {
+        provider,
+        model: Cow::Borrowed(model),
+        key: Ok(key.clone()),
+    };
+    let targets = targets(registry, request, primary, &fallbacks, key.as_ref())?;
+    let max_retries = max_retries(request, shared.config.max_retries)?;
+    let mut outcome = Outcome::default();
+    let state = shared.state();
+    let result = exchange::run(
+        Route::FrontDoor,
+        &state,
+        &chat,
+        &targets,
+        max_retries,
+        permit,
+        &mut outcome,
+    )
+    .await;
+    info.record(outcome);
+    result
 }
 
 /// `GET /v1/models`
@@ -166,6 +248,104 @@ pub async fn models(registry: web::Data<Registry>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(completions::models_body(&registry))
+}
+
+/// The primary target, then one per fallback, each with its own key: the caller's key for the
+/// primary's provider, `X-API-Key-<Provider>` for any other. A fallback without the key it
+/// needs stays in the list, marked as skipped, so the final error can say so.
+fn targets<'r>(
+    registry: &'r Registry,
+    request: &HttpRequest,
+    primary: Target<'r>,
+    fallbacks: &[&'r str],
+    primary_key: Option<&HeaderValue>,
+) -> Result<Vec<Target<'r>>, ProxyError> {
+    let primary_name = primary.provider.endpoint().name;
+    let mut targets = vec![primary];
+    for spec in fallbacks {
+        let (provider, model) = registry.resolve(spec).map_err(|e| match e {
+            ProxyError::InvalidRequest(why) => {
+                ProxyError::InvalidRequest(format!("fallback {spec:?}: {why}"))
+            }
+            ProxyError::UnknownProvider { name, known } => ProxyError::InvalidRequest(format!(
+                "fallback {spec:?}: unknown provider {name:?}; known providers: {known}"
+            )),
+            other => other,
+        })?;
+        let endpoint = provider.endpoint();
+        let key = if endpoint.name == primary_name {
+            primary_key.cloned()
+        } else {
+            header_key(request, &format!("x-api-key-{}", endpoint.name))
+        };
+        let key = match key {
+            None if endpoint.key_required => Err(format!(
+                "skipped: no key (send it in X-API-Key-{})",
+                title_case(endpoint.name)
+            )),
+            key => Ok(key),
+        };
+        targets.push(Target {
+            provider,
+            model: Cow::Borrowed(model),
+            key,
+        });
+    }
+    Ok(targets)
+}
+
+/// `Anthropic` for `anthropic`: how the key header is written in messages.
+fn title_case(name: &str) -> String {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+        .unwrap_or_default()
+}
+
+/// The fallbacks named in `X-Fallbacks`, comma-separated.
+fn header_fallbacks(request: &HttpRequest) -> Result<Vec<&str>, ProxyError> {
+    let Some(value) = request.headers().get("x-fallbacks") else {
+        return Ok(Vec::new());
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ProxyError::InvalidRequest("`X-Fallbacks` must be ASCII".into()))?;
+    Ok(value
+        .split(',')
+        .map(str::trim)
+        .filter(|spec| !spec.is_empty())
+        .collect())
+}
+
+/// The fallbacks named in the front door's `fallbacks` body field.
+fn body_fallbacks(chat: &ChatRequest<'_>) -> Result<Vec<String>, ProxyError> {
+    let Some((_, value)) = chat.fields.iter().find(|(name, _)| name == "fallbacks") else {
+        return Ok(Vec::new());
+    };
+    if value.get() == "null" {
+        return Ok(Vec::new());
+    }
+    serde_json::from_str(value.get()).map_err(|_| {
+        ProxyError::InvalidRequest(
+            "`fallbacks` must be a list of `provider/model` strings or aliases".into(),
+        )
+    })
+}
+
+/// `X-Max-Retries`, which may lower the configured maximum for one request but never raise it.
+fn max_retries(request: &HttpRequest, configured: u32) -> Result<u32, ProxyError> {
+    match request.headers().get("x-max-retries") {
+        None => Ok(configured),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .map(|asked| asked.min(configured))
+            .ok_or_else(|| {
+                ProxyError::InvalidRequest("`X-Max-Retries` must be a whole number".into())
+            }),
+    }
 }
 
 /// The caller's key: `X-API-Key`, or on the front door also `Authorization: Bearer`, which is
@@ -182,6 +362,14 @@ fn request_key(request: &HttpRequest, bearer: bool) -> Option<HeaderValue> {
         None if bearer => token()?,
         None => return None,
     };
+    non_blank(key)
+}
+
+fn header_key(request: &HttpRequest, name: &str) -> Option<HeaderValue> {
+    non_blank(request.headers().get(name)?.as_bytes())
+}
+
+fn non_blank(key: &[u8]) -> Option<HeaderValue> {
     let key = key.trim_ascii();
     if key.is_empty() {
         return None;
@@ -189,88 +377,13 @@ fn request_key(request: &HttpRequest, bearer: bool) -> Option<HeaderValue> {
     HeaderValue::from_bytes(key).ok()
 }
 
-/// Sends the request upstream and answers in the route's shape.
-async fn exchange(
-    route: Route,
-    state: &State<'_>,
-    provider: &dyn ChatProvider,
-    chat: &ChatRequest<'_>,
-    model: &str,
-    key: Option<&HeaderValue>,
-    info: &mut AccessInfo,
-) -> Result<HttpResponse, ProxyError> {
-    let config = state.config;
-    let endpoint = provider.endpoint();
-    let mut upstream_request = provider.translate_request(chat, model, key)?;
-    upstream_request
-        .headers
-        .extend(endpoint.headers.iter().cloned());
-    let upstream = upstream::send(state.client, upstream_request, config.http_timeout).await?;
-    let status = upstream.status();
-    info.upstream_status = Some(status.as_u16());
-    let passed_on = upstream::passed_on_headers(upstream.headers());
-
-    if !status.is_success() {
-        let body =
-            upstream::read_body(upstream, config.max_response_bytes, config.http_timeout).await?;
-        return Err(ProxyError::Upstream {
-            status,
-            body: match key {
-                Some(key) => redact(body, key.as_bytes()),
-                None => body,
-            },
-            headers: passed_on,
-        });
-    }
-
-    let mut response = HttpResponse::build(StatusCode::OK);
-    for header in passed_on {
-        response.insert_header(header);
-    }
-    if chat.stream {
-        response
-            .insert_header((
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            ))
-            .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
-            .insert_header(("x-accel-buffering", HeaderValue::from_static("no")));
-        let body = Body::new(upstream, config.http_timeout);
-        let translator = match route {
-            Route::FrontDoor => provider.stream_translator(),
-            Route::Path => None,
-        };
-        return Ok(match (route, translator) {
-            (_, Some(translator)) => {
-                let writer = ChunkWriter::new(model, chat.include_usage);
-                response.streaming(Translated::new(body, endpoint.name, translator, writer))
-            }
-            (Route::Path, None) => {
-                response.streaming(Relay::new(body, endpoint.name, StreamErrors::Proxy))
-            }
-            (Route::FrontDoor, None) => {
-                response.streaming(Relay::new(body, endpoint.name, StreamErrors::OpenAi))
-            }
-        });
-    }
-
-    let body =
-        upstream::read_body(upstream, config.max_response_bytes, config.http_timeout).await?;
-    let json = match route {
-        // Already a chat.completion: passed on as it came, tool calls and all.
-        Route::FrontDoor if provider.speaks_openai() => body,
-        Route::FrontDoor => {
-            let normalized = provider.translate_response(&body, model)?;
-            Bytes::from(completions::completion_body(&normalized))
+/// A failed reply still says which provider was tried last and how many calls were made.
+fn label_failure(response: &mut HttpResponse, info: &AccessInfo) {
+    if info.attempts > 0 {
+        if let (Some(provider), Some(model)) = (info.provider, &info.model) {
+            exchange::label(response, provider, model, info.attempts);
         }
-        Route::Path => {
-            let normalized = provider.translate_response(&body, model)?;
-            let json = serde_json::to_vec(&normalized)
-                .map_err(|e| ProxyError::BadUpstreamBody(e.to_string()))?;
-            Bytes::from(json)
-        }
-    };
-    Ok(response.content_type("application/json").body(json))
+    }
 }
 
 /// Reads the request body whatever its `Content-Type`, refusing more than `limit` bytes.

@@ -4,7 +4,13 @@ use std::net::TcpListener;
 
 use actix_web::{dev::Server, dev::ServerHandle, web, App, HttpServer};
 
-use crate::{app, config::Config, providers::Registry, upstream};
+use crate::{
+    app,
+    config::Config,
+    limits::{RequestLimit, UpstreamSlots},
+    providers::Registry,
+    upstream,
+};
 
 /// The proxy on an already bound listener. Signals are not handled here (tests run many
 /// servers in one process); the binary adds [`stop_on_signals`].
@@ -12,13 +18,18 @@ pub fn build(config: Config, listener: TcpListener) -> std::io::Result<Server> {
     let workers = config.workers;
     let shutdown_timeout = config.shutdown_timeout.as_secs();
     let registry = web::Data::new(Registry::new(&config));
+    let limit = web::Data::new(RequestLimit::new(config.max_concurrent_requests));
     let config = web::Data::new(config);
     let server = HttpServer::new(move || {
         App::new()
             .wrap(app::access_log())
             .app_data(config.clone())
             .app_data(registry.clone())
+            .app_data(limit.clone())
             .app_data(web::Data::new(upstream::client(&config)))
+            .app_data(web::Data::new(UpstreamSlots::new(
+                upstream::connections_per_worker(&config),
+            )))
             .configure(app::configure)
     })
     .workers(workers)

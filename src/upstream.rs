@@ -35,6 +35,7 @@ use crate::{
     completions::{ChunkWriter, StreamTranslator},
     config::Config,
     error::ProxyError,
+    limits::Guards,
     providers::UpstreamRequest,
     sse,
 };
@@ -45,7 +46,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Builds one worker's client. awc's `Client` is `!Send`, so each worker builds its own; its
 /// connection pool is shared by every request on that worker.
 pub fn client(config: &Config) -> Client {
-    let per_worker = config.http_max_connections.div_ceil(config.workers).max(1);
+    let per_worker = connections_per_worker(config);
     // awc has no cap on idle connections, only an idle timeout: 0 turns pooling off, any
     // other value keeps idle connections (up to the connection limit) for `KEEP_ALIVE`.
     let keep_alive = if config.http_max_keepalive_connections == 0 {
@@ -57,8 +58,8 @@ pub fn client(config: &Config) -> Client {
         .connector(UpstreamConnector(
             TcpConnector::new(Resolver::default()).service(),
         ))
-        .timeout(config.http_timeout)
-        .handshake_timeout(config.http_timeout)
+        .timeout(config.connect_timeout)
+        .handshake_timeout(config.connect_timeout)
         .limit(per_worker)
         .conn_keep_alive(keep_alive);
     Client::builder()
@@ -71,6 +72,11 @@ pub fn client(config: &Config) -> Client {
             concat!("llm-proxy/", env!("CARGO_PKG_VERSION")),
         ))
         .finish()
+}
+
+/// `HTTP_MAX_CONNECTIONS` split across workers, each of which has its own pool.
+pub fn connections_per_worker(config: &Config) -> usize {
+    config.http_max_connections.div_ceil(config.workers).max(1)
 }
 
 /// Sends the request and waits for the response headers, at most `wait`.
@@ -131,6 +137,7 @@ pub async fn read_body(
 pub fn is_passed_on(name: &HeaderName) -> bool {
     let name = name.as_str();
     name == "retry-after"
+        || name == "retry-after-ms"
         || name == "x-request-id"
         || name == "request-id"
         || name.starts_with("x-ratelimit-")
@@ -190,6 +197,42 @@ impl Stream for Body {
     }
 }
 
+/// Reads a stream up to its first whole event, before anything is sent to the caller: an
+/// upstream that answers 200 and then reports an error at once (as overloaded providers do)
+/// has failed in a way that can still be retried. Returns the bytes read, to be sent first.
+pub async fn peek_first_event(body: &mut Body) -> Result<Bytes, ProxyError> {
+    let mut read = BytesMut::new();
+    let mut parser = sse::Parser::default();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        read.extend_from_slice(&chunk);
+        let mut first = None;
+        // Stop at the first event: `Err` here only means "seen one".
+        let _ = parser.feed(&chunk, |event| {
+            let error = is_error_event(&event).then(|| Bytes::from(event.data.into_owned()));
+            first = Some(error);
+            Err(())
+        });
+        match first {
+            Some(Some(error)) => return Err(ProxyError::StreamEvent(error)),
+            Some(None) => return Ok(read.freeze()),
+            None => {}
+        }
+    }
+    Ok(read.freeze())
+}
+
+/// An SSE `error` event (Anthropic), or data that is an `{"error": ...}` object (OpenAI,
+/// Gemini).
+fn is_error_event(event: &sse::Event<'_>) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[allow(dead_code)]
+        error: serde::de::IgnoredAny,
+    }
+    event.name == Some("error") || serde_json::from_str::<Probe>(&event.data).is_ok()
+}
+
 /// How a stream tells its caller that it broke after it began.
 #[derive(Clone, Copy, Debug)]
 pub enum StreamErrors {
@@ -220,6 +263,36 @@ impl StreamErrors {
     }
 }
 
+/// A `: keep-alive` comment every `every` of silence, for idle-timeout load balancers.
+struct Heartbeat {
+    every: Duration,
+    next: Pin<Box<Sleep>>,
+}
+
+impl Heartbeat {
+    /// `None` when `every` is zero: heartbeats are off.
+    fn new(every: Duration) -> Option<Self> {
+        (!every.is_zero()).then(|| Self {
+            every,
+            next: Box::pin(sleep(every)),
+        })
+    }
+
+    fn reset(&mut self) {
+        let next = Instant::now() + self.every;
+        self.next.as_mut().reset(next);
+    }
+
+    /// Ready when a heartbeat is due; the clock then starts again.
+    fn poll_due(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        ready!(self.next.as_mut().poll(cx));
+        self.reset();
+        Poll::Ready(())
+    }
+}
+
+const KEEP_ALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
+
 /// The upstream's body as the caller's stream: every chunk passed on as it arrives, unchanged.
 ///
 /// If the upstream fails or goes silent after the stream began, one error event is appended
@@ -227,22 +300,41 @@ impl StreamErrors {
 /// the relay (the caller left) drops the upstream connection.
 pub struct Relay {
     body: Body,
+    /// Bytes read before the stream was committed to, sent first.
+    first: Option<Bytes>,
     provider: &'static str,
     errors: StreamErrors,
+    heartbeat: Option<Heartbeat>,
     /// The last two bytes passed on, to end a half-written event before our error event.
     tail: [u8; 2],
     done: bool,
+    _guards: Guards,
 }
 
 impl Relay {
-    pub fn new(body: Body, provider: &'static str, errors: StreamErrors) -> Self {
-        Self {
+    pub fn new(
+        body: Body,
+        first: Bytes,
+        provider: &'static str,
+        errors: StreamErrors,
+        heartbeat: Duration,
+        guards: Guards,
+    ) -> Self {
+        let mut relay = Self {
             body,
+            first: None,
             provider,
             errors,
+            heartbeat: Heartbeat::new(heartbeat),
             tail: *b"\n\n",
             done: false,
+            _guards: guards,
+        };
+        if !first.is_empty() {
+            relay.remember_tail(&first);
+            relay.first = Some(first);
         }
+        relay
     }
 
     fn remember_tail(&mut self, chunk: &[u8]) {
@@ -259,22 +351,43 @@ impl Stream for Relay {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(Ok(first)));
+        }
         if this.done {
             return Poll::Ready(None);
         }
-        match ready!(this.body.poll_next_unpin(cx)) {
-            Some(Ok(chunk)) => {
+        match this.body.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
                 this.remember_tail(&chunk);
+                if let Some(heartbeat) = &mut this.heartbeat {
+                    heartbeat.reset();
+                }
                 Poll::Ready(Some(Ok(chunk)))
             }
-            Some(Err(error)) => {
+            Poll::Ready(Some(Err(error))) => {
                 this.done = true;
                 let event = this.errors.event(&error, this.provider, this.tail);
                 Poll::Ready(Some(Ok(event)))
             }
-            None => {
+            Poll::Ready(None) => {
                 this.done = true;
                 Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let Some(heartbeat) = &mut this.heartbeat else {
+                    return Poll::Pending;
+                };
+                ready!(heartbeat.poll_due(cx));
+                // A comment may only go between events: never inside one the upstream is
+                // still writing.
+                if separator_after(this.tail).is_empty() {
+                    Poll::Ready(Some(Ok(Bytes::from_static(KEEP_ALIVE_COMMENT))))
+                } else {
+                    // Poll again so the new heartbeat deadline registers its wake-up.
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
             }
         }
     }
@@ -284,27 +397,37 @@ impl Stream for Relay {
 /// `chat.completion.chunk`s as each event arrives (front door).
 pub struct Translated {
     body: Body,
+    first: Option<Bytes>,
     provider: &'static str,
     parser: sse::Parser,
     translator: Box<dyn StreamTranslator>,
     writer: ChunkWriter,
+    heartbeat: Option<Heartbeat>,
     done: bool,
+    _guards: Guards,
 }
 
 impl Translated {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         body: Body,
+        first: Bytes,
         provider: &'static str,
         translator: Box<dyn StreamTranslator>,
         writer: ChunkWriter,
+        heartbeat: Duration,
+        guards: Guards,
     ) -> Self {
         Self {
             body,
+            first: Some(first),
             provider,
             parser: sse::Parser::default(),
             translator,
             writer,
+            heartbeat: Heartbeat::new(heartbeat),
             done: false,
+            _guards: guards,
         }
     }
 
@@ -315,6 +438,12 @@ impl Translated {
         out.extend_from_slice(&StreamErrors::OpenAi.event(error, self.provider, *b"\n\n"));
         Bytes::from(out)
     }
+
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), ProxyError> {
+        let (translator, writer) = (&mut self.translator, &mut self.writer);
+        self.parser
+            .feed(chunk, |event| translator.event(&event, writer))
+    }
 }
 
 impl Stream for Translated {
@@ -324,21 +453,35 @@ impl Stream for Translated {
         let this = &mut *self;
         // Keep reading until the events so far make a chunk: a read may end mid-event.
         while !this.done {
-            let fed = match ready!(this.body.poll_next_unpin(cx)) {
-                Some(Ok(chunk)) => {
-                    let (translator, writer) = (&mut this.translator, &mut this.writer);
-                    this.parser
-                        .feed(&chunk, |event| translator.event(&event, writer))
-                }
-                Some(Err(error)) => return Poll::Ready(Some(Ok(this.fail(&error)))),
-                None => {
-                    let (translator, writer) = (&mut this.translator, &mut this.writer);
-                    let ended = this.parser.finish(|event| translator.event(&event, writer));
-                    if ended.is_ok() {
-                        this.done = true;
-                        this.writer.done();
+            let fed = if let Some(first) = this.first.take() {
+                this.feed(&first)
+            } else {
+                match this.body.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Ok(chunk))) => {
+                        if let Some(heartbeat) = &mut this.heartbeat {
+                            heartbeat.reset();
+                        }
+                        this.feed(&chunk)
                     }
-                    ended
+                    Poll::Ready(Some(Err(error))) => {
+                        return Poll::Ready(Some(Ok(this.fail(&error))))
+                    }
+                    Poll::Ready(None) => {
+                        let (translator, writer) = (&mut this.translator, &mut this.writer);
+                        let ended = this.parser.finish(|event| translator.event(&event, writer));
+                        if ended.is_ok() {
+                            this.done = true;
+                            this.writer.done();
+                        }
+                        ended
+                    }
+                    Poll::Pending => {
+                        let Some(heartbeat) = &mut this.heartbeat else {
+                            return Poll::Pending;
+                        };
+                        ready!(heartbeat.poll_due(cx));
+                        return Poll::Ready(Some(Ok(Bytes::from_static(KEEP_ALIVE_COMMENT))));
+                    }
                 }
             };
             if let Err(error) = fed {

@@ -122,6 +122,7 @@ pub struct Alias {
     pub name: String,
     pub provider: &'static str,
     pub model: String,
+    pub fallbacks: Vec<String>,
 }
 
 /// The providers and aliases this process serves.
@@ -182,6 +183,7 @@ impl Registry {
                     .find(|name| *name == alias.provider)
                     .expect("aliases name known providers"),
                 model: alias.model.clone(),
+                fallbacks: alias.fallbacks.clone(),
             })
             .collect();
         Self { providers, aliases }
@@ -207,6 +209,38 @@ impl Registry {
         let mut names: Vec<_> = self.providers.iter().map(|p| p.endpoint().name).collect();
         names.sort_unstable();
         names
+    }
+
+    /// Resolves a model reference: an alias, or `provider/model` split at the first `/`.
+    pub fn resolve<'m>(
+        &'m self,
+        model: &'m str,
+    ) -> Result<(&'m dyn ChatProvider, &'m str), ProxyError> {
+        if let Some(alias) = self.alias(model) {
+            let provider = self
+                .get(alias.provider)
+                .expect("aliases name known providers");
+            return Ok((provider, alias.model.as_str()));
+        }
+        let Some((name, model)) = model.split_once('/') else {
+            let aliases: Vec<_> = self.aliases.iter().map(|a| a.name.as_str()).collect();
+            return Err(ProxyError::InvalidRequest(format!(
+                "`model` must be `provider/model` (providers: {}) or an alias{}",
+                self.names().join(", "),
+                if aliases.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", aliases.join(", "))
+                }
+            )));
+        };
+        let provider = self.get(name).ok_or_else(|| self.unknown(name))?;
+        if model.is_empty() {
+            return Err(ProxyError::InvalidRequest(format!(
+                "`model` names provider {name:?} but no model after the `/`"
+            )));
+        }
+        Ok((provider, model))
     }
 
     /// The error for a provider name that is not known.

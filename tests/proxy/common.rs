@@ -264,6 +264,9 @@ pub fn config_with_base(base: &str) -> Config {
         gemini_base_url: base.to_owned(),
         ollama_base_url: base.to_owned(),
         http_timeout: Duration::from_secs(10),
+        // Retries are tested on purpose in `reliability`; elsewhere one call is one call.
+        max_retries: 0,
+        retry_base: Duration::from_millis(10),
         ..Config::default()
     }
 }

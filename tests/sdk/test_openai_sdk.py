@@ -62,6 +62,8 @@ def setUpModule() -> None:
             "OPENAI_BASE_URL": f"{upstreams.openai.origin}/v1",
             "ANTHROPIC_BASE_URL": f"{upstreams.anthropic.origin}/v1",
             "GEMINI_BASE_URL": f"{upstreams.gemini.origin}/v1beta",
+            # The SDK must see each upstream error as it came: the proxy does not retry here.
+            "MAX_RETRIES": "0",
         },
         providers={
             "providers": {

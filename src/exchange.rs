@@ -1,0 +1,290 @@
+//! One request's way upstream: its targets (the provider asked for, then its fallbacks), each
+//! tried with retries and backoff, and the reply in the route's shape once one answers.
+
+use std::{borrow::Cow, time::SystemTime};
+
+use actix_web::{
+    http::{
+        header::{self, HeaderName, HeaderValue},
+        StatusCode,
+    },
+    rt::time::sleep,
+    web::Bytes,
+    HttpResponse,
+};
+use awc::Client;
+
+use crate::{
+    chat::ChatRequest,
+    completions::{self, ChunkWriter, OPENAI_ONLY_FIELDS},
+    config::Config,
+    error::{redact, ProxyError},
+    limits::{Guards, RequestPermit, UpstreamSlots},
+    providers::ChatProvider,
+    retry::{self, Attempt},
+    upstream::{self, Body, Relay, StreamErrors, Translated},
+};
+
+const PROXY_PROVIDER: HeaderName = HeaderName::from_static("x-proxy-provider");
+const PROXY_MODEL: HeaderName = HeaderName::from_static("x-proxy-model");
+const PROXY_ATTEMPTS: HeaderName = HeaderName::from_static("x-proxy-attempts");
+
+/// The two ways in, which answer in different shapes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Route {
+    /// `POST /v1/chat/{provider}`: the normalized body, pass-through streams, our errors.
+    Path,
+    /// `POST /v1/chat/completions`: OpenAI's shapes throughout.
+    FrontDoor,
+}
+
+/// What one worker shares with every request it serves.
+pub struct State<'s> {
+    pub config: &'s Config,
+    pub client: &'s Client,
+    pub slots: &'s UpstreamSlots,
+}
+
+/// One provider and model to try, with the key for it, or why it cannot be tried.
+pub struct Target<'r> {
+    pub provider: &'r dyn ChatProvider,
+    pub model: Cow<'r, str>,
+    pub key: Result<Option<HeaderValue>, String>,
+}
+
+/// What the access log learns: who answered, after how many upstream calls.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub provider: Option<&'static str>,
+    pub model: Option<String>,
+    pub upstream_status: Option<u16>,
+    pub attempts: u32,
+}
+
+/// Tries each target in order, each up to `1 + max_retries` times, until one answers.
+///
+/// Retried: failures before any byte reached the caller that may pass (see
+/// [`retry::is_retryable`]). A target is left for the next when its retries are spent, or when
+/// the upstream asks to wait longer than `RETRY_MAX_WAIT_SECONDS`. Any other failure is
+/// answered at once. Nothing here is shared between requests: one caller's failures never
+/// change how another's requests are treated.
+pub async fn run(
+    route: Route,
+    state: &State<'_>,
+    chat: &ChatRequest<'_>,
+    targets: &[Target<'_>],
+    max_retries: u32,
+    permit: RequestPermit,
+    outcome: &mut Outcome,
+) -> Result<HttpResponse, ProxyError> {
+    let config = state.config;
+    let mut permit = Some(permit);
+    let mut attempts = Vec::new();
+    let mut last = None;
+    // OpenAI's own fields go only to upstreams that speak OpenAI; copied once, when needed.
+    let mut stripped = None;
+    for target in targets {
+        let endpoint = target.provider.endpoint();
+        let key = match &target.key {
+            Ok(key) => key.as_ref(),
+            Err(why) => {
+                attempts.push(Attempt::skipped(endpoint.name, &target.model, why.clone()));
+                continue;
+            }
+        };
+        let request = if route == Route::FrontDoor && !target.provider.speaks_openai() {
+            stripped.get_or_insert_with(|| {
+                let mut copy = chat.clone();
+                copy.remove_fields(&OPENAI_ONLY_FIELDS);
+                copy
+            })
+        } else {
+            chat
+        };
+        for retry in 0..=max_retries {
+            outcome.attempts += 1;
+            outcome.provider = Some(endpoint.name);
+            outcome.model = Some(target.model.clone().into_owned());
+            let result = try_once(route, state, request, target, key, &mut permit, outcome).await;
+            let error = match result {
+                Ok(mut response) => {
+                    label(
+                        &mut response,
+                        endpoint.name,
+                        &target.model,
+                        outcome.attempts,
+                    );
+                    return Ok(response);
+                }
+                Err(error) => error,
+            };
+            attempts.push(Attempt::failed(endpoint.name, &target.model, &error));
+            if !retry::is_retryable(&error) {
+                return Err(exhausted(error, attempts));
+            }
+            let asked = match &error {
+                ProxyError::Upstream { headers, .. } => {
+                    let headers = headers.iter().cloned().collect();
+                    retry::retry_after(&headers, SystemTime::now())
+                }
+                _ => None,
+            };
+            last = Some(error);
+            if retry == max_retries || asked.is_some_and(|wait| wait > config.retry_max_wait) {
+                break;
+            }
+            let wait =
+                asked.unwrap_or_else(|| retry::backoff(config.retry_base, retry, retry::random()));
+            log::info!(
+                "{} answered with a retryable failure; retrying in {} ms",
+                endpoint.name,
+                wait.as_millis()
+            );
+            sleep(wait).await;
+        }
+    }
+    Err(match last {
+        Some(last) => exhausted(last, attempts),
+        // Every target was skipped: only fallbacks can be, so the primary had a key... unless
+        // the caller named no usable target at all.
+        None => ProxyError::Exhausted {
+            last: Box::new(ProxyError::MissingKey),
+            attempts,
+        },
+    })
+}
+
+/// The error for a request that is over: its last failure, with every attempt when there was
+/// more than one.
+fn exhausted(last: ProxyError, attempts: Vec<Attempt>) -> ProxyError {
+    if attempts.len() <= 1 {
+        return last;
+    }
+    ProxyError::Exhausted {
+        last: Box::new(last),
+        attempts,
+    }
+}
+
+/// Who answered and after how many upstream calls, on every reply.
+pub fn label(response: &mut HttpResponse, provider: &str, model: &str, attempts: u32) {
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(provider) {
+        headers.insert(PROXY_PROVIDER, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(model) {
+        headers.insert(PROXY_MODEL, value);
+    }
+    headers.insert(PROXY_ATTEMPTS, HeaderValue::from(attempts));
+}
+
+/// One call to one upstream. Fails without having sent the caller anything.
+async fn try_once(
+    route: Route,
+    state: &State<'_>,
+    chat: &ChatRequest<'_>,
+    target: &Target<'_>,
+    key: Option<&HeaderValue>,
+    permit: &mut Option<RequestPermit>,
+    outcome: &mut Outcome,
+) -> Result<HttpResponse, ProxyError> {
+    let config = state.config;
+    let provider = target.provider;
+    let endpoint = provider.endpoint();
+    let model = target.model.as_ref();
+    let mut upstream_request = provider.translate_request(chat, model, key)?;
+    upstream_request
+        .headers
+        .extend(endpoint.headers.iter().cloned());
+    let slot = state.slots.try_acquire()?;
+    let upstream = upstream::send(state.client, upstream_request, config.http_timeout).await?;
+    let status = upstream.status();
+    outcome.upstream_status = Some(status.as_u16());
+    let passed_on = upstream::passed_on_headers(upstream.headers());
+
+    if !status.is_success() {
+        let body =
+            upstream::read_body(upstream, config.max_response_bytes, config.http_timeout).await?;
+        return Err(ProxyError::Upstream {
+            status,
+            body: match key {
+                Some(key) => redact(body, key.as_bytes()),
+                None => body,
+            },
+            headers: passed_on,
+        });
+    }
+
+    let mut response = HttpResponse::build(StatusCode::OK);
+    for header in passed_on {
+        response.insert_header(header);
+    }
+    if chat.stream {
+        let mut body = Body::new(upstream, config.http_timeout);
+        let first = upstream::peek_first_event(&mut body).await?;
+        response
+            .insert_header((
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ))
+            .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
+            .insert_header(("x-accel-buffering", HeaderValue::from_static("no")));
+        let guards = Guards {
+            request: permit.take(),
+            upstream: Some(slot),
+        };
+        let translator = match route {
+            Route::FrontDoor => provider.stream_translator(),
+            Route::Path => None,
+        };
+        return Ok(match (route, translator) {
+            (_, Some(translator)) => {
+                let writer = ChunkWriter::new(model, chat.include_usage);
+                response.streaming(Translated::new(
+                    body,
+                    first,
+                    endpoint.name,
+                    translator,
+                    writer,
+                    config.sse_heartbeat,
+                    guards,
+                ))
+            }
+            (Route::Path, None) => response.streaming(Relay::new(
+                body,
+                first,
+                endpoint.name,
+                StreamErrors::Proxy,
+                config.passthrough_heartbeat,
+                guards,
+            )),
+            (Route::FrontDoor, None) => response.streaming(Relay::new(
+                body,
+                first,
+                endpoint.name,
+                StreamErrors::OpenAi,
+                config.passthrough_heartbeat,
+                guards,
+            )),
+        });
+    }
+
+    let body =
+        upstream::read_body(upstream, config.max_response_bytes, config.http_timeout).await?;
+    drop(slot);
+    let json = match route {
+        // Already a chat.completion: passed on as it came, tool calls and all.
+        Route::FrontDoor if provider.speaks_openai() => body,
+        Route::FrontDoor => {
+            let normalized = provider.translate_response(&body, model)?;
+            Bytes::from(completions::completion_body(&normalized))
+        }
+        Route::Path => {
+            let normalized = provider.translate_response(&body, model)?;
+            let json = serde_json::to_vec(&normalized)
+                .map_err(|e| ProxyError::BadUpstreamBody(e.to_string()))?;
+            Bytes::from(json)
+        }
+    };
+    Ok(response.content_type("application/json").body(json))
+}
