@@ -197,13 +197,20 @@ impl Stream for Body {
     }
 }
 
+/// How much of a stream is read, at most, looking for its first event.
+const PEEK_LIMIT: usize = 64 * 1024;
+
 /// Reads a stream up to its first whole event, before anything is sent to the caller: an
 /// upstream that answers 200 and then reports an error at once (as overloaded providers do)
 /// has failed in a way that can still be retried. Returns the bytes read, to be sent first.
+/// A stream whose first `PEEK_LIMIT` bytes hold no whole event did not begin with an error.
 pub async fn peek_first_event(body: &mut Body) -> Result<Bytes, ProxyError> {
     let mut read = BytesMut::new();
     let mut parser = sse::Parser::default();
-    while let Some(chunk) = body.next().await {
+    while read.len() < PEEK_LIMIT {
+        let Some(chunk) = body.next().await else {
+            break;
+        };
         let chunk = chunk?;
         read.extend_from_slice(&chunk);
         let mut first = None;

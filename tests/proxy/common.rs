@@ -51,6 +51,13 @@ pub enum Reply {
     Stream(FeedBody),
     /// Never answers.
     Hang,
+    /// A 200 stream of `count` copies of `chunk`, each made only when the server asks for
+    /// it; `produced` counts the bytes made so far.
+    Lazy {
+        chunk: Bytes,
+        count: usize,
+        produced: Arc<std::sync::atomic::AtomicUsize>,
+    },
 }
 
 impl Reply {
@@ -178,6 +185,16 @@ async fn respond(reply: Reply) -> HttpResponse {
             .content_type("text/event-stream")
             .streaming(body),
         Reply::Hang => std::future::pending().await,
+        Reply::Lazy {
+            chunk,
+            count,
+            produced,
+        } => HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .streaming(futures_util::stream::iter((0..count).map(move |_| {
+                produced.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+                Ok::<_, std::io::Error>(chunk.clone())
+            }))),
     }
 }
 

@@ -8,4 +8,5 @@ mod front_door;
 mod gemini;
 mod openai;
 mod process;
+mod reliability;
 mod streaming;
