@@ -281,3 +281,71 @@ async fn a_second_signal_exits_at_once() {
     assert_eq!(status.code(), Some(130), "{lines:#?}");
     drop(feed);
 }
+
+/// The proxy's resident memory, from /proc.
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+#[actix_web::test]
+#[ignore = "holds 1,000 streams open; run by .ci/run"]
+async fn a_thousand_streams_held_open_keep_memory_bounded() {
+    const STREAMS: usize = 1000;
+    let feeds = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let held = feeds.clone();
+    let mock = Mock::start(move |_| {
+        let (feed, body) = feed();
+        feed.send("data: {\"n\":1}\n\n");
+        held.lock().unwrap().push(feed);
+        Reply::Stream(body)
+    });
+    let mut process = Process::start(&[
+        ("OPENAI_BASE_URL", &mock.base_url()),
+        ("HTTP_MAX_CONNECTIONS", "2000"),
+        ("MAX_CONCURRENT_REQUESTS", "2000"),
+        ("RUST_LOG", "warn,llm_proxy=info"),
+    ]);
+    let base = process.address();
+    let idle = resident_kib(process.child.id());
+
+    let client = awc::Client::builder()
+        .connector(awc::Connector::new().limit(0))
+        .timeout(Duration::from_secs(60))
+        .finish();
+    let opened = (0..STREAMS).map(|_| {
+        let request = client
+            .post(format!("{base}/v1/chat/openai"))
+            .insert_header(("X-API-Key", TEST_KEY))
+            .send_body(
+                r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+            );
+        async move {
+            let mut response = request.await.expect("a stream opens");
+            assert_eq!(response.status(), 200);
+            let first = response.next().await.unwrap().unwrap();
+            assert_eq!(first, "data: {\"n\":1}\n\n");
+            response
+        }
+    });
+    let streams = futures_util::future::join_all(opened).await;
+    assert_eq!(streams.len(), STREAMS);
+    assert_eq!(
+        feeds.lock().unwrap().len(),
+        STREAMS,
+        "every stream reached the upstream"
+    );
+    let open = resident_kib(process.child.id());
+    eprintln!("resident memory: {idle} KiB idle, {open} KiB with {STREAMS} open streams");
+    assert!(open < 100 * 1024, "{open} KiB with {STREAMS} streams open");
+
+    drop(streams);
+    feeds.lock().unwrap().clear();
+    process.signal("-TERM");
+    let (status, _) = process.exit_within(Duration::from_secs(30));
+    assert!(status.success());
+}

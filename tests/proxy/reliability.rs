@@ -473,3 +473,76 @@ async fn a_slow_reader_holds_back_the_upstream_instead_of_filling_memory() {
     );
     drop(response);
 }
+
+/// A listener whose accept queue is full: connecting to it hangs, as to a host that drops SYNs.
+fn unanswered_base_url() -> (String, Vec<std::net::TcpStream>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    while let Ok(stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+        held.push(stream);
+        assert!(held.len() < 10_000, "the accept queue never filled");
+    }
+    std::mem::forget(listener);
+    (format!("http://{addr}/v1"), held)
+}
+
+#[actix_web::test]
+async fn connecting_is_bounded_by_its_own_timeout() {
+    let (base, _held) = unanswered_base_url();
+    let proxy = start_proxy(Config {
+        connect_timeout: Duration::from_millis(300),
+        http_timeout: Duration::from_secs(30),
+        ..config_with_base(&base)
+    });
+    let started = Instant::now();
+    let answer = chat(&proxy, "openai", hi("m")).await;
+    assert_eq!(answer.status, 504, "{:?}", answer.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[actix_web::test]
+async fn a_flood_of_malformed_requests_does_not_stop_valid_ones() {
+    let mock = Mock::start(|_| completion());
+    let proxy = start_proxy(Config {
+        max_body_bytes: 1024,
+        ..config_for(&mock)
+    });
+    let bad_bodies: [&[u8]; 5] = [
+        b"{",
+        b"not json at all",
+        br#"{"model": 1}"#,
+        br#"{"model":"m","messages":[{"role":"robot","content":"x"}]}"#,
+        &[b'x'; 4096],
+    ];
+    let flood = (0..400).map(|i| {
+        let url = proxy.url("/v1/chat/openai");
+        let body = Bytes::from_static(bad_bodies[i % bad_bodies.len()]);
+        async move {
+            let response = client()
+                .post(url)
+                .insert_header(("X-API-Key", TEST_KEY))
+                .send_body(body)
+                .await
+                .unwrap();
+            response.status().as_u16()
+        }
+    });
+    let valid = (0..40).map(|_| async { chat(&proxy, "openai", hi("m")).await.status });
+    let (bad, good) = futures_util::future::join(
+        futures_util::future::join_all(flood),
+        futures_util::future::join_all(valid),
+    )
+    .await;
+    assert!(bad.iter().all(|s| *s == 400 || *s == 413), "{bad:?}");
+    assert!(good.iter().all(|s| *s == 200), "{good:?}");
+    assert_eq!(
+        mock.requests().len(),
+        40,
+        "malformed requests never reach the upstream"
+    );
+}
