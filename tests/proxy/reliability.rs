@@ -546,3 +546,41 @@ async fn a_flood_of_malformed_requests_does_not_stop_valid_ones() {
         "malformed requests never reach the upstream"
     );
 }
+
+#[actix_web::test]
+async fn one_callers_failures_never_change_how_anothers_requests_are_treated() {
+    // The upstream rate-limits one key and serves the other.
+    let mock = Mock::start(|request| {
+        if request.header("authorization") == Some("Bearer sk-limited") {
+            status(429, vec![])
+        } else {
+            completion()
+        }
+    });
+    let proxy = start_proxy(with_retries(&mock, 1));
+    for _ in 0..5 {
+        let answer = post(
+            &proxy,
+            "/v1/chat/openai",
+            Some("sk-limited"),
+            hi("m").to_string(),
+        )
+        .await;
+        assert_eq!(answer.status, 429);
+        assert_eq!(answer.header("x-proxy-attempts"), Some("2"));
+    }
+    let answer = post(
+        &proxy,
+        "/v1/chat/openai",
+        Some("sk-fine"),
+        hi("m").to_string(),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("x-proxy-attempts"), Some("1"));
+    assert_eq!(
+        mock.requests().len(),
+        11,
+        "no cooldown, no circuit opened by another key"
+    );
+}
