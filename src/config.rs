@@ -47,6 +47,9 @@ pub struct Config {
     pub sse_heartbeat: Duration,
     /// The same for pass-through streams; off (zero) by default, since it adds bytes.
     pub passthrough_heartbeat: Duration,
+    /// Origins allowed to call from a browser: exact origins, or `*` for any. Empty (the
+    /// default) turns CORS off.
+    pub cors_allow_origins: Vec<String>,
     /// What `PROVIDERS_FILE` declares (empty when it is not set).
     pub catalog: Catalog,
 }
@@ -76,6 +79,7 @@ impl Default for Config {
             max_concurrent_requests: 1024,
             sse_heartbeat: Duration::from_secs(15),
             passthrough_heartbeat: Duration::ZERO,
+            cors_allow_origins: Vec::new(),
             catalog: Catalog::default(),
         }
     }
@@ -118,6 +122,7 @@ struct Env {
     max_concurrent_requests: Option<usize>,
     sse_heartbeat_seconds: Option<u64>,
     passthrough_heartbeat_seconds: Option<u64>,
+    cors_allow_origins: Option<String>,
     providers_file: Option<PathBuf>,
 }
 
@@ -182,6 +187,13 @@ impl Config {
             passthrough_heartbeat: env
                 .passthrough_heartbeat_seconds
                 .map_or(defaults.passthrough_heartbeat, Duration::from_secs),
+            cors_allow_origins: env
+                .cors_allow_origins
+                .iter()
+                .flat_map(|list| list.split(','))
+                .map(|origin| origin.trim().trim_end_matches('/').to_owned())
+                .filter(|origin| !origin.is_empty())
+                .collect(),
             catalog: match &env.providers_file {
                 Some(path) => read_catalog(path)?,
                 None => Catalog::default(),
@@ -306,6 +318,7 @@ mod tests {
         assert_eq!(config.max_concurrent_requests, 1024);
         assert_eq!(config.sse_heartbeat, Duration::from_secs(15));
         assert_eq!(config.passthrough_heartbeat, Duration::ZERO);
+        assert!(config.cors_allow_origins.is_empty());
     }
 
     #[test]
@@ -333,6 +346,10 @@ mod tests {
             ("MAX_CONCURRENT_REQUESTS", "8"),
             ("SSE_HEARTBEAT_SECONDS", "0"),
             ("PASSTHROUGH_HEARTBEAT_SECONDS", "20"),
+            (
+                "CORS_ALLOW_ORIGINS",
+                "http://localhost:3000, https://app.example/",
+            ),
         ]))
         .unwrap();
         assert_eq!(config.host, "127.0.0.1");
@@ -357,6 +374,10 @@ mod tests {
         assert_eq!(config.max_concurrent_requests, 8);
         assert_eq!(config.sse_heartbeat, Duration::ZERO);
         assert_eq!(config.passthrough_heartbeat, Duration::from_secs(20));
+        assert_eq!(
+            config.cors_allow_origins,
+            ["http://localhost:3000", "https://app.example"]
+        );
     }
 
     #[test]

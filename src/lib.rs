@@ -23,6 +23,7 @@ pub mod catalog;
 pub mod chat;
 pub mod completions;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod exchange;
 pub mod handlers;

@@ -7,6 +7,7 @@ use actix_web::{dev::Server, dev::ServerHandle, web, App, HttpServer};
 use crate::{
     app,
     config::Config,
+    cors,
     limits::{RequestLimit, UpstreamSlots},
     providers::Registry,
     upstream,
@@ -22,6 +23,7 @@ pub fn build(config: Config, listener: TcpListener) -> std::io::Result<Server> {
     let config = web::Data::new(config);
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(actix_web::middleware::from_fn(cors::handle))
             .wrap(app::access_log())
             .app_data(config.clone())
             .app_data(registry.clone())
