@@ -126,6 +126,26 @@ impl From<Usage> for OpenAiUsage {
     }
 }
 
+/// The token counts of a `chat.completion` body or chunk, when it has a `usage`.
+pub fn usage_of(body: &[u8]) -> Option<Usage> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        usage: Option<ProbeUsage>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ProbeUsage {
+        #[serde(default)]
+        prompt_tokens: u64,
+        #[serde(default)]
+        completion_tokens: u64,
+    }
+    let usage = serde_json::from_slice::<Probe>(body).ok()?.usage?;
+    Some(Usage {
+        input_tokens: usage.prompt_tokens,
+        output_tokens: usage.completion_tokens,
+    })
+}
+
 /// Turns one wire format's stream events into `chat.completion.chunk`s.
 pub trait StreamTranslator {
     /// Runs for each complete upstream event, in order, as soon as it has arrived; writes the
@@ -211,6 +231,11 @@ impl ChunkWriter {
             write_data(&mut self.out, &chunk);
         }
         self.out.extend_from_slice(b"data: [DONE]\n\n");
+    }
+
+    /// The token counts seen so far.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
     }
 
     /// Takes what was written so far, to send it on.

@@ -47,6 +47,8 @@ pub struct Config {
     pub sse_heartbeat: Duration,
     /// The same for pass-through streams; off (zero) by default, since it adds bytes.
     pub passthrough_heartbeat: Duration,
+    /// `LOG_FORMAT=json`: one JSON object per log line instead of text.
+    pub log_json: bool,
     /// Origins allowed to call from a browser: exact origins, or `*` for any. Empty (the
     /// default) turns CORS off.
     pub cors_allow_origins: Vec<String>,
@@ -79,6 +81,7 @@ impl Default for Config {
             max_concurrent_requests: 1024,
             sse_heartbeat: Duration::from_secs(15),
             passthrough_heartbeat: Duration::ZERO,
+            log_json: false,
             cors_allow_origins: Vec::new(),
             catalog: Catalog::default(),
         }
@@ -123,6 +126,7 @@ struct Env {
     sse_heartbeat_seconds: Option<u64>,
     passthrough_heartbeat_seconds: Option<u64>,
     cors_allow_origins: Option<String>,
+    log_format: Option<String>,
     providers_file: Option<PathBuf>,
 }
 
@@ -187,6 +191,15 @@ impl Config {
             passthrough_heartbeat: env
                 .passthrough_heartbeat_seconds
                 .map_or(defaults.passthrough_heartbeat, Duration::from_secs),
+            log_json: match env.log_format.as_deref() {
+                None | Some("text") => false,
+                Some("json") => true,
+                Some(other) => {
+                    return Err(ConfigError(format!(
+                        "LOG_FORMAT must be text or json, not {other:?}"
+                    )))
+                }
+            },
             cors_allow_origins: env
                 .cors_allow_origins
                 .iter()
@@ -378,6 +391,9 @@ mod tests {
             config.cors_allow_origins,
             ["http://localhost:3000", "https://app.example"]
         );
+        assert!(config.log_json);
+        let err = Config::from_vars(vars(&[("LOG_FORMAT", "xml")])).unwrap_err();
+        assert!(err.to_string().contains("LOG_FORMAT"), "{err}");
     }
 
     #[test]

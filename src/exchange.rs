@@ -1,7 +1,11 @@
 //! One request's way upstream: its targets (the provider asked for, then its fallbacks), each
 //! tried with retries and backoff, and the reply in the route's shape once one answers.
 
-use std::{borrow::Cow, time::SystemTime};
+use std::{
+    borrow::Cow,
+    rc::Rc,
+    time::{Duration, Instant, SystemTime},
+};
 
 use actix_web::{
     http::{
@@ -15,11 +19,13 @@ use actix_web::{
 use awc::Client;
 
 use crate::{
-    chat::ChatRequest,
+    chat::{ChatRequest, Usage},
     completions::{self, ChunkWriter, OPENAI_ONLY_FIELDS},
     config::Config,
     error::{redact, ProxyError},
     limits::{Guards, RequestPermit, UpstreamSlots},
+    metrics::Metrics,
+    observe::{StreamUsage, REQUEST_ID},
     providers::ChatProvider,
     retry::{self, Attempt},
     upstream::{self, Body, Relay, StreamErrors, Translated},
@@ -43,6 +49,9 @@ pub struct State<'s> {
     pub config: &'s Config,
     pub client: &'s Client,
     pub slots: &'s UpstreamSlots,
+    pub metrics: &'s Metrics,
+    /// Sent upstream as `X-Request-Id`, and named in every log line about the request.
+    pub request_id: &'s HeaderValue,
 }
 
 /// One provider and model to try, with the key for it, or why it cannot be tried.
@@ -59,6 +68,12 @@ pub struct Outcome {
     pub model: Option<String>,
     pub upstream_status: Option<u16>,
     pub attempts: u32,
+    /// Time spent in upstream calls before the reply was handed over.
+    pub upstream_time: Duration,
+    /// A non-stream answer's token counts.
+    pub usage: Option<Usage>,
+    /// A stream's token counts, filled in as it passes.
+    pub stream_usage: Option<Rc<StreamUsage>>,
 }
 
 /// Tries each target in order, each up to `1 + max_retries` times, until one answers.
@@ -83,7 +98,7 @@ pub async fn run(
     let mut last = None;
     // OpenAI's own fields go only to upstreams that speak OpenAI; copied once, when needed.
     let mut stripped = None;
-    for target in targets {
+    for (index, target) in targets.iter().enumerate() {
         let endpoint = target.provider.endpoint();
         let key = match &target.key {
             Ok(key) => key.as_ref(),
@@ -101,7 +116,13 @@ pub async fn run(
         } else {
             chat
         };
+        if index > 0 {
+            state.metrics.fallback(endpoint.name);
+        }
         for retry in 0..=max_retries {
+            if retry > 0 {
+                state.metrics.retry(endpoint.name);
+            }
             outcome.attempts += 1;
             outcome.provider = Some(endpoint.name);
             outcome.model = Some(target.model.clone().into_owned());
@@ -118,7 +139,17 @@ pub async fn run(
                 }
                 Err(error) => error,
             };
-            attempts.push(Attempt::failed(endpoint.name, &target.model, &error));
+            let attempt = Attempt::failed(endpoint.name, &target.model, &error);
+            if let Some(kind) = attempt
+                .status
+                .map(|s| s.to_string())
+                .or(attempt.failure.clone())
+            {
+                if retry::is_retryable(&error) || attempt.status.is_some() {
+                    state.metrics.upstream_error(endpoint.name, &kind);
+                }
+            }
+            attempts.push(attempt);
             if !retry::is_retryable(&error) {
                 return Err(exhausted(error, attempts));
             }
@@ -129,17 +160,19 @@ pub async fn run(
                 }
                 _ => None,
             };
-            last = Some(error);
             if retry == max_retries || asked.is_some_and(|wait| wait > config.retry_max_wait) {
+                last = Some(error);
                 break;
             }
             let wait =
                 asked.unwrap_or_else(|| retry::backoff(config.retry_base, retry, retry::random()));
             log::info!(
-                "{} answered with a retryable failure; retrying in {} ms",
+                "request_id={} {} failed ({error}); retrying in {} ms",
+                state.request_id.to_str().unwrap_or("-"),
                 endpoint.name,
                 wait.as_millis()
             );
+            last = Some(error);
             sleep(wait).await;
         }
     }
@@ -196,15 +229,25 @@ async fn try_once(
     upstream_request
         .headers
         .extend(endpoint.headers.iter().cloned());
+    upstream_request
+        .headers
+        .push((REQUEST_ID, state.request_id.clone()));
     let slot = state.slots.try_acquire()?;
-    let upstream = upstream::send(state.client, upstream_request, config.http_timeout).await?;
+    let sent = Instant::now();
+    let upstream = upstream::send(state.client, upstream_request, config.http_timeout).await;
+    let upstream = upstream.inspect_err(|_| outcome.upstream_time += sent.elapsed())?;
+    state
+        .metrics
+        .upstream_first_byte(endpoint.name, sent.elapsed());
     let status = upstream.status();
     outcome.upstream_status = Some(status.as_u16());
     let passed_on = upstream::passed_on_headers(upstream.headers());
 
     if !status.is_success() {
-        let body =
-            upstream::read_body(upstream, config.max_response_bytes, config.http_timeout).await?;
+        let body = upstream::read_body(upstream, config.max_response_bytes, config.http_timeout)
+            .await
+            .inspect_err(|_| outcome.upstream_time += sent.elapsed())?;
+        outcome.upstream_time += sent.elapsed();
         return Err(ProxyError::Upstream {
             status,
             body: match key {
@@ -221,7 +264,11 @@ async fn try_once(
     }
     if chat.stream {
         let mut body = Body::new(upstream, config.http_timeout);
-        let first = upstream::peek_first_event(&mut body).await?;
+        let first = upstream::peek_first_event(&mut body).await;
+        outcome.upstream_time += sent.elapsed();
+        let first = first?;
+        let usage = Rc::new(StreamUsage::default());
+        outcome.stream_usage = Some(usage.clone());
         response
             .insert_header((
                 header::CONTENT_TYPE,
@@ -247,6 +294,7 @@ async fn try_once(
                     translator,
                     writer,
                     config.sse_heartbeat,
+                    usage,
                     guards,
                 ))
             }
@@ -256,6 +304,7 @@ async fn try_once(
                 endpoint.name,
                 StreamErrors::Proxy,
                 config.passthrough_heartbeat,
+                usage,
                 guards,
             )),
             (Route::FrontDoor, None) => response.streaming(Relay::new(
@@ -264,23 +313,30 @@ async fn try_once(
                 endpoint.name,
                 StreamErrors::OpenAi,
                 config.passthrough_heartbeat,
+                usage,
                 guards,
             )),
         });
     }
 
-    let body =
-        upstream::read_body(upstream, config.max_response_bytes, config.http_timeout).await?;
+    let body = upstream::read_body(upstream, config.max_response_bytes, config.http_timeout).await;
+    outcome.upstream_time += sent.elapsed();
+    let body = body?;
     drop(slot);
     let json = match route {
         // Already a chat.completion: passed on as it came, tool calls and all.
-        Route::FrontDoor if provider.speaks_openai() => body,
+        Route::FrontDoor if provider.speaks_openai() => {
+            outcome.usage = completions::usage_of(&body);
+            body
+        }
         Route::FrontDoor => {
             let normalized = provider.translate_response(&body, model)?;
+            outcome.usage = normalized.usage;
             Bytes::from(completions::completion_body(&normalized))
         }
         Route::Path => {
             let normalized = provider.translate_response(&body, model)?;
+            outcome.usage = normalized.usage;
             let json = serde_json::to_vec(&normalized)
                 .map_err(|e| ProxyError::BadUpstreamBody(e.to_string()))?;
             Bytes::from(json)

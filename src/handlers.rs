@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use actix_web::{
     http::header::{self, HeaderValue},
     web::{self, Bytes, BytesMut},
-    HttpRequest, HttpResponse,
+    HttpMessage, HttpRequest, HttpResponse,
 };
 use awc::Client;
 use futures_util::StreamExt;
@@ -18,26 +18,20 @@ use crate::{
     error::ProxyError,
     exchange::{self, Outcome, Route, State, Target},
     limits::{RequestLimit, UpstreamSlots},
+    metrics::Metrics,
+    observe::{self, AccessInfo, RequestId},
     providers::{ChatProvider, Registry},
 };
 
-/// What the access log says about a request, left in the response's extensions.
-#[derive(Clone, Debug, Default)]
-pub struct AccessInfo {
-    pub provider: Option<&'static str>,
-    pub model: Option<String>,
-    pub upstream_status: Option<u16>,
-    pub stream: bool,
-    pub attempts: u32,
-}
-
-impl AccessInfo {
-    fn record(&mut self, outcome: Outcome) {
-        self.provider = outcome.provider.or(self.provider);
-        self.model = outcome.model.or(self.model.take());
-        self.upstream_status = outcome.upstream_status;
-        self.attempts = outcome.attempts;
-    }
+/// What the access log learns from an exchange.
+fn record(info: &mut AccessInfo, outcome: Outcome) {
+    info.provider = outcome.provider.or(info.provider);
+    info.model = outcome.model.or(info.model.take());
+    info.upstream_status = outcome.upstream_status;
+    info.attempts = outcome.attempts;
+    info.upstream_time = outcome.upstream_time;
+    info.usage = outcome.usage;
+    info.stream_usage = outcome.stream_usage;
 }
 
 /// The per-worker and shared state a chat handler needs, as actix extracts it.
@@ -47,6 +41,8 @@ pub struct Shared {
     pub client: web::Data<Client>,
     pub slots: web::Data<UpstreamSlots>,
     pub limit: web::Data<RequestLimit>,
+    pub metrics: web::Data<Metrics>,
+    pub request_id: HeaderValue,
 }
 
 impl Shared {
@@ -73,6 +69,14 @@ impl Shared {
                 .app_data()
                 .cloned()
                 .unwrap_or_else(|| data("RequestLimit")),
+            metrics: request
+                .app_data()
+                .cloned()
+                .unwrap_or_else(|| data("Metrics")),
+            request_id: request
+                .extensions()
+                .get::<RequestId>()
+                .map_or_else(|| observe::request_id(None), |id| id.0.clone()),
         }
     }
 
@@ -81,6 +85,8 @@ impl Shared {
             config: &self.config,
             client: &self.client,
             slots: &self.slots,
+            metrics: &self.metrics,
+            request_id: &self.request_id,
         }
     }
 }
@@ -103,7 +109,9 @@ pub async fn chat(request: HttpRequest, payload: web::Payload) -> HttpResponse {
         provider: Some(provider.endpoint().name),
         ..AccessInfo::default()
     };
-    let mut response = match path_route(&request, payload, &shared, provider, &mut info).await {
+    let result = path_route(&request, payload, &shared, provider, &mut info).await;
+    info.handled_at = Some(std::time::Instant::now());
+    let mut response = match result {
         Ok(response) => response,
         Err(error) => {
             let mut response = error.to_response(info.provider);
@@ -171,7 +179,7 @@ async fn path_route(
         &mut outcome,
     )
     .await;
-    info.record(outcome);
+    record(info, outcome);
     result
 }
 
@@ -179,7 +187,9 @@ async fn path_route(
 pub async fn completions(request: HttpRequest, payload: web::Payload) -> HttpResponse {
     let shared = Shared::from_request(&request);
     let mut info = AccessInfo::default();
-    let mut response = match front_door(&request, payload, &shared, &mut info).await {
+    let result = front_door(&request, payload, &shared, &mut info).await;
+    info.handled_at = Some(std::time::Instant::now());
+    let mut response = match result {
         Ok(response) => response,
         Err(error) => {
             let mut response = error.to_openai_response(info.provider);
@@ -239,7 +249,7 @@ async fn front_door(
         &mut outcome,
     )
     .await;
-    info.record(outcome);
+    record(info, outcome);
     result
 }
 

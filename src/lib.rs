@@ -28,6 +28,8 @@ pub mod error;
 pub mod exchange;
 pub mod handlers;
 pub mod limits;
+pub mod metrics;
+pub mod observe;
 pub mod providers;
 pub mod retry;
 pub mod server;

@@ -14,7 +14,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if std::env::var("LOG_FORMAT").is_ok_and(|format| format == "json") {
+        logger.format(json_line);
+    }
+    logger.init();
 
     let config = match Config::from_env() {
         Ok(config) => config,
@@ -54,4 +59,31 @@ async fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `LOG_FORMAT=json`: one object per line. Access lines arrive as JSON objects already and get
+/// the timestamp and level in front; every other line is wrapped.
+fn json_line(
+    out: &mut env_logger::fmt::Formatter,
+    record: &log::Record<'_>,
+) -> std::io::Result<()> {
+    use std::io::Write;
+
+    let timestamp = out.timestamp_millis().to_string();
+    let message = record.args().to_string();
+    if record.target() == "access" && message.starts_with('{') {
+        return writeln!(
+            out,
+            r#"{{"timestamp":"{timestamp}","level":"{}",{}"#,
+            record.level(),
+            &message[1..]
+        );
+    }
+    let line = serde_json::json!({
+        "timestamp": timestamp,
+        "level": record.level().as_str(),
+        "target": record.target(),
+        "message": message,
+    });
+    writeln!(out, "{line}")
 }

@@ -2,13 +2,15 @@
 
 use std::net::TcpListener;
 
-use actix_web::{dev::Server, dev::ServerHandle, web, App, HttpServer};
+use actix_web::{dev::Server, dev::ServerHandle, middleware::from_fn, web, App, HttpServer};
 
 use crate::{
     app,
     config::Config,
     cors,
     limits::{RequestLimit, UpstreamSlots},
+    metrics::Metrics,
+    observe,
     providers::Registry,
     upstream,
 };
@@ -20,12 +22,14 @@ pub fn build(config: Config, listener: TcpListener) -> std::io::Result<Server> {
     let shutdown_timeout = config.shutdown_timeout.as_secs();
     let registry = web::Data::new(Registry::new(&config));
     let limit = web::Data::new(RequestLimit::new(config.max_concurrent_requests));
+    let metrics = web::Data::new(Metrics::default());
     let config = web::Data::new(config);
     let server = HttpServer::new(move || {
         App::new()
-            .wrap(actix_web::middleware::from_fn(cors::handle))
-            .wrap(app::access_log())
+            .wrap(from_fn(cors::handle))
+            .wrap(from_fn(observe::observe))
             .app_data(config.clone())
+            .app_data(metrics.clone())
             .app_data(registry.clone())
             .app_data(limit.clone())
             .app_data(web::Data::new(upstream::client(&config)))

@@ -5,6 +5,7 @@ use std::{
     future::Future,
     io,
     pin::Pin,
+    rc::Rc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -36,6 +37,7 @@ use crate::{
     config::Config,
     error::ProxyError,
     limits::Guards,
+    observe::StreamUsage,
     providers::UpstreamRequest,
     sse,
 };
@@ -144,12 +146,17 @@ pub fn is_passed_on(name: &HeaderName) -> bool {
         || name.starts_with("anthropic-ratelimit-")
 }
 
-/// The headers of an upstream response that are passed on to the caller.
+/// The headers of an upstream response that are passed on to the caller. The upstream's
+/// `x-request-id` becomes `x-upstream-request-id`: `X-Request-Id` is the proxy's own.
 pub fn passed_on_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    const UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
     headers
         .iter()
         .filter(|(name, _)| is_passed_on(name))
-        .map(|(name, value)| (name.clone(), value.clone()))
+        .map(|(name, value)| match name.as_str() {
+            "x-request-id" => (UPSTREAM_REQUEST_ID, value.clone()),
+            _ => (name.clone(), value.clone()),
+        })
         .collect()
 }
 
@@ -314,17 +321,21 @@ pub struct Relay {
     heartbeat: Option<Heartbeat>,
     /// The last two bytes passed on, to end a half-written event before our error event.
     tail: [u8; 2],
+    /// Reads the token counts the stream carries, beside the bytes, without changing them.
+    usage: UsageScanner,
     done: bool,
     _guards: Guards,
 }
 
 impl Relay {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         body: Body,
         first: Bytes,
         provider: &'static str,
         errors: StreamErrors,
         heartbeat: Duration,
+        usage: Rc<StreamUsage>,
         guards: Guards,
     ) -> Self {
         let mut relay = Self {
@@ -334,14 +345,21 @@ impl Relay {
             errors,
             heartbeat: Heartbeat::new(heartbeat),
             tail: *b"\n\n",
+            usage: UsageScanner::new(usage),
             done: false,
             _guards: guards,
         };
         if !first.is_empty() {
-            relay.remember_tail(&first);
+            relay.passing(&first);
             relay.first = Some(first);
         }
         relay
+    }
+
+    /// Notes a chunk on its way to the caller.
+    fn passing(&mut self, chunk: &[u8]) {
+        self.remember_tail(chunk);
+        self.usage.scan(chunk);
     }
 
     fn remember_tail(&mut self, chunk: &[u8]) {
@@ -366,7 +384,7 @@ impl Stream for Relay {
         }
         match this.body.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
-                this.remember_tail(&chunk);
+                this.passing(&chunk);
                 if let Some(heartbeat) = &mut this.heartbeat {
                     heartbeat.reset();
                 }
@@ -410,6 +428,7 @@ pub struct Translated {
     translator: Box<dyn StreamTranslator>,
     writer: ChunkWriter,
     heartbeat: Option<Heartbeat>,
+    usage: Rc<StreamUsage>,
     done: bool,
     _guards: Guards,
 }
@@ -423,6 +442,7 @@ impl Translated {
         translator: Box<dyn StreamTranslator>,
         writer: ChunkWriter,
         heartbeat: Duration,
+        usage: Rc<StreamUsage>,
         guards: Guards,
     ) -> Self {
         Self {
@@ -433,12 +453,22 @@ impl Translated {
             translator,
             writer,
             heartbeat: Heartbeat::new(heartbeat),
+            usage,
             done: false,
             _guards: guards,
         }
     }
 
+    /// Hands the token counts seen so far to the access log and the metrics.
+    fn report_usage(&self) {
+        if let Some(usage) = self.writer.usage() {
+            self.usage.input(usage.input_tokens);
+            self.usage.output(usage.output_tokens);
+        }
+    }
+
     fn fail(&mut self, error: &ProxyError) -> Bytes {
+        self.report_usage();
         self.done = true;
         // Chunks written so far are whole events: ours follows them directly.
         let mut out = self.writer.take();
@@ -478,6 +508,7 @@ impl Stream for Translated {
                         let ended = this.parser.finish(|event| translator.event(&event, writer));
                         if ended.is_ok() {
                             this.done = true;
+                            this.report_usage();
                             this.writer.done();
                         }
                         ended
@@ -500,6 +531,82 @@ impl Stream for Translated {
             }
         }
         Poll::Ready(None)
+    }
+}
+
+/// Finds the token counts in a pass-through stream: OpenAI's `usage` chunk, Anthropic's
+/// `message_start` and `message_delta`, Gemini's `usageMetadata`. Only events that mention
+/// usage are parsed; the bytes themselves are never changed or held.
+struct UsageScanner {
+    parser: sse::Parser,
+    usage: Rc<StreamUsage>,
+}
+
+impl UsageScanner {
+    fn new(usage: Rc<StreamUsage>) -> Self {
+        Self {
+            parser: sse::Parser::default(),
+            usage,
+        }
+    }
+
+    fn scan(&mut self, chunk: &[u8]) {
+        let usage = &self.usage;
+        let _ = self.parser.feed(chunk, |event| {
+            if event.data.contains("sage") {
+                record_usage(&event.data, usage);
+            }
+            Ok::<_, Infallible>(())
+        });
+    }
+}
+
+fn record_usage(data: &str, into: &StreamUsage) {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        usage: Option<Counts>,
+        message: Option<Message>,
+        #[serde(rename = "usageMetadata")]
+        usage_metadata: Option<GeminiCounts>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Message {
+        usage: Option<Counts>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Counts {
+        prompt_tokens: Option<u64>,
+        completion_tokens: Option<u64>,
+        input_tokens: Option<u64>,
+        output_tokens: Option<u64>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct GeminiCounts {
+        prompt_token_count: Option<u64>,
+        candidates_token_count: Option<u64>,
+    }
+    let Ok(probe) = serde_json::from_str::<Probe>(data) else {
+        return;
+    };
+    for counts in [probe.usage, probe.message.and_then(|m| m.usage)]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(input) = counts.prompt_tokens.or(counts.input_tokens) {
+            into.input(input);
+        }
+        if let Some(output) = counts.completion_tokens.or(counts.output_tokens) {
+            into.output(output);
+        }
+    }
+    if let Some(counts) = probe.usage_metadata {
+        if let Some(input) = counts.prompt_token_count {
+            into.input(input);
+        }
+        if let Some(output) = counts.candidates_token_count {
+            into.output(output);
+        }
     }
 }
 
@@ -657,6 +764,27 @@ mod tests {
         let connector = UpstreamConnector(TcpConnector::new(Resolver::default()).service());
         let connection = connector.call(ConnectInfo::new(uri)).await.unwrap();
         assert!(connection.io_ref().0.nodelay().unwrap());
+    }
+
+    #[test]
+    fn token_counts_are_read_from_each_providers_stream() {
+        for (stream, input, output) in [
+            (&include_bytes!("../tests/fixtures/anthropic/stream.sse")[..], 25, 15),
+            (&include_bytes!("../tests/fixtures/gemini/stream.sse")[..], 4, 12),
+            (
+                &b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n"[..],
+                9,
+                3,
+            ),
+        ] {
+            let usage = Rc::new(StreamUsage::default());
+            let mut scanner = UsageScanner::new(usage.clone());
+            for chunk in stream.chunks(7) {
+                scanner.scan(chunk);
+            }
+            let seen = usage.usage().unwrap();
+            assert_eq!((seen.input_tokens, seen.output_tokens), (input, output));
+        }
     }
 
     #[test]

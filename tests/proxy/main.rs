@@ -6,6 +6,7 @@ mod common;
 mod errors;
 mod front_door;
 mod gemini;
+mod observability;
 mod openai;
 mod process;
 mod reliability;

@@ -209,6 +209,53 @@ async fn the_access_log_has_one_line_per_request_and_no_key_or_content() {
     }
 }
 
+#[actix_web::test]
+async fn json_logs_are_one_object_per_line_with_the_request_fields() {
+    let mock = Mock::always(200, "application/json", fixture("openai/completion.json"));
+    let mut process = Process::start(&[
+        ("OPENAI_BASE_URL", &mock.base_url()),
+        ("LOG_FORMAT", "json"),
+    ]);
+    let base = process.address();
+    let response = client()
+        .post(format!("{base}/v1/chat/openai"))
+        .insert_header(("X-API-Key", TEST_KEY))
+        .insert_header(("X-Request-Id", "trace-json-1"))
+        .send_body(r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"my secret"}]}"#)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let line = process.wait_for_line("trace-json-1");
+    let record: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    for (field, value) in [
+        ("level", json!("INFO")),
+        ("request_id", json!("trace-json-1")),
+        ("route", json!("chat")),
+        ("provider", json!("openai")),
+        ("model", json!("gpt-4o-mini")),
+        ("status", json!(200)),
+        ("upstream_status", json!(200)),
+        ("attempts", json!(1)),
+        ("input_tokens", json!(19)),
+        ("output_tokens", json!(9)),
+    ] {
+        assert_eq!(record[field], value, "{field} in {line}");
+    }
+    assert!(record["timestamp"].is_string());
+    assert!(record["duration_ms"].is_number() && record["ttfb_ms"].is_number());
+    process.signal("-TERM");
+    let (status, lines) = process.exit_within(Duration::from_secs(20));
+    assert!(status.success());
+    for line in lines.iter().filter(|l| !l.is_empty()) {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            !line.contains(TEST_KEY) && !line.contains("my secret"),
+            "{line}"
+        );
+    }
+}
+
 /// A stream in flight when the signal comes is finished, then the process exits 0.
 async fn a_signal_lets_a_stream_in_flight_finish(signal: &str, name: &str) {
     let (feed, body) = feed();

@@ -1,0 +1,356 @@
+//! Request ids, the access log and request metrics: one middleware around every request, which
+//! writes its line and counts it when the response (for a stream: its last byte) is done.
+
+use std::{
+    cell::Cell,
+    pin::Pin,
+    rc::Rc,
+    sync::atomic::{AtomicU64, Ordering},
+    task::{Context, Poll},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use actix_web::{
+    body::{BodySize, BoxBody, MessageBody},
+    dev::{ServiceRequest, ServiceResponse},
+    http::header::{HeaderName, HeaderValue},
+    middleware::Next,
+    web::{self, Bytes},
+    Error, HttpMessage,
+};
+use serde::Serialize;
+
+use crate::{chat::Usage, config::Config, limits::RequestLimit, metrics, metrics::Metrics};
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The id of the request being served, in its extensions.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub HeaderValue);
+
+/// What a handler learned, left in the response's extensions for the log and the metrics.
+#[derive(Clone, Debug, Default)]
+pub struct AccessInfo {
+    pub provider: Option<&'static str>,
+    pub model: Option<String>,
+    pub upstream_status: Option<u16>,
+    pub stream: bool,
+    pub attempts: u32,
+    /// Time spent in upstream calls before the response was handed over.
+    pub upstream_time: Duration,
+    /// When the handler handed the response over.
+    pub handled_at: Option<Instant>,
+    /// Token counts of a non-stream answer.
+    pub usage: Option<Usage>,
+    /// Token counts a stream carries, filled in as it passes.
+    pub stream_usage: Option<Rc<StreamUsage>>,
+}
+
+/// Token counts seen in a stream, shared between the stream and the log.
+#[derive(Debug, Default)]
+pub struct StreamUsage {
+    input: Cell<Option<u64>>,
+    output: Cell<Option<u64>>,
+}
+
+impl StreamUsage {
+    pub fn input(&self, tokens: u64) {
+        self.input.set(Some(tokens));
+    }
+
+    pub fn output(&self, tokens: u64) {
+        self.output.set(Some(tokens));
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        match (self.input.get(), self.output.get()) {
+            (None, None) => None,
+            (input, output) => Some(Usage {
+                input_tokens: input.unwrap_or(0),
+                output_tokens: output.unwrap_or(0),
+            }),
+        }
+    }
+}
+
+/// The caller's `X-Request-Id` when it is printable and at most 128 characters; else a new one.
+pub fn request_id(given: Option<&HeaderValue>) -> HeaderValue {
+    let usable = given.filter(|value| {
+        let bytes = value.as_bytes();
+        (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+    });
+    match usable {
+        Some(value) => value.clone(),
+        None => new_request_id(),
+    }
+}
+
+fn new_request_id() -> HeaderValue {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::from_str(&format!("req_{nanos:016x}{n:06x}")).expect("hex is a valid header")
+}
+
+/// The route label of a path: one of a fixed few.
+fn route_of(path: &str) -> &'static str {
+    match path {
+        "/v1/chat/completions" => "completions",
+        "/v1/models" => "models",
+        "/healthz" => "healthz",
+        "/metrics" => "metrics",
+        _ if path.starts_with("/v1/chat/") => "chat",
+        _ => "other",
+    }
+}
+
+/// The middleware: gives the request its id, echoes it, and logs and counts the request when
+/// its body is done.
+pub async fn observe(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let started = Instant::now();
+    let id = request_id(request.headers().get(REQUEST_ID));
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let method = request.method().to_string();
+    let path = request.path().to_owned();
+    let metrics = request.app_data::<web::Data<Metrics>>().cloned();
+    let json = request
+        .app_data::<web::Data<Config>>()
+        .is_some_and(|config| config.log_json);
+    let mut response = next.call(request).await?;
+    response.headers_mut().insert(REQUEST_ID, id.clone());
+    let info = response
+        .response()
+        .extensions()
+        .get::<AccessInfo>()
+        .cloned()
+        .unwrap_or_default();
+    let record = Record {
+        id,
+        method,
+        route: route_of(&path),
+        path,
+        status: response.status().as_u16(),
+        info,
+        started,
+        first_byte: None,
+        metrics,
+        json,
+    };
+    Ok(response.map_body(|_, body| Observed {
+        body: BoxBody::new(body),
+        record: Some(record),
+    }))
+}
+
+/// What is logged and counted once a response is done.
+struct Record {
+    id: HeaderValue,
+    method: String,
+    path: String,
+    route: &'static str,
+    status: u16,
+    info: AccessInfo,
+    started: Instant,
+    first_byte: Option<Instant>,
+    metrics: Option<web::Data<Metrics>>,
+    json: bool,
+}
+
+impl Record {
+    fn finish(self) {
+        let duration = self.started.elapsed();
+        let usage = self.info.usage.or_else(|| {
+            self.info
+                .stream_usage
+                .as_ref()
+                .and_then(|stream| stream.usage())
+        });
+        let handled = self
+            .info
+            .handled_at
+            .map_or(duration, |at| at.duration_since(self.started));
+        if let Some(metrics) = &self.metrics {
+            if self.route != "metrics" {
+                metrics.finished(&metrics::Finished {
+                    route: self.route,
+                    provider: self.info.provider,
+                    model: self.info.model.as_deref(),
+                    status: self.status,
+                    duration,
+                    upstream_time: self.info.upstream_time + duration.saturating_sub(handled),
+                    usage,
+                });
+            }
+        }
+        let line = Line {
+            request_id: self.id.to_str().unwrap_or("-"),
+            method: &self.method,
+            path: &self.path,
+            route: self.route,
+            provider: self.info.provider,
+            model: self
+                .info
+                .model
+                .as_deref()
+                .map(|m| m.chars().take(128).collect::<String>()),
+            status: self.status,
+            upstream_status: self.info.upstream_status,
+            attempts: self.info.attempts,
+            stream: self.info.stream,
+            duration_ms: millis(duration),
+            ttfb_ms: self
+                .first_byte
+                .map(|at| millis(at.duration_since(self.started))),
+            input_tokens: usage.map(|u| u.input_tokens),
+            output_tokens: usage.map(|u| u.output_tokens),
+        };
+        if self.json {
+            if let Ok(json) = serde_json::to_string(&line) {
+                log::info!(target: "access", "{json}");
+            }
+        } else {
+            log::info!(target: "access", "{}", line.text());
+        }
+    }
+}
+
+fn millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// One access-log line; never a key, never message content.
+#[derive(Serialize)]
+struct Line<'a> {
+    request_id: &'a str,
+    method: &'a str,
+    path: &'a str,
+    route: &'static str,
+    provider: Option<&'a str>,
+    model: Option<String>,
+    status: u16,
+    upstream_status: Option<u16>,
+    attempts: u32,
+    stream: bool,
+    duration_ms: f64,
+    ttfb_ms: Option<f64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
+impl Line<'_> {
+    /// The human-readable form: `key=value` pairs, the model escaped so it cannot forge lines.
+    fn text(&self) -> String {
+        let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".into());
+        format!(
+            "{} {} request_id={} provider={} model={} status={} upstream_status={} attempts={} \
+             stream={} duration_ms={} ttfb_ms={} input_tokens={} output_tokens={}",
+            self.method,
+            self.path,
+            self.request_id,
+            self.provider.unwrap_or("-"),
+            or_dash(
+                self.model
+                    .as_ref()
+                    .map(|m| m.chars().flat_map(char::escape_debug).collect())
+            ),
+            self.status,
+            or_dash(self.upstream_status.map(|s| s.to_string())),
+            self.attempts,
+            self.stream,
+            self.duration_ms,
+            or_dash(self.ttfb_ms.map(|t| t.to_string())),
+            or_dash(self.input_tokens.map(|t| t.to_string())),
+            or_dash(self.output_tokens.map(|t| t.to_string())),
+        )
+    }
+}
+
+/// A response body that notes its first byte and, once done or dropped, logs and counts.
+struct Observed {
+    body: BoxBody,
+    record: Option<Record>,
+}
+
+impl MessageBody for Observed {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = &mut *self;
+        let next = Pin::new(&mut this.body).poll_next(cx);
+        if let (Poll::Ready(Some(Ok(_))), Some(record)) = (&next, &mut this.record) {
+            record.first_byte.get_or_insert_with(Instant::now);
+        }
+        next
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            record.finish();
+        }
+    }
+}
+
+/// `GET /metrics`
+pub async fn metrics(
+    metrics: web::Data<Metrics>,
+    limit: web::Data<RequestLimit>,
+) -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(metrics.render(limit.in_flight()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_callers_printable_id_is_kept_and_anything_else_replaced() {
+        let given = HeaderValue::from_static("trace-abc_123");
+        assert_eq!(request_id(Some(&given)), given);
+        for bad in ["", "has space", &"x".repeat(129)] {
+            let value = HeaderValue::from_str(bad).unwrap();
+            let id = request_id(Some(&value));
+            assert_ne!(id, value, "{bad:?}");
+            assert!(id.to_str().unwrap().starts_with("req_"));
+        }
+        assert_ne!(request_id(None), request_id(None), "new ids differ");
+    }
+
+    #[test]
+    fn routes_are_a_bounded_set() {
+        assert_eq!(route_of("/v1/chat/completions"), "completions");
+        assert_eq!(route_of("/v1/chat/openai"), "chat");
+        assert_eq!(route_of("/v1/chat/anything-a-caller-sends"), "chat");
+        assert_eq!(route_of("/wp-admin"), "other");
+    }
+
+    #[test]
+    fn stream_usage_is_reported_once_seen() {
+        let usage = StreamUsage::default();
+        assert_eq!(usage.usage(), None);
+        usage.input(7);
+        usage.output(2);
+        assert_eq!(
+            usage.usage(),
+            Some(Usage {
+                input_tokens: 7,
+                output_tokens: 2
+            })
+        );
+    }
+}
