@@ -348,6 +348,28 @@ pub fn models_body(registry: &Registry) -> Vec<u8> {
     serde_json::to_vec(&list).expect("a model list always serializes")
 }
 
+/// Runs a whole upstream stream through a translator, for the wire formats' tests: the text
+/// written, and its chunks as JSON (without `[DONE]`).
+#[cfg(test)]
+pub fn translate_whole_stream(
+    mut translator: Box<dyn StreamTranslator>,
+    stream: &[u8],
+) -> (String, Vec<serde_json::Value>) {
+    let mut out = ChunkWriter::new("asked-for", true);
+    sse::Parser::default()
+        .feed(stream, |event| translator.event(&event, &mut out))
+        .expect("the stream translates");
+    out.done();
+    let text = String::from_utf8(out.take()).expect("UTF-8 chunks");
+    let chunks = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+        .map(|data| serde_json::from_str(data).expect("JSON chunks"))
+        .collect();
+    (text, chunks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -363,6 +363,7 @@ mod tests {
                 "CORS_ALLOW_ORIGINS",
                 "http://localhost:3000, https://app.example/",
             ),
+            ("LOG_FORMAT", "json"),
         ]))
         .unwrap();
         assert_eq!(config.host, "127.0.0.1");

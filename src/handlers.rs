@@ -17,7 +17,7 @@ use crate::{
     config::Config,
     error::ProxyError,
     exchange::{self, Outcome, Route, State, Target},
-    limits::{RequestLimit, UpstreamSlots},
+    limits::{RequestLimit, RequestPermit, UpstreamSlots},
     metrics::Metrics,
     observe::{self, AccessInfo, RequestId},
     providers::{ChatProvider, Registry},
@@ -166,21 +166,7 @@ async fn path_route(
         key: Ok(key.clone()),
     };
     let targets = targets(registry, request, primary, &fallbacks, key.as_ref())?;
-    let max_retries = max_retries(request, shared.config.max_retries)?;
-    let mut outcome = Outcome::default();
-    let state = shared.state();
-    let result = exchange::run(
-        Route::Path,
-        &state,
-        &chat,
-        &targets,
-        max_retries,
-        permit,
-        &mut outcome,
-    )
-    .await;
-    record(info, outcome);
-    result
+    run(Route::Path, request, shared, &chat, &targets, permit, info).await
 }
 
 /// `POST /v1/chat/completions`: the OpenAI-compatible front door.
@@ -236,14 +222,36 @@ async fn front_door(
         key: Ok(key.clone()),
     };
     let targets = targets(registry, request, primary, &fallbacks, key.as_ref())?;
+    run(
+        Route::FrontDoor,
+        request,
+        shared,
+        &chat,
+        &targets,
+        permit,
+        info,
+    )
+    .await
+}
+
+/// Hands the targets to the exchange, and notes what came of it for the log.
+async fn run(
+    route: Route,
+    request: &HttpRequest,
+    shared: &Shared,
+    chat: &ChatRequest<'_>,
+    targets: &[Target<'_>],
+    permit: RequestPermit,
+    info: &mut AccessInfo,
+) -> Result<HttpResponse, ProxyError> {
     let max_retries = max_retries(request, shared.config.max_retries)?;
     let mut outcome = Outcome::default();
     let state = shared.state();
     let result = exchange::run(
-        Route::FrontDoor,
+        route,
         &state,
-        &chat,
-        &targets,
+        chat,
+        targets,
         max_retries,
         permit,
         &mut outcome,

@@ -499,20 +499,10 @@ mod tests {
     #[test]
     fn a_stream_becomes_chat_completion_chunks() {
         let stream = include_bytes!("../../tests/fixtures/anthropic/stream.sse");
-        let mut translator = provider().stream_translator().unwrap();
-        let mut out = ChunkWriter::new("asked-for", true);
-        let mut parser = sse::Parser::default();
-        parser
-            .feed(stream, |event| translator.event(&event, &mut out))
-            .unwrap();
-        out.done();
-        let text = String::from_utf8(out.take()).unwrap();
-        let chunks: Vec<Value> = text
-            .split("\n\n")
-            .filter_map(|e| e.strip_prefix("data: "))
-            .filter(|data| *data != "[DONE]")
-            .map(|data| serde_json::from_str(data).unwrap())
-            .collect();
+        let (text, chunks) = crate::completions::translate_whole_stream(
+            provider().stream_translator().unwrap(),
+            stream,
+        );
         let deltas: Vec<_> = chunks
             .iter()
             .map(|c| c["choices"][0]["delta"].clone())

@@ -594,20 +594,10 @@ mod tests {
     #[test]
     fn a_stream_becomes_chat_completion_chunks() {
         let stream = include_bytes!("../../tests/fixtures/gemini/stream.sse");
-        let mut translator = provider().stream_translator().unwrap();
-        let mut out = ChunkWriter::new("gemini-1.5-flash", true);
-        let mut parser = sse::Parser::default();
-        parser
-            .feed(stream, |event| translator.event(&event, &mut out))
-            .unwrap();
-        out.done();
-        let text = String::from_utf8(out.take()).unwrap();
-        let chunks: Vec<Value> = text
-            .split("\n\n")
-            .filter_map(|e| e.strip_prefix("data: "))
-            .filter(|data| *data != "[DONE]")
-            .map(|data| serde_json::from_str(data).unwrap())
-            .collect();
+        let (text, chunks) = crate::completions::translate_whole_stream(
+            provider().stream_translator().unwrap(),
+            stream,
+        );
         let deltas: Vec<_> = chunks
             .iter()
             .map(|c| c["choices"][0]["delta"].clone())
@@ -627,5 +617,6 @@ mod tests {
             chunks[4]["usage"],
             json!({"prompt_tokens": 4, "completion_tokens": 12, "total_tokens": 16})
         );
+        assert!(text.ends_with("data: [DONE]\n\n"));
     }
 }
