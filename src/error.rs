@@ -48,6 +48,8 @@ pub enum ProxyError {
     Unreachable(String),
     /// No response headers (or, in a body, no chunk) within `HTTP_TIMEOUT_SECONDS`.
     Timeout,
+    /// A browser origin, method or header that CORS does not allow; the message names it.
+    Forbidden(String),
     /// `MAX_CONCURRENT_REQUESTS` are in flight already.
     Overloaded,
     /// Every upstream connection this worker may open is in use.
@@ -71,6 +73,7 @@ impl ProxyError {
             Self::Upstream { .. } | Self::StreamEvent(_) => "upstream_error",
             Self::BadUpstreamBody(_) | Self::Unreachable(_) => "bad_gateway",
             Self::Timeout => "gateway_timeout",
+            Self::Forbidden(_) => "forbidden",
             Self::Overloaded => "overloaded",
             Self::PoolExhausted => "pool_exhausted",
             Self::Exhausted { last, .. } => last.kind(),
@@ -219,6 +222,7 @@ impl fmt::Display for ProxyError {
             Self::BadUpstreamBody(why) => write!(f, "upstream sent an unusable response: {why}"),
             Self::Unreachable(why) => write!(f, "upstream unreachable: {why}"),
             Self::Timeout => f.write_str("upstream did not answer in time"),
+            Self::Forbidden(why) => f.write_str(why),
             Self::Overloaded => f.write_str(
                 "the proxy is handling as many requests as it may (MAX_CONCURRENT_REQUESTS); retry shortly",
             ),
@@ -245,6 +249,7 @@ impl ResponseError for ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Overloaded | Self::PoolExhausted => StatusCode::SERVICE_UNAVAILABLE,
             Self::Exhausted { last, .. } => last.status_code(),
         }
@@ -418,6 +423,7 @@ mod tests {
             (ProxyError::BadUpstreamBody("x".into()), 502, "bad_gateway"),
             (ProxyError::Unreachable("x".into()), 502, "bad_gateway"),
             (ProxyError::Timeout, 504, "gateway_timeout"),
+            (ProxyError::Forbidden("x".into()), 403, "forbidden"),
             (ProxyError::Overloaded, 503, "overloaded"),
             (ProxyError::PoolExhausted, 503, "pool_exhausted"),
         ];

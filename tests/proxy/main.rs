@@ -3,6 +3,7 @@
 
 mod anthropic;
 mod common;
+mod cors;
 mod errors;
 mod front_door;
 mod gemini;
