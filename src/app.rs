@@ -19,12 +19,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/chat/completions")
             .route(web::post().to(handlers::completions))
-            .default_service(web::to(handlers::method_not_allowed)),
+            .default_service(web::to(handlers::method_not_allowed_openai)),
     )
     .service(
         web::resource("/v1/models")
             .route(web::get().to(handlers::models))
-            .default_service(web::to(handlers::method_not_allowed)),
+            .default_service(web::to(handlers::method_not_allowed_openai)),
     )
     .service(
         web::resource("/v1/chat/{provider}")

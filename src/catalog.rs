@@ -9,6 +9,9 @@ use crate::config::check_base_url;
 /// The wire formats a provider can speak.
 pub const KINDS: [&str; 3] = ["openai", "anthropic", "gemini"];
 
+/// Headers that carry a caller's key: a static value there would be a key held by the proxy.
+const AUTH_HEADERS: [&str; 3] = ["authorization", "x-api-key", "x-goog-api-key"];
+
 /// Everything the providers file declares.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Catalog {
@@ -66,6 +69,11 @@ fn provider(name: &str, decl: &Value) -> Result<ProviderDecl, String> {
             "{at}: a provider name is lowercase letters, digits, `-`, `_` and `.`"
         ));
     }
+    if name == "completions" {
+        return Err(format!(
+            "{at}: `completions` is the front door's path (/v1/chat/completions), not a provider name"
+        ));
+    }
     let fields = object(decl, &at)?;
     only_fields(
         fields,
@@ -96,6 +104,11 @@ fn provider(name: &str, decl: &Value) -> Result<ProviderDecl, String> {
             let at = format!("{at}.headers.{header}");
             let header = HeaderName::from_bytes(header.as_bytes())
                 .map_err(|_| format!("{at}: not a valid header name"))?;
+            if AUTH_HEADERS.contains(&header.as_str()) {
+                return Err(format!(
+                    "{at}: carries the caller's key, which callers bring; the proxy holds none"
+                ));
+            }
             let value = value
                 .as_str()
                 .and_then(|v| HeaderValue::from_str(v).ok())

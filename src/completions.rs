@@ -20,7 +20,7 @@ pub const PROXY_FIELDS: [&str; 1] = ["fallbacks"];
 
 /// Fields only OpenAI understands. They are dropped before a front-door request goes to
 /// another wire format, which would refuse them; `stream_options` is honoured by the proxy.
-pub const OPENAI_ONLY_FIELDS: [&str; 17] = [
+pub const OPENAI_ONLY_FIELDS: [&str; 18] = [
     "audio",
     "frequency_penalty",
     "logit_bias",
@@ -38,6 +38,7 @@ pub const OPENAI_ONLY_FIELDS: [&str; 17] = [
     "store",
     "stream_options",
     "top_logprobs",
+    "user",
 ];
 
 /// A fresh completion id, unique within the process and across restarts.

@@ -54,6 +54,8 @@ pub struct Config {
     pub cors_allow_origins: Vec<String>,
     /// What `PROVIDERS_FILE` declares (empty when it is not set).
     pub catalog: Catalog,
+    /// Where the catalog came from, for error messages.
+    pub providers_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -84,6 +86,7 @@ impl Default for Config {
             log_json: false,
             cors_allow_origins: Vec::new(),
             catalog: Catalog::default(),
+            providers_file: None,
         }
     }
 }
@@ -211,6 +214,7 @@ impl Config {
                 Some(path) => read_catalog(path)?,
                 None => Catalog::default(),
             },
+            providers_file: env.providers_file.clone(),
         };
         config.validate()?;
         Ok(config)
@@ -248,8 +252,13 @@ impl Config {
         ] {
             check_base_url(url).map_err(|why| ConfigError(format!("{name} ({url:?}) {why}")))?;
         }
-        crate::providers::check_catalog(self)
-            .map_err(|why| ConfigError(format!("PROVIDERS_FILE: {why}")))?;
+        crate::providers::check_catalog(self).map_err(|why| {
+            let file = self
+                .providers_file
+                .as_ref()
+                .map_or(String::new(), |path| format!(" {}", path.display()));
+            ConfigError(format!("PROVIDERS_FILE{file}: {why}"))
+        })?;
         if awc::http::header::HeaderValue::from_str(&self.anthropic_version).is_err() {
             return Err(ConfigError(
                 "ANTHROPIC_VERSION must be a valid header value".into(),

@@ -440,3 +440,8 @@ pub async fn not_found() -> Result<HttpResponse, ProxyError> {
 pub async fn method_not_allowed() -> Result<HttpResponse, ProxyError> {
     Err(ProxyError::MethodNotAllowed)
 }
+
+/// Fallback for the OpenAI-compatible paths with the wrong method, in OpenAI's error shape.
+pub async fn method_not_allowed_openai() -> HttpResponse {
+    ProxyError::MethodNotAllowed.to_openai_response(None)
+}

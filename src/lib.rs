@@ -7,15 +7,21 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the typed configuration, read from the environment once at start.
-//! - [`server`]: the HTTP server, one awc client per worker, graceful stop on signals.
-//! - [`app`]: routes, fallbacks and the access log.
-//! - [`handlers`]: read the request, pick the provider, call the upstream, reply.
+//! - [`config`]: the typed configuration, read from the environment once at start;
+//!   [`catalog`]: the providers file it may name.
+//! - [`server`]: the HTTP server, one awc client per worker, graceful stop on signals;
+//!   [`app`]: the routes.
+//! - [`observe`]: request ids, the access log and request metrics around every request;
+//!   [`metrics`]: the counters and histograms behind `GET /metrics`; [`cors`]: browser access.
+//! - [`handlers`]: read the request, work out its targets (provider, fallbacks, keys);
+//!   [`exchange`]: try them with retries and reply in the route's shape; [`retry`]: the retry
+//!   policy; [`limits`]: admission (requests in flight, upstream connections).
 //! - [`chat`]: the caller's request (validated, borrowed from the body) and the normalized
-//!   response.
+//!   response; [`completions`]: the OpenAI-compatible front door's shapes.
 //! - [`providers`]: the `ChatProvider` trait, the registry, and one module per wire format:
 //!   pure translation, no I/O.
-//! - [`upstream`]: the only awc code: the client, sending, reading, relaying streams.
+//! - [`upstream`]: the only awc code: the client, sending, reading, relaying and translating
+//!   streams; [`sse`]: the incremental event parser translated streams use.
 //! - [`error`]: `ProxyError`, the one place that picks an error's status and body.
 
 pub mod app;

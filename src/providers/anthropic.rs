@@ -167,11 +167,16 @@ fn translate_body(
             }
             // Known optional fields sent as null are absent; Anthropic rejects the nulls.
             "stream" | "temperature" | "top_p" if value.get() == "null" => {}
+            // OpenAI's spellings of what was translated above (or is the proxy's to honour).
+            "max_completion_tokens" | "stream_options" => {}
             _ => object.field(name, value)?,
         }
     }
-    if request.max_tokens.is_none() && !has("max_tokens") {
-        object.field("max_tokens", &default_max_tokens)?;
+    if !has("max_tokens") {
+        object.field(
+            "max_tokens",
+            &request.max_tokens.unwrap_or(default_max_tokens),
+        )?;
     }
     if !system.is_empty() {
         object.field("system", &system.join("\n\n"))?;
@@ -418,6 +423,17 @@ mod tests {
         let (_, sent) =
             translate(json!({"model": "c", "messages": messages, "max_tokens": 7})).unwrap();
         assert_eq!(sent["max_tokens"], 7);
+    }
+
+    #[test]
+    fn max_completion_tokens_becomes_max_tokens() {
+        let messages = json!([{"role": "user", "content": "hi"}]);
+        let (_, sent) = translate(json!({"model": "c", "messages": messages,
+            "max_completion_tokens": 64, "stream_options": {"include_usage": true}}))
+        .unwrap();
+        assert_eq!(sent["max_tokens"], 64);
+        assert!(sent.get("max_completion_tokens").is_none());
+        assert!(sent.get("stream_options").is_none());
     }
 
     #[test]

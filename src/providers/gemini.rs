@@ -23,11 +23,13 @@ const API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
 
 /// The fields this translation consumes; every other top-level field is forwarded as given
 /// (`safetySettings`, `tools`, ...).
-const TRANSLATED: [&str; 7] = [
+const TRANSLATED: [&str; 9] = [
     "model",
     "messages",
     "stream",
     "max_tokens",
+    "max_completion_tokens",
+    "stream_options",
     "temperature",
     "top_p",
     "stop",

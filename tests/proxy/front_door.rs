@@ -476,3 +476,17 @@ async fn models_lists_the_aliases_and_the_providers() {
         ["fast", "anthropic/*", "gemini/*", "ollama/*", "openai/*"]
     );
 }
+
+#[actix_web::test]
+async fn a_wrong_method_on_the_front_door_answers_in_openais_shape() {
+    let proxy = start_proxy(config_with_base(&refused_base_url()));
+    let mut response = client()
+        .get(proxy.url("/v1/chat/completions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+}
