@@ -269,10 +269,12 @@ pub fn check_catalog(config: &Config) -> Result<(), String> {
     for decl in &config.catalog.providers {
         let at = format!("providers.{}", decl.name);
         match (built_in(&decl.name), &decl.kind) {
-            (Some((_, kind, _)), Some(declared)) if declared != kind => return Err(format!(
+            (Some((_, kind, _)), Some(declared)) if declared != kind => {
+                return Err(format!(
                 "{at}.kind: {declared:?}, but {:?} is built in as {kind:?}; its kind cannot change",
                 decl.name
-            )),
+            ))
+            }
             (Some(_), _) => {}
             (None, None) => return Err(format!("{at}.kind: required for a new provider")),
             (None, Some(_)) if decl.base_url.is_none() => {
