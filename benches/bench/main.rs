@@ -1,0 +1,566 @@
+//! `just bench` (or `cargo bench --bench bench`): what the proxy adds to a request, and what it
+//! costs, next to the same load sent straight to the upstream, in one run of about two minutes.
+//!
+//! # What it measures
+//!
+//! - Added latency (p50 / p99) of a non-stream chat request: one request at a time, then open
+//!   loop at a fixed 500 and 1,000 req/s.
+//! - The most non-stream req/s on 64 keep-alive connections (closed loop), and the proxy's CPU
+//!   time per 10,000 requests over that window.
+//! - Streams of 20 events 50 ms apart: the added time to first byte, and the added delay of each
+//!   later event, which is what the gap before it grows by.
+//! - 1,000 streams opened at once: time to first byte, whether every one completes, and the
+//!   proxy's resident memory meanwhile.
+//! - The proxy's resident memory idle, then every 3 s through 60 s of mixed load (non-stream
+//!   requests and streams, both providers), and whether it levelled off.
+//!
+//! Each figure is measured straight to the mock and through the proxy, in the same run; "added"
+//! is the difference of the two percentiles. The figures are reported, never asserted: the
+//! benchmark does not fail on a missed target.
+//!
+//! # How
+//!
+//! The proxy is the release binary `target/release/llm-proxy`, a separate process configured by
+//! environment variables (`WORKERS=1`, `RUST_LOG=warn`, limits raised to 4096) and pinned alone
+//! to one CPU with `taskset`. This process, the mock upstream and the load generator on one
+//! current-thread tokio runtime, is pinned to another CPU. Both speak a minimal HTTP/1.1 over
+//! loopback keep-alive connections, so that the proxy, not the harness, is what is measured.
+//! The mock stamps every stream event with the time it was written, so each event's transit is
+//! measured on its own. Memory is `VmRSS` from `/proc/<pid>/status`; CPU time is
+//! `utime + stime` from `/proc/<pid>/stat` (and, for the shorter latency runs, the nanosecond
+//! run time in `/proc/<pid>/task/*/schedstat`). A shared machine skews every figure, so each
+//! scenario also records how much of each CPU other processes took (from `/proc/stat`).
+//!
+//! The results are printed as one Markdown table and written to `target/bench/results.json`.
+//!
+//! `cargo bench --bench bench -- --nginx` runs the same scenarios through nginx (a plain
+//! `proxy_pass`, the issue's yardstick) instead, into `target/bench/results-nginx.json`.
+//! `-- --load-only <seconds>` starts the mock and the proxy, then runs only closed-loop
+//! non-stream load for that long (with `--rate <req/s>`: open loop at that rate), to profile
+//! the proxy under load: its pid is printed and written to `target/bench/proxy.pid` (see
+//! `docs/benchmarks.md`).
+//!
+//! # Layout
+//!
+//! - `main.rs`: the scenarios, in the order they run.
+//! - `mock.rs`: the mock upstream (OpenAI and Anthropic, JSON and SSE).
+//! - `load.rs`: the requests and the load patterns (one at a time, fixed rate, closed loop,
+//!   streams).
+//! - `http.rs`: the minimal HTTP/1.1 both sides speak.
+//! - `proxy.rs`: the proxy process: configure, start, find its port.
+//! - `procfs.rs`: what /proc says: RSS, CPU time, listening port, busy CPUs.
+//! - `machine.rs`: CPU pinning, other processes' share of the CPUs, the machine's description.
+//! - `stats.rs`: percentiles.
+//! - `report.rs`: the results, the table and the JSON.
+
+mod http;
+mod load;
+mod machine;
+mod mock;
+mod procfs;
+mod proxy;
+mod report;
+mod stats;
+
+use std::{
+    future::Future,
+    io,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use load::{Counters, Target, Via};
+use machine::{CpuUse, Interference, Machine, Pinning};
+use mock::Provider;
+use proxy::{Proxy, Subject};
+use report::{
+    ConcurrentStreams, Latency, MaxThroughput, Memory, Results, RssSample, Soak, Streaming,
+};
+
+/// The binary under test; cargo builds it before a bench.
+const PROXY_BINARY: &str = env!("CARGO_BIN_EXE_llm-proxy");
+
+/// Requests in each one-at-a-time run (after as many unmeasured to warm up).
+const ONE_AT_A_TIME: usize = 2_000;
+/// Open-loop rates and how long each runs.
+const RATES: [(f64, Duration); 2] = [
+    (500.0, Duration::from_secs(4)),
+    (1_000.0, Duration::from_secs(3)),
+];
+/// Connections of the closed loop, and its unmeasured and measured parts.
+const CONNECTIONS: usize = 64;
+const WARM: Duration = Duration::from_millis(500);
+const MEASURE: Duration = Duration::from_secs(3);
+/// Streams for the time-to-first-byte and per-event figures, started this far apart (about
+/// 60 open at a time).
+const STREAMS: usize = 120;
+const STREAM_SPACING: Duration = Duration::from_millis(16);
+const CONCURRENT_STREAMS: usize = 1_000;
+/// The memory run: its length, how often RSS is read, and its load.
+const SOAK: Duration = Duration::from_secs(60);
+const SOAK_SAMPLE_EVERY: Duration = Duration::from_secs(3);
+const SOAK_CONNECTIONS: usize = 32;
+const SOAK_STREAMS: usize = 64;
+
+fn main() -> ExitCode {
+    let options = match Options::parse(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(usage) => {
+            eprintln!("bench: {usage}");
+            return ExitCode::from(2);
+        }
+    };
+    // Before pinning, which leaves this process one CPU to see.
+    let machine = machine::describe();
+    let pinning = machine::pin();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("bench: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(options, machine, pinning)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The command line: `[--nginx] [--load-only <seconds> [--rate <req/s>]]` (cargo adds
+/// `--bench`).
+struct Options {
+    subject: Subject,
+    load_only: Option<Duration>,
+    rate: Option<f64>,
+}
+
+impl Options {
+    fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
+        let mut options = Options {
+            subject: Subject::LlmProxy(PROXY_BINARY.into()),
+            load_only: None,
+            rate: None,
+        };
+        let mut args = args.filter(|arg| arg != "--bench");
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--nginx" => options.subject = Subject::Nginx(output_dir().join("nginx")),
+                "--load-only" => {
+                    let seconds = args.next().unwrap_or_default();
+                    let seconds = seconds
+                        .parse()
+                        .map_err(|_| format!("--load-only takes whole seconds, not {seconds:?}"))?;
+                    options.load_only = Some(Duration::from_secs(seconds));
+                }
+                "--rate" => {
+                    let rate = args.next().unwrap_or_default();
+                    let rate = rate
+                        .parse()
+                        .map_err(|_| format!("--rate takes requests per second, not {rate:?}"))?;
+                    options.rate = Some(rate);
+                }
+                _ => {
+                    return Err(
+                        "usage: bench [--nginx] [--load-only <seconds> [--rate <req/s>]]".into(),
+                    )
+                }
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// One provider, straight to the mock and through the proxy.
+struct Pair {
+    provider: Provider,
+    direct: Target,
+    proxy: Target,
+}
+
+impl Pair {
+    fn new(provider: Provider, mock: std::net::SocketAddr, proxy: &Proxy) -> Pair {
+        Pair {
+            provider,
+            direct: Target::new(mock, provider, Via::Direct),
+            proxy: Target::new(proxy.addr, provider, Via::Proxy),
+        }
+    }
+}
+
+async fn run(options: Options, machine: Machine, pinning: Pinning) -> io::Result<()> {
+    eprintln!("bench: {}", pinning.note);
+    let mock = mock::start().await?;
+    let subject = &options.subject;
+    let proxy = Proxy::start(subject, mock, pinning.proxy_cpu).await?;
+    let under_test = match subject {
+        Subject::LlmProxy(binary) => format!("llm-proxy ({})", binary.display()),
+        Subject::Nginx(_) => "nginx (baseline: plain proxy_pass)".to_owned(),
+    };
+    eprintln!(
+        "bench: {under_test}, pid {}, on {}; mock on {mock}",
+        proxy.pid, proxy.addr
+    );
+    let idle_rss = proxy.rss()?;
+    let pairs = [
+        Pair::new(Provider::OpenAi, mock, &proxy),
+        Pair::new(Provider::Anthropic, mock, &proxy),
+    ];
+    check_answers(&pairs, subject).await?;
+    if let Some(duration) = options.load_only {
+        return load_for_profiling(&pairs, &proxy, duration, options.rate).await;
+    }
+
+    let mut steps = Steps::new(&proxy, &pinning);
+    let mut latency = Vec::new();
+    for pair in &pairs {
+        let what = format!("one at a time, {}", pair.provider.name());
+        latency.push(steps.run(what, one_at_a_time(pair, &proxy)).await?);
+    }
+    for (rate, duration) in RATES {
+        for pair in &pairs {
+            let what = format!("{rate} req/s, {}", pair.provider.name());
+            latency.push(
+                steps
+                    .run(what, at_rate(pair, &proxy, rate, duration))
+                    .await?,
+            );
+        }
+    }
+    let mut throughput = Vec::new();
+    for pair in &pairs {
+        let what = format!(
+            "closed loop, {CONNECTIONS} connections, {}",
+            pair.provider.name()
+        );
+        throughput.push(steps.run(what, max_throughput(pair, &proxy)).await?);
+    }
+    // Right after the closed loop, whose connections the proxy keeps pooled for 15 s: the
+    // streams below need fewer, so none waits on a new upstream connection.
+    let mut streaming = Vec::new();
+    for pair in &pairs {
+        let what = format!("{STREAMS} streams, {}", pair.provider.name());
+        streaming.push(steps.run(what, streams(pair)).await?);
+    }
+    let what = format!("{} s of mixed load", SOAK.as_secs());
+    let soak = steps.run(what, soak(&pairs, &proxy)).await?;
+    let what = format!("{CONCURRENT_STREAMS} streams at once, openai");
+    let concurrent = steps
+        .run(what, concurrent_streams(&pairs[0], &proxy))
+        .await?;
+
+    let memory = Memory::new(idle_rss, concurrent.proxy_peak_rss_mib, soak);
+    let results = Results {
+        machine,
+        pinning: pinning.clone(),
+        under_test,
+        latency,
+        throughput,
+        streaming,
+        concurrent_streams: concurrent,
+        memory,
+        interference: steps.interference,
+        duration_s: steps.started.elapsed().as_secs_f64(),
+    };
+    println!("{}", report::table(&results));
+    let path = output_dir().join(match subject {
+        Subject::LlmProxy(_) => "results.json",
+        Subject::Nginx(_) => "results-nginx.json",
+    });
+    report::write_json(&path, &results)?;
+    eprintln!("bench: results written to {}", path.display());
+    Ok(())
+}
+
+/// Runs the scenarios one after another, saying what runs, and notes how much of the CPUs
+/// other processes took during each.
+struct Steps<'a> {
+    started: Instant,
+    proxy: &'a Proxy,
+    pinning: &'a Pinning,
+    interference: Vec<Interference>,
+}
+
+impl<'a> Steps<'a> {
+    fn new(proxy: &'a Proxy, pinning: &'a Pinning) -> Self {
+        Steps {
+            started: Instant::now(),
+            proxy,
+            pinning,
+            interference: Vec::new(),
+        }
+    }
+
+    async fn run<T>(
+        &mut self,
+        what: String,
+        scenario: impl Future<Output = io::Result<T>>,
+    ) -> io::Result<T> {
+        let at = self.started.elapsed().as_secs_f64();
+        eprintln!("bench: [{at:>3.0} s] {what}");
+        let before = CpuUse::read(self.proxy.pid);
+        let result = scenario.await?;
+        let after = CpuUse::read(self.proxy.pid);
+        let interference = Interference::between(what, &before, &after, self.pinning);
+        if interference
+            .others_on_proxy_cpu_pct
+            .max(interference.others_on_load_cpu_pct)
+            > report::DISTURBED_PCT
+        {
+            eprintln!(
+                "bench:         other processes used {:.0}% of the proxy's CPU and {:.0}% of the load's",
+                interference.others_on_proxy_cpu_pct, interference.others_on_load_cpu_pct
+            );
+        }
+        self.interference.push(interference);
+        Ok(result)
+    }
+}
+
+/// Every way in answers as expected before anything is timed (llm-proxy with its normalized
+/// shape, nginx with the upstream's); this also warms both sides.
+async fn check_answers(pairs: &[Pair], subject: &Subject) -> io::Result<()> {
+    for pair in pairs {
+        let mut conn = http::Conn::open(pair.proxy.addr).await?;
+        let reply = load::call(&mut conn, &pair.proxy.request(false)).await?;
+        let normalized = format!(r#"{{"provider":"{}""#, pair.provider.name());
+        let expected = match subject {
+            Subject::LlmProxy(_) => normalized.as_bytes(),
+            Subject::Nginx(_) => b"{",
+        };
+        if reply.status != 200 || !reply.body.starts_with(expected) {
+            return Err(io::Error::other(format!(
+                "the proxy answered {} {}",
+                reply.status,
+                String::from_utf8_lossy(&reply.body)
+            )));
+        }
+        for target in [&pair.direct, &pair.proxy] {
+            let mut conn = http::Conn::open(target.addr).await?;
+            let times = load::call_stream(&mut conn, &target.request(true)).await?;
+            if !times.complete() {
+                return Err(io::Error::other(format!(
+                    "a {:?} {} stream ended with status {} after {} events",
+                    target.via,
+                    pair.provider.name(),
+                    times.status,
+                    times.events
+                )));
+            }
+            let run = load::one_at_a_time(target, ONE_AT_A_TIME).await?;
+            if run.errors > 0 {
+                return Err(io::Error::other(format!(
+                    "{} failed requests while warming up",
+                    run.errors
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn one_at_a_time(pair: &Pair, proxy: &Proxy) -> io::Result<Latency> {
+    let direct = load::one_at_a_time(&pair.direct, ONE_AT_A_TIME).await?;
+    let (via_proxy, cpu) =
+        on_proxy_cpu(proxy, load::one_at_a_time(&pair.proxy, ONE_AT_A_TIME)).await?;
+    Ok(Latency::new(pair.provider, None, &direct, &via_proxy, cpu))
+}
+
+async fn at_rate(pair: &Pair, proxy: &Proxy, rate: f64, duration: Duration) -> io::Result<Latency> {
+    let direct = load::fixed_rate(&pair.direct, rate, duration).await?;
+    let (via_proxy, cpu) =
+        on_proxy_cpu(proxy, load::fixed_rate(&pair.proxy, rate, duration)).await?;
+    Ok(Latency::new(
+        pair.provider,
+        Some(rate),
+        &direct,
+        &via_proxy,
+        cpu,
+    ))
+}
+
+/// Runs `load` and returns what it did with the proxy's time on a CPU meanwhile.
+async fn on_proxy_cpu<T>(
+    proxy: &Proxy,
+    load: impl Future<Output = io::Result<T>>,
+) -> io::Result<(T, Duration)> {
+    let before = proxy.run_time()?;
+    let done = load.await?;
+    Ok((done, proxy.run_time()?.saturating_sub(before)))
+}
+
+async fn max_throughput(pair: &Pair, proxy: &Proxy) -> io::Result<MaxThroughput> {
+    let direct = load::closed_loop(&pair.direct, CONNECTIONS, WARM, MEASURE, || None).await?;
+    let via_proxy = load::closed_loop(&pair.proxy, CONNECTIONS, WARM, MEASURE, || {
+        proxy.cpu_time().ok()
+    })
+    .await?;
+    Ok(MaxThroughput::new(
+        pair.provider,
+        CONNECTIONS,
+        &direct,
+        &via_proxy,
+    ))
+}
+
+/// All streams opened at once, while the proxy's RSS is read every 50 ms.
+async fn concurrent_streams(pair: &Pair, proxy: &Proxy) -> io::Result<ConcurrentStreams> {
+    let direct = load::streams(&pair.direct, CONCURRENT_STREAMS, Duration::ZERO).await?;
+    let done = AtomicBool::new(false);
+    let (via_proxy, peak) = tokio::join!(
+        async {
+            let run = load::streams(&pair.proxy, CONCURRENT_STREAMS, Duration::ZERO).await;
+            done.store(true, Ordering::Relaxed);
+            run
+        },
+        peak_rss(proxy, &done)
+    );
+    Ok(ConcurrentStreams::new(
+        pair.provider,
+        CONCURRENT_STREAMS,
+        &direct,
+        &via_proxy?,
+        peak,
+    ))
+}
+
+/// The highest RSS read every 50 ms until `done`.
+async fn peak_rss(proxy: &Proxy, done: &AtomicBool) -> u64 {
+    let mut peak = 0;
+    while !done.load(Ordering::Relaxed) {
+        peak = peak.max(proxy.rss().unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    peak
+}
+
+async fn streams(pair: &Pair) -> io::Result<Streaming> {
+    let direct = load::streams(&pair.direct, STREAMS, STREAM_SPACING).await?;
+    let proxy = load::streams(&pair.proxy, STREAMS, STREAM_SPACING).await?;
+    Ok(Streaming::new(
+        pair.provider,
+        STREAMS,
+        STREAM_SPACING,
+        &direct,
+        &proxy,
+    ))
+}
+
+/// `SOAK` of closed-loop load through the proxy, non-stream requests and streams of both
+/// providers, reading its RSS every `SOAK_SAMPLE_EVERY`; then its RSS once idle again.
+async fn soak(pairs: &[Pair], proxy: &Proxy) -> io::Result<Soak> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (requests, streams) = (Counters::default(), Counters::default());
+    let mut workers = Vec::new();
+    for pair in pairs {
+        let share = SOAK_CONNECTIONS / pairs.len();
+        workers.extend(load::spawn_workers(&pair.proxy, share, false, &stop, &requests).await?);
+        let share = SOAK_STREAMS / pairs.len();
+        workers.extend(load::spawn_workers(&pair.proxy, share, true, &stop, &streams).await?);
+    }
+    let start = tokio::time::Instant::now();
+    let cpu_before = proxy.cpu_time()?;
+    let mut samples = vec![RssSample::new(0.0, proxy.rss()?)];
+    let ticks = (SOAK.as_secs_f64() / SOAK_SAMPLE_EVERY.as_secs_f64()).round() as u32;
+    for tick in 1..=ticks {
+        tokio::time::sleep_until(start + SOAK_SAMPLE_EVERY * tick).await;
+        samples.push(RssSample::new(start.elapsed().as_secs_f64(), proxy.rss()?));
+    }
+    let cpu = proxy.cpu_time()?.since(cpu_before);
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(Soak {
+        seconds: SOAK.as_secs_f64(),
+        connections: SOAK_CONNECTIONS,
+        streams: SOAK_STREAMS,
+        requests: requests.done(),
+        streams_completed: streams.done(),
+        failed: requests.failed() + streams.failed(),
+        proxy_cpu_s: cpu.total().as_secs_f64(),
+        samples,
+        idle_after_mib: proxy.rss()? as f64 / report::MIB,
+    })
+}
+
+/// `--load-only`: load for `duration` and nothing measured but its rate and the proxy's CPU
+/// time, with the proxy's pid published for a profiler. Closed loop on both providers, or
+/// with `--rate`, open loop at that rate on OpenAI.
+async fn load_for_profiling(
+    pairs: &[Pair],
+    proxy: &Proxy,
+    duration: Duration,
+    rate: Option<f64>,
+) -> io::Result<()> {
+    let dir = output_dir();
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("proxy.pid"), proxy.pid.to_string())?;
+    println!("proxy pid {}", proxy.pid);
+    let cpu_before = proxy.cpu_time()?;
+    let (requests, failed) = match rate {
+        Some(rate) => {
+            let run = load::fixed_rate(&pairs[0].proxy, rate, duration).await?;
+            let latency = stats::percentiles(&run.latencies);
+            println!(
+                "latency p50 {:.3} ms, p99 {:.3} ms",
+                latency.p50_ms, latency.p99_ms
+            );
+            (run.latencies.len() as u64, run.errors as u64)
+        }
+        None => {
+            let counters = closed_loop_on_all(pairs, duration).await?;
+            (counters.done(), counters.failed())
+        }
+    };
+    let cpu = proxy.cpu_time()?.since(cpu_before);
+    let per_request = |time: Duration| time.as_secs_f64() * 1e6 / requests.max(1) as f64;
+    println!(
+        "{requests} requests in {} s ({:.0} req/s), {failed} failed; proxy CPU {:.1} µs per \
+         request ({:.1} user, {:.1} kernel)",
+        duration.as_secs(),
+        requests as f64 / duration.as_secs_f64(),
+        per_request(cpu.total()),
+        per_request(cpu.user),
+        per_request(cpu.system),
+    );
+    Ok(())
+}
+
+/// `CONNECTIONS` closed-loop connections through the proxy, shared by the providers, for
+/// `duration`.
+async fn closed_loop_on_all(pairs: &[Pair], duration: Duration) -> io::Result<Counters> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters = Counters::default();
+    let mut workers = Vec::new();
+    for pair in pairs {
+        let share = CONNECTIONS / pairs.len();
+        workers.extend(load::spawn_workers(&pair.proxy, share, false, &stop, &counters).await?);
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await?;
+    }
+    Ok(counters)
+}
+
+/// `target/bench`, next to the profile directory the proxy binary is in.
+fn output_dir() -> PathBuf {
+    Path::new(PROXY_BINARY)
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("target"))
+        .join("bench")
+}

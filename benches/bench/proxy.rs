@@ -1,0 +1,161 @@
+//! The proxy under test, as a child process pinned to its own CPU, found by its listening
+//! socket and measured through /proc: the release binary configured by environment variables,
+//! or, as a baseline, nginx with a plain `proxy_pass`.
+
+use std::{
+    io,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::procfs::{self, CpuTime};
+
+/// What runs between the load and the mock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Subject {
+    /// The llm-proxy binary at this path.
+    LlmProxy(PathBuf),
+    /// nginx from `PATH`, its configuration written to this directory.
+    Nginx(PathBuf),
+}
+
+/// A running proxy; killed when dropped.
+pub struct Proxy {
+    child: Child,
+    pub pid: u32,
+    pub addr: SocketAddr,
+}
+
+impl Proxy {
+    /// Starts `subject` with its upstreams pointed at the mock, alone on `cpu` when given
+    /// (`taskset` execs it, so the child's pid is the proxy's), and waits until it listens.
+    pub async fn start(
+        subject: &Subject,
+        mock: SocketAddr,
+        cpu: Option<usize>,
+    ) -> io::Result<Proxy> {
+        let mut command = match subject {
+            Subject::LlmProxy(binary) => llm_proxy(binary, mock, cpu),
+            Subject::Nginx(dir) => nginx(dir, mock, cpu)?,
+        };
+        let child = command.stdin(Stdio::null()).stdout(Stdio::null()).spawn()?;
+        let pid = child.id();
+        let mut proxy = Proxy {
+            child,
+            pid,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let port = proxy.wait_for_port().await?;
+        proxy.addr.set_port(port);
+        Ok(proxy)
+    }
+
+    /// The port the proxy listens on, read from its own listening socket in /proc. (With
+    /// `PORT=0` the kernel chooses; llm-proxy logs the choice at `info`, which `RUST_LOG=warn`
+    /// hides.)
+    async fn wait_for_port(&mut self) -> io::Result<u16> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Err(io::Error::other(format!("the proxy exited: {status}")));
+            }
+            if let Some(port) = procfs::listening_port(self.pid) {
+                return Ok(port);
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other("the proxy did not listen within 10 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Resident memory in bytes.
+    pub fn rss(&self) -> io::Result<u64> {
+        procfs::rss(self.pid)
+    }
+
+    /// Time on a CPU so far, all threads, to the nanosecond.
+    pub fn run_time(&self) -> io::Result<Duration> {
+        procfs::run_time(self.pid)
+    }
+
+    /// CPU time used so far, all threads.
+    pub fn cpu_time(&self) -> io::Result<CpuTime> {
+        procfs::cpu_time(self.pid)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `program`, alone on `cpu` when given.
+fn pinned(program: &Path, cpu: Option<usize>) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut taskset = Command::new("taskset");
+            taskset.arg("-c").arg(cpu.to_string()).arg(program);
+            taskset
+        }
+        None => Command::new(program),
+    }
+}
+
+/// llm-proxy on loopback with one worker, the mock as both upstreams, quiet logs, and limits
+/// high enough for a thousand streams at once.
+fn llm_proxy(binary: &Path, mock: SocketAddr, cpu: Option<usize>) -> Command {
+    let mut command = pinned(binary, cpu);
+    command
+        .env_clear()
+        .envs([
+            ("HOST", "127.0.0.1".to_owned()),
+            ("PORT", "0".to_owned()),
+            ("WORKERS", "1".to_owned()),
+            ("RUST_LOG", "warn".to_owned()),
+            ("OPENAI_BASE_URL", format!("http://{mock}/openai")),
+            ("ANTHROPIC_BASE_URL", format!("http://{mock}/anthropic")),
+            ("MAX_CONCURRENT_REQUESTS", "4096".to_owned()),
+            ("HTTP_MAX_CONNECTIONS", "4096".to_owned()),
+        ])
+        // dotenvy reads a .env in the working directory or a parent: start where there is
+        // none, so that only the variables above apply.
+        .current_dir("/");
+    command
+}
+
+/// nginx as the issue's baseline: one process (no master, so its pid is the worker's), no
+/// access log, a pooled upstream, `proxy_pass` of each provider's path, streams unbuffered.
+/// It cannot listen on port 0, so it gets a port that was free a moment ago.
+fn nginx(dir: &Path, mock: SocketAddr, cpu: Option<usize>) -> io::Result<Command> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    std::fs::create_dir_all(dir)?;
+    let dir_text = dir.display();
+    let location = |path: &str, upstream_path: &str| {
+        format!(
+            "location {path} {{ proxy_pass http://mock{upstream_path}; proxy_http_version 1.1; \
+             proxy_set_header Connection \"\"; proxy_buffering off; }}"
+        )
+    };
+    let config = format!(
+        "master_process off;\ndaemon off;\nworker_processes 1;\nerror_log stderr warn;\n\
+         pid {dir_text}/nginx.pid;\nevents {{ worker_connections 16384; }}\nhttp {{\n\
+         access_log off;\nkeepalive_requests 1000000000;\n\
+         client_body_temp_path {dir_text}/body;\nproxy_temp_path {dir_text}/proxy;\n\
+         upstream mock {{ server {mock}; keepalive 4096; keepalive_requests 1000000000; }}\n\
+         server {{\nlisten 127.0.0.1:{port} backlog=4096;\n{}\n{}\n}}\n}}\n",
+        location("/v1/chat/openai", "/openai/chat/completions"),
+        location("/v1/chat/anthropic", "/anthropic/messages"),
+    );
+    let config_path = dir.join("nginx.conf");
+    std::fs::write(&config_path, config)?;
+    let mut command = pinned(Path::new("nginx"), cpu);
+    command.arg("-p").arg(dir).arg("-c").arg(config_path);
+    Ok(command)
+}
