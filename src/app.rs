@@ -2,10 +2,15 @@
 
 use actix_web::web;
 
-use crate::{handlers, observe};
+use crate::{handlers, observe, providers::Registry};
 
 /// Registers every route. The state it needs is added by the caller, see `server::build`.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+///
+/// Each known provider gets its own static `/v1/chat/<name>` resource: matching a static path
+/// is a string comparison, where `/v1/chat/{provider}` runs a regex on every request (about 2 µs
+/// of the proxy's CPU per request in the benchmark's profile). The pattern stays, after them,
+/// only to answer names we don't know with a 404 that lists the known ones.
+pub fn configure(cfg: &mut web::ServiceConfig, registry: &Registry) {
     cfg.service(
         web::resource("/healthz")
             .route(web::get().to(handlers::healthz))
@@ -25,8 +30,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/models")
             .route(web::get().to(handlers::models))
             .default_service(web::to(handlers::method_not_allowed_openai)),
-    )
-    .service(
+    );
+    // Provider names are checked at start to be `[a-z0-9._-]`, so none is read as a pattern.
+    // The resource's name is the provider's: `handlers::chat` reads it back with `match_name`.
+    for name in registry.names() {
+        cfg.service(
+            web::resource(format!("/v1/chat/{name}"))
+                .name(name)
+                .route(web::post().to(handlers::chat))
+                .default_service(web::to(handlers::method_not_allowed)),
+        );
+    }
+    cfg.service(
         web::resource("/v1/chat/{provider}")
             .route(web::post().to(handlers::chat))
             .default_service(web::to(handlers::method_not_allowed)),

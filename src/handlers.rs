@@ -101,7 +101,12 @@ pub async fn healthz() -> HttpResponse {
 /// `POST /v1/chat/{provider}`
 pub async fn chat(request: HttpRequest, payload: web::Payload) -> HttpResponse {
     let shared = Shared::from_request(&request);
-    let name = request.match_info().get("provider").unwrap_or_default();
+    // A known provider's own resource is named after it (see `app::configure`); any other name
+    // comes through the `{provider}` pattern.
+    let name = request
+        .match_name()
+        .or_else(|| request.match_info().get("provider"))
+        .unwrap_or_default();
     let Some(provider) = shared.registry.get(name) else {
         return shared.registry.unknown(name).to_response(None);
     };

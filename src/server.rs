@@ -36,7 +36,7 @@ pub fn build(config: Config, listener: TcpListener) -> std::io::Result<Server> {
             .app_data(web::Data::new(UpstreamSlots::new(
                 upstream::connections_per_worker(&config),
             )))
-            .configure(app::configure)
+            .configure(|cfg| app::configure(cfg, &registry))
     })
     .workers(workers)
     // Small SSE writes to the caller must not wait on Nagle's algorithm.

@@ -53,6 +53,34 @@ async fn an_unknown_provider_is_404_naming_the_known_ones_and_calls_nothing() {
 }
 
 #[actix_web::test]
+async fn a_declared_provider_has_its_own_path_and_near_misses_are_unknown() {
+    let mock = Mock::always(200, "application/json", fixture("openai/completion.json"));
+    let base = mock.base_url();
+    let catalog = format!(
+        r#"{{"providers": {{"local.vllm-2": {{"kind": "openai", "base_url": "{base}"}}}}}}"#
+    );
+    let proxy = start_proxy(config_with_catalog(&mock, &catalog));
+    let answer = chat(&proxy, "local.vllm-2", hi("m")).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.json()["provider"], "local.vllm-2");
+    for near_miss in ["local", "localXvllm-2", "local.vllm-2x", "LOCAL.VLLM-2"] {
+        let answer = chat(&proxy, near_miss, hi("m")).await;
+        let body = assert_error(&answer, 404, "not_found", Value::Null);
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("local.vllm-2"));
+    }
+    let response = client()
+        .get(proxy.url("/v1/chat/local.vllm-2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(mock.requests().len(), 1);
+}
+
+#[actix_web::test]
 async fn a_missing_or_empty_key_is_401_and_calls_nothing() {
     let mock = Mock::always(200, "application/json", fixture("openai/completion.json"));
     let proxy = start_proxy(config_for(&mock));
