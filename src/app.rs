@@ -38,7 +38,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, registry: &Registry) {
             web::resource(format!("/v1/chat/{name}"))
                 .name(name)
                 .route(web::post().to(handlers::chat))
-                .default_service(web::to(handlers::method_not_allowed)),
+                .default_service(web::to(handlers::method_not_allowed_chat)),
         );
     }
     cfg.service(

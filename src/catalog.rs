@@ -9,6 +9,11 @@ use crate::config::check_base_url;
 /// The wire formats a provider can speak.
 pub const KINDS: [&str; 3] = ["openai", "anthropic", "gemini"];
 
+/// The most fallbacks one request may name, from every source together: each fallback is up
+/// to `1 + MAX_RETRIES` upstream calls, so an unbounded list would let one request fan out to
+/// thousands.
+pub const MAX_FALLBACKS: usize = 5;
+
 /// Headers that carry a caller's key: a static value there would be a key held by the proxy.
 const AUTH_HEADERS: [&str; 3] = ["authorization", "x-api-key", "x-goog-api-key"];
 
@@ -150,6 +155,12 @@ fn alias(name: &str, decl: &Value) -> Result<AliasDecl, String> {
             ))
         }
     };
+    if fallbacks.len() > MAX_FALLBACKS {
+        return Err(format!(
+            "{at}.fallbacks: at most {MAX_FALLBACKS}, not {}",
+            fallbacks.len()
+        ));
+    }
     Ok(AliasDecl {
         name: name.to_owned(),
         provider: required("provider")?,
@@ -283,6 +294,11 @@ mod tests {
                 r#"{"aliases": {"fast": {"provider": "p", "model": 3}}}"#,
                 "aliases.fast.model: must be a string",
             ),
+            (
+                r#"{"aliases": {"fast": {"provider": "p", "model": "m",
+                    "fallbacks": ["a/1", "a/2", "a/3", "a/4", "a/5", "a/6"]}}}"#,
+                "aliases.fast.fallbacks: at most 5, not 6",
+            ),
         ];
         for (text, expected) in cases {
             let err = Catalog::parse(text).unwrap_err();
@@ -290,6 +306,29 @@ mod tests {
                 err.contains(expected),
                 "{text}: got {err:?}, want {expected:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_header_that_would_carry_a_key_is_refused_in_any_case() {
+        for name in [
+            "Authorization",
+            "authorization",
+            "X-API-Key",
+            "x-api-key",
+            "X-Goog-Api-Key",
+        ] {
+            let text = format!(
+                r#"{{"providers": {{"g": {{"kind": "openai", "base_url": "http://x",
+                    "headers": {{"{name}": "Bearer sk-held"}}}}}}}}"#
+            );
+            let err = Catalog::parse(&text).unwrap_err();
+            assert!(
+                err.contains(&format!("providers.g.headers.{name}")),
+                "{name}: {err}"
+            );
+            assert!(err.contains("the proxy holds none"), "{name}: {err}");
+            assert!(!err.contains("sk-held"), "the value is never echoed: {err}");
         }
     }
 }

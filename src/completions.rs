@@ -152,6 +152,96 @@ pub trait StreamTranslator {
     /// Runs for each complete upstream event, in order, as soon as it has arrived; writes the
     /// chunks it makes to `out`. An error ends the stream with an error chunk.
     fn event(&mut self, event: &sse::Event<'_>, out: &mut ChunkWriter) -> Result<(), ProxyError>;
+
+    /// Runs once when the upstream's body has ended cleanly, after its last event: fails when
+    /// the stream ended before its format's terminal event, so that a truncated answer ends
+    /// with an error chunk instead of `[DONE]`. The default accepts any end.
+    fn end(&mut self) -> Result<(), ProxyError> {
+        Ok(())
+    }
+}
+
+/// The error for a translated stream that ended without its terminal event.
+pub fn ended_early(provider: &str, terminal: &str) -> ProxyError {
+    ProxyError::Unreachable(format!(
+        "the {provider} stream ended before its {terminal}; the answer is incomplete"
+    ))
+}
+
+/// A whole normalized answer as a stream: for an upstream that answered a stream request with
+/// JSON (some ignore `stream`), so the caller still gets the stream it asked for.
+pub fn stream_of_response(response: &ChatResponse<'_>, include_usage: bool) -> Vec<u8> {
+    let mut writer = ChunkWriter::new(&response.model, include_usage);
+    writer.start();
+    writer.content(&response.content);
+    if let Some(usage) = response.usage {
+        writer.input_tokens(usage.input_tokens);
+        writer.output_tokens(usage.output_tokens);
+    }
+    writer.finish(response.stop_reason.as_deref().unwrap_or("stop"));
+    writer.done();
+    writer.take()
+}
+
+/// A whole `chat.completion` as the `chat.completion.chunk` stream OpenAI would have sent: each
+/// choice's message as one delta (tool calls numbered, as deltas carry them), its finish reason,
+/// the usage chunk when asked for, and `[DONE]`. `None` when the body is not a completion.
+pub fn stream_of_completion(body: &[u8], include_usage: bool) -> Option<Vec<u8>> {
+    use serde_json::{json, Map, Value};
+
+    let completion: Map<String, Value> = serde_json::from_slice(body).ok()?;
+    let choices = completion
+        .get("choices")?
+        .as_array()
+        .filter(|c| !c.is_empty())?;
+    let chunk = |choices: Value, usage: Option<&Value>| {
+        let mut chunk = Map::new();
+        for field in [
+            "id",
+            "created",
+            "model",
+            "system_fingerprint",
+            "service_tier",
+        ] {
+            if let Some(value) = completion.get(field) {
+                chunk.insert(field.to_owned(), value.clone());
+            }
+        }
+        chunk.insert("object".into(), "chat.completion.chunk".into());
+        chunk.insert("choices".into(), choices);
+        if let Some(usage) = usage {
+            chunk.insert("usage".into(), usage.clone());
+        }
+        Value::Object(chunk)
+    };
+    let mut out = Vec::with_capacity(body.len() + 256);
+    for (position, choice) in choices.iter().enumerate() {
+        let choice = choice.as_object()?;
+        let index = choice.get("index").cloned().unwrap_or(position.into());
+        let mut delta = choice.get("message")?.as_object()?.clone();
+        if let Some(Value::Array(calls)) = delta.get_mut("tool_calls") {
+            for (number, call) in calls.iter_mut().enumerate() {
+                if let Value::Object(call) = call {
+                    call.insert("index".into(), number.into());
+                }
+            }
+        }
+        let deltas = [
+            json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": null}]),
+            json!([{"index": index, "delta": {}, "logprobs": null,
+                    "finish_reason": choice.get("finish_reason").cloned().unwrap_or(Value::Null)}]),
+        ];
+        for choices in deltas {
+            write_data(&mut out, &chunk(choices, None));
+        }
+    }
+    if include_usage {
+        if let Some(usage) = completion.get("usage") {
+            write_data(&mut out, &chunk(json!([]), Some(usage)));
+        }
+    }
+    out.extend_from_slice(b"data: [DONE]\n\n");
+    Some(out)
 }
 
 /// Writes `chat.completion.chunk` SSE events: the role first, then content, the finish reason,
@@ -360,6 +450,7 @@ pub fn translate_whole_stream(
     sse::Parser::default()
         .feed(stream, |event| translator.event(&event, &mut out))
         .expect("the stream translates");
+    translator.end().expect("the stream is complete");
     out.done();
     let text = String::from_utf8(out.take()).expect("UTF-8 chunks");
     let chunks = text
@@ -511,6 +602,54 @@ mod tests {
         let events = events(&writer.take());
         assert_eq!(events.len(), 4);
         assert!(events.iter().all(|e| e.get("usage").is_none()));
+    }
+
+    #[test]
+    fn a_whole_answer_becomes_a_stream_of_chunks() {
+        let response = ChatResponse {
+            provider: "anthropic",
+            model: "claude".into(),
+            content: "Hi!".into(),
+            stop_reason: Some("length".into()),
+            native_stop_reason: Some("max_tokens".into()),
+            usage: Some(Usage {
+                input_tokens: 3,
+                output_tokens: 1,
+            }),
+        };
+        let events = events(&stream_of_response(&response, true));
+        assert_eq!(events.len(), 5, "{events:?}");
+        assert_eq!(events[1]["choices"][0]["delta"], json!({"content": "Hi!"}));
+        assert_eq!(events[2]["choices"][0]["finish_reason"], "length");
+        assert_eq!(events[3]["usage"]["total_tokens"], 4);
+        assert_eq!(events[4], "[DONE]");
+    }
+
+    #[test]
+    fn a_completion_with_tool_calls_becomes_chunks_that_keep_them() {
+        let body = json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 7, "model": "gpt",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+                "tool_calls": [{"id": "call_1", "type": "function",
+                    "function": {"name": "f", "arguments": "{}"}}]},
+                "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}});
+        let stream = stream_of_completion(body.to_string().as_bytes(), true).unwrap();
+        let events = events(&stream);
+        assert_eq!(events.len(), 4, "{events:?}");
+        assert!(events[..3]
+            .iter()
+            .all(|e| e["object"] == "chat.completion.chunk"
+                && e["id"] == "chatcmpl-1"
+                && e["model"] == "gpt"));
+        let delta = &events[0]["choices"][0]["delta"];
+        assert_eq!(delta["role"], "assistant");
+        assert_eq!(delta["tool_calls"][0]["index"], 0);
+        assert_eq!(delta["tool_calls"][0]["function"]["name"], "f");
+        assert_eq!(events[1]["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(events[2]["usage"]["total_tokens"], 7);
+        assert_eq!(events[3], "[DONE]");
+        assert_eq!(stream_of_completion(b"{\"choices\": []}", false), None);
+        assert_eq!(stream_of_completion(b"<html>", false), None);
     }
 
     #[test]

@@ -19,8 +19,12 @@ pub struct Config {
     pub workers: usize,
     /// Bounds the wait for upstream response headers, then the silence between two body chunks.
     pub http_timeout: Duration,
-    /// Upstream connections open at once, for the whole process (split evenly across workers).
+    /// Upstream connections in use at once, for the whole process (split evenly across
+    /// workers); zero means no limit but `max_concurrent_requests`.
     pub http_max_connections: usize,
+    /// How long a request waits for an upstream connection when `http_max_connections` are in
+    /// use, before a 503.
+    pub http_pool_timeout: Duration,
     /// `0` turns upstream keep-alive off; any other value keeps idle connections pooled.
     pub http_max_keepalive_connections: usize,
     pub openai_base_url: String,
@@ -30,6 +34,11 @@ pub struct Config {
     pub anthropic_version: String,
     pub anthropic_default_max_tokens: u64,
     pub max_body_bytes: usize,
+    /// Bytes of request bodies still arriving, across the process: slow senders hold only what
+    /// they have sent, and together no more than this.
+    pub max_pending_body_bytes: usize,
+    /// How long a caller may take to send its whole request body; then a 408.
+    pub client_body_timeout: Duration,
     pub max_response_bytes: usize,
     pub shutdown_timeout: Duration,
     /// Retries of one provider after a retryable failure; a request may ask for fewer.
@@ -65,7 +74,8 @@ impl Default for Config {
             port: 8000,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             http_timeout: Duration::from_secs(60),
-            http_max_connections: 100,
+            http_max_connections: 0,
+            http_pool_timeout: Duration::from_secs(5),
             http_max_keepalive_connections: 20,
             openai_base_url: "https://api.openai.com/v1".into(),
             anthropic_base_url: "https://api.anthropic.com/v1".into(),
@@ -74,13 +84,15 @@ impl Default for Config {
             anthropic_version: "2023-06-01".into(),
             anthropic_default_max_tokens: 1024,
             max_body_bytes: 4 * 1024 * 1024,
+            max_pending_body_bytes: 256 * 1024 * 1024,
+            client_body_timeout: Duration::from_secs(30),
             max_response_bytes: 64 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
             max_retries: 2,
             retry_base: Duration::from_millis(200),
             retry_max_wait: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
-            max_concurrent_requests: 1024,
+            max_concurrent_requests: 10_000,
             sse_heartbeat: Duration::from_secs(15),
             passthrough_heartbeat: Duration::ZERO,
             log_json: false,
@@ -111,6 +123,7 @@ struct Env {
     workers: Option<usize>,
     http_timeout_seconds: Option<u64>,
     http_max_connections: Option<usize>,
+    http_pool_timeout_seconds: Option<u64>,
     http_max_keepalive_connections: Option<usize>,
     openai_base_url: Option<String>,
     anthropic_base_url: Option<String>,
@@ -119,6 +132,8 @@ struct Env {
     anthropic_version: Option<String>,
     anthropic_default_max_tokens: Option<u64>,
     max_body_bytes: Option<usize>,
+    max_pending_body_bytes: Option<usize>,
+    client_body_timeout_seconds: Option<u64>,
     max_response_bytes: Option<usize>,
     shutdown_timeout_seconds: Option<u64>,
     max_retries: Option<u32>,
@@ -155,6 +170,9 @@ impl Config {
             http_max_connections: env
                 .http_max_connections
                 .unwrap_or(defaults.http_max_connections),
+            http_pool_timeout: env
+                .http_pool_timeout_seconds
+                .map_or(defaults.http_pool_timeout, Duration::from_secs),
             http_max_keepalive_connections: env
                 .http_max_keepalive_connections
                 .unwrap_or(defaults.http_max_keepalive_connections),
@@ -169,6 +187,12 @@ impl Config {
                 .anthropic_default_max_tokens
                 .unwrap_or(defaults.anthropic_default_max_tokens),
             max_body_bytes: env.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+            max_pending_body_bytes: env
+                .max_pending_body_bytes
+                .unwrap_or(defaults.max_pending_body_bytes),
+            client_body_timeout: env
+                .client_body_timeout_seconds
+                .map_or(defaults.client_body_timeout, Duration::from_secs),
             max_response_bytes: env
                 .max_response_bytes
                 .unwrap_or(defaults.max_response_bytes),
@@ -220,29 +244,110 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what the types alone cannot: positive sizes, well-formed base URLs.
+    /// Checks what the types alone cannot: sizes and durations within sane bounds (so that no
+    /// arithmetic on them can overflow later), well-formed base URLs.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive = [
-            ("WORKERS", self.workers as u64),
-            ("HTTP_TIMEOUT_SECONDS", self.http_timeout.as_millis() as u64),
-            ("HTTP_MAX_CONNECTIONS", self.http_max_connections as u64),
+        let bounds = [
+            ("WORKERS", self.workers as u64, 1, MAX_WORKERS),
             (
-                "ANTHROPIC_DEFAULT_MAX_TOKENS",
-                self.anthropic_default_max_tokens,
+                "HTTP_TIMEOUT_SECONDS",
+                secs(self.http_timeout),
+                1,
+                MAX_SECONDS,
             ),
-            ("MAX_BODY_BYTES", self.max_body_bytes as u64),
-            ("MAX_RESPONSE_BYTES", self.max_response_bytes as u64),
             (
                 "CONNECT_TIMEOUT_SECONDS",
-                self.connect_timeout.as_millis() as u64,
+                secs(self.connect_timeout),
+                1,
+                MAX_SECONDS,
+            ),
+            (
+                "HTTP_POOL_TIMEOUT_SECONDS",
+                secs(self.http_pool_timeout),
+                0,
+                MAX_SECONDS,
+            ),
+            (
+                "CLIENT_BODY_TIMEOUT_SECONDS",
+                secs(self.client_body_timeout),
+                1,
+                MAX_SECONDS,
+            ),
+            (
+                "SHUTDOWN_TIMEOUT_SECONDS",
+                secs(self.shutdown_timeout),
+                0,
+                MAX_SECONDS,
+            ),
+            (
+                "RETRY_MAX_WAIT_SECONDS",
+                secs(self.retry_max_wait),
+                0,
+                MAX_SECONDS,
+            ),
+            (
+                "SSE_HEARTBEAT_SECONDS",
+                secs(self.sse_heartbeat),
+                0,
+                MAX_SECONDS,
+            ),
+            (
+                "PASSTHROUGH_HEARTBEAT_SECONDS",
+                secs(self.passthrough_heartbeat),
+                0,
+                MAX_SECONDS,
+            ),
+            (
+                "RETRY_BASE_MS",
+                millis(self.retry_base),
+                0,
+                MAX_SECONDS * 1000,
+            ),
+            ("MAX_RETRIES", u64::from(self.max_retries), 0, MAX_RETRIES),
+            (
+                "HTTP_MAX_CONNECTIONS",
+                self.http_max_connections as u64,
+                0,
+                MAX_COUNT,
             ),
             (
                 "MAX_CONCURRENT_REQUESTS",
                 self.max_concurrent_requests as u64,
+                1,
+                MAX_COUNT,
+            ),
+            ("MAX_BODY_BYTES", self.max_body_bytes as u64, 1, MAX_BYTES),
+            (
+                "MAX_PENDING_BODY_BYTES",
+                self.max_pending_body_bytes as u64,
+                1,
+                MAX_BYTES,
+            ),
+            (
+                "MAX_RESPONSE_BYTES",
+                self.max_response_bytes as u64,
+                1,
+                MAX_BYTES,
+            ),
+            (
+                "ANTHROPIC_DEFAULT_MAX_TOKENS",
+                self.anthropic_default_max_tokens,
+                1,
+                u64::from(u32::MAX),
             ),
         ];
-        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
-            return Err(ConfigError(format!("{name} must be greater than 0")));
+        for (name, value, min, max) in bounds {
+            if value < min {
+                return Err(ConfigError(format!("{name} must be at least {min}")));
+            }
+            if value > max {
+                return Err(ConfigError(format!("{name} must be at most {max}")));
+            }
+        }
+        if self.max_pending_body_bytes < self.max_body_bytes {
+            return Err(ConfigError(
+                "MAX_PENDING_BODY_BYTES must be at least MAX_BODY_BYTES".into(),
+            ));
         }
         for (name, url) in [
             ("OPENAI_BASE_URL", &self.openai_base_url),
@@ -266,6 +371,30 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The longest duration any setting may have: a year. Nothing that long is useful, and every
+/// deadline computed from a setting then stays far from overflowing.
+const MAX_SECONDS: u64 = 365 * 24 * 3600;
+/// More worker threads than this is a mistake, not a configuration.
+const MAX_WORKERS: u64 = 1024;
+const MAX_RETRIES: u64 = 100;
+/// Connection and request counts.
+const MAX_COUNT: u64 = 10_000_000;
+/// Body sizes: 4 GiB.
+const MAX_BYTES: u64 = 4 << 30;
+
+/// A duration in whole seconds, rounded up so that a sub-second duration is not zero.
+fn secs(duration: Duration) -> u64 {
+    duration
+        .as_millis()
+        .div_ceil(1000)
+        .try_into()
+        .unwrap_or(u64::MAX)
+}
+
+fn millis(duration: Duration) -> u64 {
+    duration.as_millis().try_into().unwrap_or(u64::MAX)
 }
 
 /// Reads and checks the providers file; the error names the file, the field and the fault.
@@ -319,7 +448,10 @@ mod tests {
         assert_eq!(config.port, 8000);
         assert_eq!(config.host, "0.0.0.0");
         assert_eq!(config.http_timeout, Duration::from_secs(60));
-        assert_eq!(config.http_max_connections, 100);
+        assert_eq!(config.http_max_connections, 0);
+        assert_eq!(config.http_pool_timeout, Duration::from_secs(5));
+        assert_eq!(config.max_pending_body_bytes, 256 << 20);
+        assert_eq!(config.client_body_timeout, Duration::from_secs(30));
         assert_eq!(config.http_max_keepalive_connections, 20);
         assert_eq!(config.openai_base_url, "https://api.openai.com/v1");
         assert_eq!(config.anthropic_base_url, "https://api.anthropic.com/v1");
@@ -337,7 +469,7 @@ mod tests {
         assert_eq!(config.retry_base, Duration::from_millis(200));
         assert_eq!(config.retry_max_wait, Duration::from_secs(10));
         assert_eq!(config.connect_timeout, Duration::from_secs(10));
-        assert_eq!(config.max_concurrent_requests, 1024);
+        assert_eq!(config.max_concurrent_requests, 10_000);
         assert_eq!(config.sse_heartbeat, Duration::from_secs(15));
         assert_eq!(config.passthrough_heartbeat, Duration::ZERO);
         assert!(config.cors_allow_origins.is_empty());
@@ -351,6 +483,9 @@ mod tests {
             ("WORKERS", "3"),
             ("HTTP_TIMEOUT_SECONDS", "7"),
             ("HTTP_MAX_CONNECTIONS", "50"),
+            ("HTTP_POOL_TIMEOUT_SECONDS", "2"),
+            ("MAX_PENDING_BODY_BYTES", "100"),
+            ("CLIENT_BODY_TIMEOUT_SECONDS", "6"),
             ("HTTP_MAX_KEEPALIVE_CONNECTIONS", "0"),
             ("OPENAI_BASE_URL", "http://localhost:1/v1/"),
             ("ANTHROPIC_BASE_URL", "http://localhost:2"),
@@ -380,6 +515,9 @@ mod tests {
         assert_eq!(config.workers, 3);
         assert_eq!(config.http_timeout, Duration::from_secs(7));
         assert_eq!(config.http_max_connections, 50);
+        assert_eq!(config.http_pool_timeout, Duration::from_secs(2));
+        assert_eq!(config.max_pending_body_bytes, 100);
+        assert_eq!(config.client_body_timeout, Duration::from_secs(6));
         assert_eq!(config.http_max_keepalive_connections, 0);
         assert_eq!(config.openai_base_url, "http://localhost:1/v1/");
         assert_eq!(config.anthropic_base_url, "http://localhost:2");
@@ -416,6 +554,52 @@ mod tests {
     fn zero_where_a_positive_number_is_needed_is_rejected() {
         let err = Config::from_vars(vars(&[("HTTP_TIMEOUT_SECONDS", "0")])).unwrap_err();
         assert!(err.to_string().contains("HTTP_TIMEOUT_SECONDS"), "{err}");
+    }
+
+    #[test]
+    fn absurd_values_are_rejected_at_start_naming_the_variable() {
+        for (name, value) in [
+            ("HTTP_TIMEOUT_SECONDS", "18446744073709551615"),
+            ("CONNECT_TIMEOUT_SECONDS", "99999999999"),
+            ("CLIENT_BODY_TIMEOUT_SECONDS", "31536001"),
+            ("HTTP_POOL_TIMEOUT_SECONDS", "18446744073709551615"),
+            ("SHUTDOWN_TIMEOUT_SECONDS", "18446744073709551615"),
+            ("RETRY_MAX_WAIT_SECONDS", "18446744073709551615"),
+            ("RETRY_BASE_MS", "18446744073709551615"),
+            ("SSE_HEARTBEAT_SECONDS", "18446744073709551615"),
+            ("PASSTHROUGH_HEARTBEAT_SECONDS", "18446744073709551615"),
+            ("WORKERS", "100000"),
+            ("MAX_RETRIES", "4000000000"),
+            ("MAX_BODY_BYTES", "18446744073709551615"),
+            ("MAX_RESPONSE_BYTES", "18446744073709551615"),
+            ("MAX_PENDING_BODY_BYTES", "18446744073709551615"),
+            ("MAX_CONCURRENT_REQUESTS", "18446744073709551615"),
+            ("HTTP_MAX_CONNECTIONS", "18446744073709551615"),
+            ("ANTHROPIC_DEFAULT_MAX_TOKENS", "18446744073709551615"),
+        ] {
+            let err = Config::from_vars(vars(&[(name, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name), "{name}={value}: {err}");
+            assert!(err.contains("at most"), "{name}={value}: {err}");
+        }
+        let err = Config::from_vars(vars(&[
+            ("MAX_BODY_BYTES", "2000"),
+            ("MAX_PENDING_BODY_BYTES", "1000"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("MAX_PENDING_BODY_BYTES"), "{err}");
+        for largest in [
+            ("HTTP_TIMEOUT_SECONDS", "31536000"),
+            ("MAX_BODY_BYTES", "4294967296"),
+        ] {
+            let pending = ("MAX_PENDING_BODY_BYTES", "4294967296");
+            assert!(
+                Config::from_vars(vars(&[largest, pending])).is_ok(),
+                "{largest:?}"
+            );
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use actix_web::{
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::retry::Attempt;
+use crate::{catalog::MAX_FALLBACKS, retry::Attempt};
 
 /// Upstream error bodies that are not JSON are passed on as text, cut at this many bytes.
 const MAX_UPSTREAM_TEXT: usize = 64 * 1024;
@@ -34,6 +34,10 @@ pub enum ProxyError {
     MethodNotAllowed,
     /// The request body is larger than `MAX_BODY_BYTES`.
     PayloadTooLarge { limit: usize },
+    /// The caller took longer than `CLIENT_BODY_TIMEOUT_SECONDS` to send its body.
+    BodyTimeout,
+    /// More than `MAX_FALLBACKS` fallbacks in one request.
+    TooManyFallbacks { given: usize },
     /// The upstream answered with a non-2xx status. `body` has the caller's key masked out.
     Upstream {
         status: StatusCode,
@@ -52,6 +56,8 @@ pub enum ProxyError {
     Forbidden(String),
     /// `MAX_CONCURRENT_REQUESTS` are in flight already.
     Overloaded,
+    /// Request bodies still arriving hold `MAX_PENDING_BODY_BYTES` already.
+    BodiesOverloaded,
     /// Every upstream connection this worker may open is in use.
     PoolExhausted,
     /// Every provider and retry failed: the last failure, and the record of each attempt.
@@ -70,11 +76,13 @@ impl ProxyError {
             Self::UnknownProvider { .. } | Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::BodyTimeout => "request_timeout",
+            Self::TooManyFallbacks { .. } => "invalid_request",
             Self::Upstream { .. } | Self::StreamEvent(_) => "upstream_error",
             Self::BadUpstreamBody(_) | Self::Unreachable(_) => "bad_gateway",
             Self::Timeout => "gateway_timeout",
             Self::Forbidden(_) => "forbidden",
-            Self::Overloaded => "overloaded",
+            Self::Overloaded | Self::BodiesOverloaded => "overloaded",
             Self::PoolExhausted => "pool_exhausted",
             Self::Exhausted { last, .. } => last.kind(),
         }
@@ -93,7 +101,7 @@ impl ProxyError {
     fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         match self.unwrap_attempts().0 {
             Self::Upstream { headers, .. } => headers.clone(),
-            Self::Overloaded | Self::PoolExhausted => vec![(
+            Self::Overloaded | Self::BodiesOverloaded | Self::PoolExhausted => vec![(
                 actix_web::http::header::RETRY_AFTER,
                 HeaderValue::from_static("1"),
             )],
@@ -145,10 +153,12 @@ impl ProxyError {
         let own = own.map(|envelope| envelope.error);
         let kind = match error {
             Self::InvalidRequest(_)
+            | Self::TooManyFallbacks { .. }
             | Self::UnknownProvider { .. }
             | Self::NotFound
             | Self::MethodNotAllowed
-            | Self::PayloadTooLarge { .. } => "invalid_request_error",
+            | Self::PayloadTooLarge { .. }
+            | Self::BodyTimeout => "invalid_request_error",
             Self::MissingKey => "authentication_error",
             _ => "api_error",
         };
@@ -211,6 +221,14 @@ impl fmt::Display for ProxyError {
             Self::PayloadTooLarge { limit } => {
                 write!(f, "request body is larger than the limit of {limit} bytes")
             }
+            Self::BodyTimeout => f.write_str(
+                "the request body did not arrive in time (CLIENT_BODY_TIMEOUT_SECONDS)",
+            ),
+            Self::TooManyFallbacks { given } => write!(
+                f,
+                "at most {MAX_FALLBACKS} fallbacks per request (X-Fallbacks, `fallbacks` and an \
+                 alias's together); this one names {given}"
+            ),
             Self::Upstream { status, body, .. } => match upstream_message(body) {
                 Some(message) => write!(f, "upstream answered {}: {message}", status.as_u16()),
                 None => write!(f, "upstream answered {status}"),
@@ -226,6 +244,9 @@ impl fmt::Display for ProxyError {
             Self::Overloaded => f.write_str(
                 "the proxy is handling as many requests as it may (MAX_CONCURRENT_REQUESTS); retry shortly",
             ),
+            Self::BodiesOverloaded => f.write_str(
+                "the proxy is receiving as many request bytes as it may (MAX_PENDING_BODY_BYTES); retry shortly",
+            ),
             Self::PoolExhausted => f.write_str(
                 "every upstream connection is in use (HTTP_MAX_CONNECTIONS); retry shortly",
             ),
@@ -239,18 +260,21 @@ impl std::error::Error for ProxyError {}
 impl ResponseError for ProxyError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidRequest(_) | Self::TooManyFallbacks { .. } => StatusCode::BAD_REQUEST,
             Self::MissingKey => StatusCode::UNAUTHORIZED,
             Self::UnknownProvider { .. } | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Upstream { status, .. } => *status,
             Self::StreamEvent(_) | Self::BadUpstreamBody(_) | Self::Unreachable(_) => {
                 StatusCode::BAD_GATEWAY
             }
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::Overloaded | Self::PoolExhausted => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded | Self::BodiesOverloaded | Self::PoolExhausted => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Exhausted { last, .. } => last.status_code(),
         }
     }
@@ -371,29 +395,98 @@ fn truncate(text: &str, max: usize) -> &str {
 }
 
 /// Replaces every occurrence of `secret` in `body` with `[redacted]`: an upstream that quotes
-/// the caller's key back in an error must not make us echo it.
+/// the caller's key back in an error must not make us echo it. The key is also found in the
+/// forms a JSON encoder may have written it in (`\/` for `/`, `\u00XX` for characters such as
+/// `<`, `>`, `&`, `+` and `=`), so escaping cannot smuggle it past. Linear in the body's length
+/// for each form.
 pub fn redact(body: Bytes, secret: &[u8]) -> Bytes {
     const MASK: &[u8] = b"[redacted]";
-    if secret.is_empty() || !contains(&body, secret) {
+    if secret.is_empty() {
         return body;
     }
-    let mut out = Vec::with_capacity(body.len());
-    let mut rest = &body[..];
-    while let Some(at) = find(rest, secret) {
-        out.extend_from_slice(&rest[..at]);
-        out.extend_from_slice(MASK);
-        rest = &rest[at + secret.len()..];
+    let mut body = body;
+    for form in secret_forms(secret) {
+        let finder = memchr::memmem::Finder::new(&form);
+        if finder.find(&body).is_none() {
+            continue;
+        }
+        let mut out = Vec::with_capacity(body.len());
+        let mut rest = &body[..];
+        while let Some(at) = finder.find(rest) {
+            out.extend_from_slice(&rest[..at]);
+            out.extend_from_slice(MASK);
+            rest = &rest[at + form.len()..];
+        }
+        out.extend_from_slice(rest);
+        body = Bytes::from(out);
     }
-    out.extend_from_slice(rest);
-    Bytes::from(out)
+    body
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// The key as it is, and as JSON encoders may escape it: standard escaping, `/` as `\/`, and
+/// every character outside `[A-Za-z0-9._-]` as `\u00xx` or `\u00XX` (Go's encoder escapes `<`,
+/// `>` and `&`; others escape more). Forms identical to an earlier one are skipped.
+fn secret_forms(secret: &[u8]) -> Vec<Vec<u8>> {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"._-".contains(&b);
+    let escape_with = |escape: &dyn Fn(u8, &mut Vec<u8>)| {
+        let mut form = Vec::with_capacity(secret.len() * 2);
+        for &b in secret {
+            escape(b, &mut form);
+        }
+        form
+    };
+    let standard = |b: u8, out: &mut Vec<u8>| match b {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        _ => out.push(b),
+    };
+    let mut forms = vec![secret.to_vec()];
+    for form in [
+        escape_with(&standard),
+        escape_with(&|b, out| match b {
+            b'/' => out.extend_from_slice(b"\\/"),
+            _ => standard(b, out),
+        }),
+        escape_with(&|b, out| match b {
+            _ if plain(b) || b >= 0x80 => out.push(b),
+            _ => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+        }),
+        escape_with(&|b, out| match b {
+            _ if plain(b) || b >= 0x80 => out.push(b),
+            _ => out.extend_from_slice(format!("\\u{b:04X}").as_bytes()),
+        }),
+    ] {
+        if !forms.contains(&form) {
+            forms.push(form);
+        }
+    }
+    forms
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    find(haystack, needle).is_some()
+impl ProxyError {
+    /// The same error with `key` masked out of any upstream body it carries.
+    pub fn redacted(self, key: Option<&HeaderValue>) -> Self {
+        let Some(key) = key else {
+            return self;
+        };
+        match self {
+            Self::Upstream {
+                status,
+                body,
+                headers,
+            } => Self::Upstream {
+                status,
+                body: redact(body, key.as_bytes()),
+                headers,
+            },
+            Self::StreamEvent(body) => Self::StreamEvent(redact(body, key.as_bytes())),
+            Self::Exhausted { last, attempts } => Self::Exhausted {
+                last: Box::new(last.redacted(Some(key))),
+                attempts,
+            },
+            other => other,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -425,6 +518,13 @@ mod tests {
             (ProxyError::Timeout, 504, "gateway_timeout"),
             (ProxyError::Forbidden("x".into()), 403, "forbidden"),
             (ProxyError::Overloaded, 503, "overloaded"),
+            (ProxyError::BodiesOverloaded, 503, "overloaded"),
+            (ProxyError::BodyTimeout, 408, "request_timeout"),
+            (
+                ProxyError::TooManyFallbacks { given: 9 },
+                400,
+                "invalid_request",
+            ),
             (ProxyError::PoolExhausted, 503, "pool_exhausted"),
         ];
         for (error, status, kind) in cases {
@@ -566,6 +666,69 @@ mod tests {
         assert_eq!(body["error"]["provider"], "anthropic");
         assert!(body["error"].get("upstream_status").is_none());
         assert!(body["error"].get("upstream").is_none());
+    }
+
+    #[test]
+    fn redact_finds_the_key_in_json_escaped_forms() {
+        let key = br#"sk/a+b=c<d>&"e\f"#;
+        let escaped = serde_json::to_string(std::str::from_utf8(key).unwrap()).unwrap();
+        let bodies = [
+            format!(r#"{{"message":{escaped}}}"#),
+            r#"{"message":"sk\/a+b=c<d>&\"e\\f"}"#.to_owned(),
+            r#"{"message":"sk\u002fa\u002bb\u003dc\u003cd\u003e\u0026\u0022e\u005cf"}"#.to_owned(),
+            r#"{"message":"sk\u002Fa\u002Bb\u003Dc\u003Cd\u003E\u0026\u0022e\u005Cf"}"#.to_owned(),
+        ];
+        for body in bodies {
+            let masked = redact(Bytes::from(body.clone()), key);
+            assert_eq!(&masked[..], br#"{"message":"[redacted]"}"#, "{body}");
+        }
+    }
+
+    #[test]
+    fn stream_events_and_upstream_errors_are_redacted_as_they_are_made() {
+        let key = HeaderValue::from_static("sk-secret");
+        let event = ProxyError::StreamEvent(Bytes::from_static(
+            br#"{"error":{"message":"bad key sk-secret"}}"#,
+        ));
+        let masked = event.redacted(Some(&key));
+        assert_eq!(
+            masked.to_string(),
+            "upstream stream failed: bad key [redacted]"
+        );
+        assert!(!String::from_utf8_lossy(&masked.body(None)).contains("sk-secret"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_occurrence_of_the_key_survives_masking(
+            key in "[ -~]{1,24}",
+            pieces in proptest::collection::vec("[ -~]{0,16}", 0..8),
+        ) {
+            let body = pieces.join(&key);
+            let masked = redact(Bytes::from(body), key.as_bytes());
+            proptest::prop_assert!(memchr::memmem::find(&masked, key.as_bytes()).is_none()
+                || key.as_bytes() == b"[redacted]"[..key.len()].as_ref()
+                || memchr::memmem::find(b"[redacted]", key.as_bytes()).is_some());
+        }
+
+        #[test]
+        fn masking_leaves_bodies_without_the_key_unchanged(
+            key in "sk-[a-z0-9]{8,24}",
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+        ) {
+            proptest::prop_assume!(memchr::memmem::find(&body, key.as_bytes()).is_none());
+            let masked = redact(Bytes::from(body.clone()), key.as_bytes());
+            proptest::prop_assert_eq!(&masked[..], &body[..]);
+        }
+    }
+
+    #[test]
+    fn masking_a_large_body_takes_linear_time() {
+        // Many near-misses of a long key: the naive search does O(body × key) comparisons.
+        let key = format!("sk-{}", "a".repeat(200));
+        let body = format!("sk-{}b", "a".repeat(199)).repeat(50_000);
+        let masked = redact(Bytes::from(body.clone()), key.as_bytes());
+        assert_eq!(masked.len(), body.len());
     }
 
     #[test]

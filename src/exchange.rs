@@ -22,13 +22,13 @@ use crate::{
     chat::{ChatRequest, Usage},
     completions::{self, ChunkWriter, OPENAI_ONLY_FIELDS},
     config::Config,
-    error::{redact, ProxyError},
+    error::ProxyError,
     limits::{Guards, RequestPermit, UpstreamSlots},
     metrics::Metrics,
-    observe::{StreamUsage, REQUEST_ID},
+    observe::{StreamReport, REQUEST_ID},
     providers::ChatProvider,
     retry::{self, Attempt},
-    upstream::{self, Body, Relay, StreamErrors, Translated},
+    upstream::{self, Body, Relay, StreamContext, StreamErrors, Translated},
 };
 
 const PROXY_PROVIDER: HeaderName = HeaderName::from_static("x-proxy-provider");
@@ -72,17 +72,45 @@ pub struct Outcome {
     pub upstream_time: Duration,
     /// A non-stream answer's token counts.
     pub usage: Option<Usage>,
-    /// A stream's token counts, filled in as it passes.
-    pub stream_usage: Option<Rc<StreamUsage>>,
+    /// A stream's token counts and ending, filled in as it passes.
+    pub stream_report: Option<Rc<StreamReport>>,
+    /// The passed-on headers (rate limits, request ids) of the last upstream answer, for an
+    /// error made from it: a 502 for an unusable 2xx still tells the caller its rate limits.
+    pub upstream_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// A failed try, and whether another may be made: nothing once a 2xx head has arrived (the
+/// upstream may have billed for the answer) except an in-band error as a stream's first event.
+struct Failed {
+    error: ProxyError,
+    retry: bool,
+}
+
+impl From<ProxyError> for Failed {
+    fn from(error: ProxyError) -> Self {
+        Self {
+            retry: retry::is_retryable(&error),
+            error,
+        }
+    }
+}
+
+impl Failed {
+    fn final_(error: ProxyError) -> Self {
+        Self {
+            error,
+            retry: false,
+        }
+    }
 }
 
 /// Tries each target in order, each up to `1 + max_retries` times, until one answers.
 ///
 /// Retried: failures before any byte reached the caller that may pass (see
-/// [`retry::is_retryable`]). A target is left for the next when its retries are spent, or when
-/// the upstream asks to wait longer than `RETRY_MAX_WAIT_SECONDS`. Any other failure is
-/// answered at once. Nothing here is shared between requests: one caller's failures never
-/// change how another's requests are treated.
+/// [`retry::is_retryable`]), as long as no 2xx head has arrived. A target is left for the next
+/// when its retries are spent, or when the upstream asks to wait longer than
+/// `RETRY_MAX_WAIT_SECONDS`. Any other failure is answered at once. Nothing here is shared
+/// between requests: one caller's failures never change how another's requests are treated.
 pub async fn run(
     route: Route,
     state: &State<'_>,
@@ -126,8 +154,12 @@ pub async fn run(
             outcome.attempts += 1;
             outcome.provider = Some(endpoint.name);
             outcome.model = Some(target.model.clone().into_owned());
+            outcome.upstream_headers.clear();
             let result = try_once(route, state, request, target, key, &mut permit, outcome).await;
-            let error = match result {
+            let Failed {
+                error,
+                retry: retryable,
+            } = match result {
                 Ok(mut response) => {
                     label(
                         &mut response,
@@ -137,20 +169,15 @@ pub async fn run(
                     );
                     return Ok(response);
                 }
-                Err(error) => error,
+                Err(failed) => failed,
             };
+            let error = error.redacted(key);
             let attempt = Attempt::failed(endpoint.name, &target.model, &error);
-            if let Some(kind) = attempt
-                .status
-                .map(|s| s.to_string())
-                .or(attempt.failure.clone())
-            {
-                if retry::is_retryable(&error) || attempt.status.is_some() {
-                    state.metrics.upstream_error(endpoint.name, &kind);
-                }
+            if retry::is_retryable(&error) || attempt.status.is_some() {
+                state.metrics.upstream_error(endpoint.name, &attempt.kind());
             }
             attempts.push(attempt);
-            if !retry::is_retryable(&error) {
+            if !retryable {
                 return Err(exhausted(error, attempts));
             }
             let asked = match &error {
@@ -164,8 +191,9 @@ pub async fn run(
                 last = Some(error);
                 break;
             }
-            let wait =
-                asked.unwrap_or_else(|| retry::backoff(config.retry_base, retry, retry::random()));
+            let wait = asked
+                .unwrap_or_else(|| retry::backoff(config.retry_base, retry, retry::random()))
+                .min(config.retry_max_wait);
             log::info!(
                 "request_id={} {} failed ({error}); retrying in {} ms",
                 state.request_id.to_str().unwrap_or("-"),
@@ -220,19 +248,20 @@ async fn try_once(
     key: Option<&HeaderValue>,
     permit: &mut Option<RequestPermit>,
     outcome: &mut Outcome,
-) -> Result<HttpResponse, ProxyError> {
+) -> Result<HttpResponse, Failed> {
     let config = state.config;
     let provider = target.provider;
     let endpoint = provider.endpoint();
     let model = target.model.as_ref();
     let mut upstream_request = provider.translate_request(chat, model, key)?;
+    let tls = upstream_request.url.scheme_str() == Some("https");
     upstream_request
         .headers
         .extend(endpoint.headers.iter().cloned());
     upstream_request
         .headers
         .push((REQUEST_ID, state.request_id.clone()));
-    let slot = state.slots.try_acquire()?;
+    let slot = state.slots.acquire().await?;
     let sent = Instant::now();
     let upstream = upstream::send(state.client, upstream_request, config.http_timeout).await;
     let upstream = upstream.inspect_err(|_| outcome.upstream_time += sent.elapsed())?;
@@ -242,6 +271,7 @@ async fn try_once(
     let status = upstream.status();
     outcome.upstream_status = Some(status.as_u16());
     let passed_on = upstream::passed_on_headers(upstream.headers());
+    outcome.upstream_headers.clone_from(&passed_on);
 
     if !status.is_success() {
         let body = upstream::read_body(upstream, config.max_response_bytes, config.http_timeout)
@@ -250,25 +280,49 @@ async fn try_once(
         outcome.upstream_time += sent.elapsed();
         return Err(ProxyError::Upstream {
             status,
-            body: match key {
-                Some(key) => redact(body, key.as_bytes()),
-                None => body,
-            },
+            body,
             headers: passed_on,
-        });
+        }
+        .into());
+    }
+    // From here on a 2xx head has arrived: the upstream may already be generating (and billing)
+    // the answer, so no failure but an in-band error event is retried.
+    if upstream::is_unreadable_close_delimited(&upstream, tls) {
+        outcome.upstream_time += sent.elapsed();
+        return Err(Failed::final_(ProxyError::BadUpstreamBody(
+            "the body is delimited by the connection closing (HTTP/1.1 without Content-Length), \
+             which the proxy cannot read over TLS"
+                .into(),
+        )));
     }
 
     let mut response = HttpResponse::build(StatusCode::OK);
     for header in passed_on {
         response.insert_header(header);
     }
+    if chat.stream && !upstream::is_event_stream(upstream.headers()) {
+        let body = whole_answer_as_stream(route, state, chat, target, upstream).await;
+        outcome.upstream_time += sent.elapsed();
+        let (body, usage) = body.map_err(Failed::final_)?;
+        outcome.usage = usage;
+        return Ok(response
+            .insert_header((
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ))
+            .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
+            .body(body));
+    }
     if chat.stream {
         let mut body = Body::new(upstream, config.http_timeout);
         let first = upstream::peek_first_event(&mut body).await;
         outcome.upstream_time += sent.elapsed();
-        let first = first?;
-        let usage = Rc::new(StreamUsage::default());
-        outcome.stream_usage = Some(usage.clone());
+        let first = first.map_err(|error| match error {
+            ProxyError::StreamEvent(_) => Failed::from(error),
+            other => Failed::final_(other),
+        })?;
+        let report = Rc::new(StreamReport::default());
+        outcome.stream_report = Some(report.clone());
         response
             .insert_header((
                 header::CONTENT_TYPE,
@@ -276,9 +330,15 @@ async fn try_once(
             ))
             .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
             .insert_header(("x-accel-buffering", HeaderValue::from_static("no")));
-        let guards = Guards {
-            request: permit.take(),
-            upstream: Some(slot),
+        let context = StreamContext {
+            provider: endpoint.name,
+            request_id: state.request_id.clone(),
+            report,
+            key: key.cloned(),
+            guards: Guards {
+                request: permit.take(),
+                upstream: Some(slot),
+            },
         };
         let translator = match route {
             Route::FrontDoor => provider.stream_translator(),
@@ -290,38 +350,32 @@ async fn try_once(
                 response.streaming(Translated::new(
                     body,
                     first,
-                    endpoint.name,
                     translator,
                     writer,
                     config.sse_heartbeat,
-                    usage,
-                    guards,
+                    context,
                 ))
             }
             (Route::Path, None) => response.streaming(Relay::new(
                 body,
                 first,
-                endpoint.name,
                 StreamErrors::Proxy,
                 config.passthrough_heartbeat,
-                usage,
-                guards,
+                context,
             )),
             (Route::FrontDoor, None) => response.streaming(Relay::new(
                 body,
                 first,
-                endpoint.name,
                 StreamErrors::OpenAi,
                 config.passthrough_heartbeat,
-                usage,
-                guards,
+                context,
             )),
         });
     }
 
     let body = upstream::read_body(upstream, config.max_response_bytes, config.http_timeout).await;
     outcome.upstream_time += sent.elapsed();
-    let body = body?;
+    let body = body.map_err(Failed::final_)?;
     drop(slot);
     let json = match route {
         // Already a chat.completion: passed on as it came, tool calls and all.
@@ -330,17 +384,66 @@ async fn try_once(
             body
         }
         Route::FrontDoor => {
-            let normalized = provider.translate_response(&body, model)?;
+            let normalized = provider
+                .translate_response(&body, model)
+                .map_err(Failed::final_)?;
             outcome.usage = normalized.usage;
             Bytes::from(completions::completion_body(&normalized))
         }
         Route::Path => {
-            let normalized = provider.translate_response(&body, model)?;
+            let normalized = provider
+                .translate_response(&body, model)
+                .map_err(Failed::final_)?;
             outcome.usage = normalized.usage;
             let json = serde_json::to_vec(&normalized)
-                .map_err(|e| ProxyError::BadUpstreamBody(e.to_string()))?;
+                .map_err(|e| Failed::final_(ProxyError::BadUpstreamBody(e.to_string())))?;
             Bytes::from(json)
         }
     };
     Ok(response.content_type("application/json").body(json))
+}
+
+/// A 2xx answer to a stream request that is not an event stream: an upstream that ignored
+/// `stream` and sent the whole answer as JSON. The front door can still give the caller the
+/// stream it asked for, made from the answer; the path route passes the upstream's own stream
+/// format through, which this is not, so it is a 502 naming what came.
+async fn whole_answer_as_stream(
+    route: Route,
+    state: &State<'_>,
+    chat: &ChatRequest<'_>,
+    target: &Target<'_>,
+    upstream: awc::ClientResponse,
+) -> Result<(Bytes, Option<Usage>), ProxyError> {
+    let config = state.config;
+    let content_type = upstream.headers().get(header::CONTENT_TYPE).map_or_else(
+        || "no Content-Type".to_owned(),
+        |value| {
+            String::from_utf8_lossy(value.as_bytes())
+                .chars()
+                .take(100)
+                .collect()
+        },
+    );
+    let not_a_stream = || {
+        ProxyError::BadUpstreamBody(format!(
+            "a stream was asked for, but the upstream answered {content_type}, not \
+             text/event-stream"
+        ))
+    };
+    if route == Route::Path {
+        return Err(not_a_stream());
+    }
+    let body =
+        upstream::read_body(upstream, config.max_response_bytes, config.http_timeout).await?;
+    let provider = target.provider;
+    if provider.speaks_openai() {
+        let stream = completions::stream_of_completion(&body, chat.include_usage)
+            .ok_or_else(not_a_stream)?;
+        return Ok((Bytes::from(stream), completions::usage_of(&body)));
+    }
+    let normalized = provider
+        .translate_response(&body, &target.model)
+        .map_err(|_| not_a_stream())?;
+    let stream = completions::stream_of_response(&normalized, chat.include_usage);
+    Ok((Bytes::from(stream), normalized.usage))
 }

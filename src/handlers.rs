@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use actix_web::{
-    http::header::{self, HeaderValue},
+    http::header::{self, HeaderName, HeaderValue},
     web::{self, Bytes, BytesMut},
     HttpMessage, HttpRequest, HttpResponse,
 };
@@ -12,12 +12,13 @@ use awc::Client;
 use futures_util::StreamExt;
 
 use crate::{
+    catalog::MAX_FALLBACKS,
     chat::ChatRequest,
     completions::{self, PROXY_FIELDS},
     config::Config,
     error::ProxyError,
     exchange::{self, Outcome, Route, State, Target},
-    limits::{RequestLimit, RequestPermit, UpstreamSlots},
+    limits::{BodyBudget, RequestLimit, RequestPermit, UpstreamSlots},
     metrics::Metrics,
     observe::{self, AccessInfo, RequestId},
     providers::{ChatProvider, Registry},
@@ -31,7 +32,36 @@ fn record(info: &mut AccessInfo, outcome: Outcome) {
     info.attempts = outcome.attempts;
     info.upstream_time = outcome.upstream_time;
     info.usage = outcome.usage;
-    info.stream_usage = outcome.stream_usage;
+    info.stream_report = outcome.stream_report;
+}
+
+/// A request that failed, with the passed-on headers of the upstream answer the failure came
+/// from, if any (rate limits and request ids belong on every reply made from an answer).
+struct Failure {
+    error: ProxyError,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl From<ProxyError> for Failure {
+    fn from(error: ProxyError) -> Self {
+        Self {
+            error,
+            headers: Vec::new(),
+        }
+    }
+}
+
+impl Failure {
+    /// The error response, with the upstream's headers where the error has none of its own.
+    fn into_response(self, response: impl FnOnce(&ProxyError) -> HttpResponse) -> HttpResponse {
+        let mut response = response(&self.error);
+        for (name, value) in self.headers {
+            if !response.headers().contains_key(&name) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+        response
+    }
 }
 
 /// The per-worker and shared state a chat handler needs, as actix extracts it.
@@ -41,6 +71,7 @@ pub struct Shared {
     pub client: web::Data<Client>,
     pub slots: web::Data<UpstreamSlots>,
     pub limit: web::Data<RequestLimit>,
+    pub budget: web::Data<BodyBudget>,
     pub metrics: web::Data<Metrics>,
     pub request_id: HeaderValue,
 }
@@ -69,6 +100,10 @@ impl Shared {
                 .app_data()
                 .cloned()
                 .unwrap_or_else(|| data("RequestLimit")),
+            budget: request
+                .app_data()
+                .cloned()
+                .unwrap_or_else(|| data("BodyBudget")),
             metrics: request
                 .app_data()
                 .cloned()
@@ -118,14 +153,22 @@ pub async fn chat(request: HttpRequest, payload: web::Payload) -> HttpResponse {
     info.handled_at = Some(std::time::Instant::now());
     let mut response = match result {
         Ok(response) => response,
-        Err(error) => {
-            let mut response = error.to_response(info.provider);
+        Err(failure) => {
+            let mut response = failure.into_response(|error| error.to_response(info.provider));
             label_failure(&mut response, &info);
             response
         }
     };
     response.extensions_mut().insert(info);
     response
+}
+
+/// The key a provider receives: the caller's, when the provider takes one. A provider that
+/// needs none (`ollama`, or one declared with `"key_required": false`) never receives it: an
+/// SDK sends its key to whatever base URL it has, and an OpenAI key must not reach a local or
+/// third-party server that did not ask for it.
+fn key_for(provider: &dyn ChatProvider, key: Option<HeaderValue>) -> Option<HeaderValue> {
+    key.filter(|_| provider.endpoint().key_required)
 }
 
 /// The path route's checks in order (key, size, shape), then the exchange.
@@ -135,13 +178,15 @@ async fn path_route(
     shared: &Shared,
     provider: &dyn ChatProvider,
     info: &mut AccessInfo,
-) -> Result<HttpResponse, ProxyError> {
+) -> Result<HttpResponse, Failure> {
     let key = request_key(request, false);
     if key.is_none() && provider.endpoint().key_required {
-        return Err(ProxyError::MissingKey);
+        return Err(ProxyError::MissingKey.into());
     }
+    let key = key_for(provider, key);
+    let body = read_body(request, payload, shared).await?;
+    // Counted once the body is in: slow senders hold no place among requests in flight.
     let permit = shared.limit.try_acquire()?;
-    let body = read_body(request, payload, shared.config.max_body_bytes).await?;
     let chat = ChatRequest::parse(&body).map_err(ProxyError::InvalidRequest)?;
     info.model = Some(chat.model.clone().into_owned());
     info.stream = chat.stream;
@@ -156,7 +201,8 @@ async fn path_route(
             return Err(ProxyError::InvalidRequest(format!(
                 "`model` {:?} is an alias for provider {:?}; send it to /v1/chat/{} or /v1/chat/completions",
                 alias.name, alias.provider, alias.provider
-            )))
+            ))
+            .into())
         }
     };
     let fallbacks = header_fallbacks(request)?;
@@ -182,8 +228,9 @@ pub async fn completions(request: HttpRequest, payload: web::Payload) -> HttpRes
     info.handled_at = Some(std::time::Instant::now());
     let mut response = match result {
         Ok(response) => response,
-        Err(error) => {
-            let mut response = error.to_openai_response(info.provider);
+        Err(failure) => {
+            let mut response =
+                failure.into_response(|error| error.to_openai_response(info.provider));
             label_failure(&mut response, &info);
             response
         }
@@ -199,9 +246,10 @@ async fn front_door(
     payload: web::Payload,
     shared: &Shared,
     info: &mut AccessInfo,
-) -> Result<HttpResponse, ProxyError> {
+) -> Result<HttpResponse, Failure> {
+    let body = read_body(request, payload, shared).await?;
+    // Counted once the body is in: slow senders hold no place among requests in flight.
     let permit = shared.limit.try_acquire()?;
-    let body = read_body(request, payload, shared.config.max_body_bytes).await?;
     let mut chat = ChatRequest::parse(&body).map_err(ProxyError::InvalidRequest)?;
     info.model = Some(chat.model.clone().into_owned());
     info.stream = chat.stream;
@@ -212,8 +260,9 @@ async fn front_door(
     info.provider = Some(provider.endpoint().name);
     let key = request_key(request, true);
     if key.is_none() && provider.endpoint().key_required {
-        return Err(ProxyError::MissingKey);
+        return Err(ProxyError::MissingKey.into());
     }
+    let key = key_for(provider, key);
     let mut fallbacks = header_fallbacks(request)?;
     fallbacks.extend(body_fallbacks.iter().map(String::as_str));
     if fallbacks.is_empty() {
@@ -248,7 +297,7 @@ async fn run(
     targets: &[Target<'_>],
     permit: RequestPermit,
     info: &mut AccessInfo,
-) -> Result<HttpResponse, ProxyError> {
+) -> Result<HttpResponse, Failure> {
     let max_retries = max_retries(request, shared.config.max_retries)?;
     let mut outcome = Outcome::default();
     let state = shared.state();
@@ -262,8 +311,9 @@ async fn run(
         &mut outcome,
     )
     .await;
+    let headers = std::mem::take(&mut outcome.upstream_headers);
     record(info, outcome);
-    result
+    result.map_err(|error| Failure { error, headers })
 }
 
 /// `GET /v1/models`
@@ -283,6 +333,11 @@ fn targets<'r>(
     fallbacks: &[&'r str],
     primary_key: Option<&HeaderValue>,
 ) -> Result<Vec<Target<'r>>, ProxyError> {
+    if fallbacks.len() > MAX_FALLBACKS {
+        return Err(ProxyError::TooManyFallbacks {
+            given: fallbacks.len(),
+        });
+    }
     let primary_name = primary.provider.endpoint().name;
     let mut targets = vec![primary];
     for spec in fallbacks {
@@ -301,7 +356,7 @@ fn targets<'r>(
         } else {
             header_key(request, &format!("x-api-key-{}", endpoint.name))
         };
-        let key = match key {
+        let key = match key_for(provider, key) {
             None if endpoint.key_required => Err(format!(
                 "skipped: no key (send it in X-API-Key-{})",
                 title_case(endpoint.name)
@@ -409,12 +464,18 @@ fn label_failure(response: &mut HttpResponse, info: &AccessInfo) {
     }
 }
 
-/// Reads the request body whatever its `Content-Type`, refusing more than `limit` bytes.
+/// Reads the request body whatever its `Content-Type`: at most `MAX_BODY_BYTES`, within
+/// `CLIENT_BODY_TIMEOUT_SECONDS`, and holding its bytes against `MAX_PENDING_BODY_BYTES` while
+/// it arrives.
 async fn read_body(
     request: &HttpRequest,
     mut payload: web::Payload,
-    limit: usize,
+    shared: &Shared,
 ) -> Result<Bytes, ProxyError> {
+    /// Preallocated at most, whatever `Content-Length` claims; the body grows past it as it
+    /// arrives.
+    const PREALLOCATE: usize = 1 << 20;
+    let limit = shared.config.max_body_bytes;
     let too_large = ProxyError::PayloadTooLarge { limit };
     let declared = request
         .headers()
@@ -423,17 +484,24 @@ async fn read_body(
     if declared.is_some_and(|length| length > limit) {
         return Err(too_large);
     }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            ProxyError::InvalidRequest(format!("the request body could not be read: {e}"))
-        })?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large);
+    let mut reservation = shared.budget.reserve();
+    let read = async {
+        let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(PREALLOCATE));
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| {
+                ProxyError::InvalidRequest(format!("the request body could not be read: {e}"))
+            })?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large);
+            }
+            reservation.grow(chunk.len())?;
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
+        Ok(body.freeze())
+    };
+    actix_web::rt::time::timeout(shared.config.client_body_timeout, read)
+        .await
+        .unwrap_or(Err(ProxyError::BodyTimeout))
 }
 
 /// Fallback for unknown paths.
@@ -444,6 +512,12 @@ pub async fn not_found() -> Result<HttpResponse, ProxyError> {
 /// Fallback for known paths with the wrong method.
 pub async fn method_not_allowed() -> Result<HttpResponse, ProxyError> {
     Err(ProxyError::MethodNotAllowed)
+}
+
+/// Fallback for a provider's path with the wrong method: the error names the provider, as every
+/// other error on that route does.
+pub async fn method_not_allowed_chat(request: HttpRequest) -> HttpResponse {
+    ProxyError::MethodNotAllowed.to_response(request.match_name())
 }
 
 /// Fallback for the OpenAI-compatible paths with the wrong method, in OpenAI's error shape.

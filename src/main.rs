@@ -28,6 +28,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match server::raise_open_file_limit() {
+        Ok(limit) => log::debug!("open file limit: {limit}"),
+        Err(e) => log::warn!("could not raise the open file limit: {e}"),
+    }
     let listener = match TcpListener::bind((config.host.as_str(), config.port)) {
         Ok(listener) => listener,
         Err(e) => {
@@ -62,7 +66,8 @@ async fn main() -> ExitCode {
 }
 
 /// `LOG_FORMAT=json`: one object per line. Access lines arrive as JSON objects already and get
-/// the timestamp and level in front; every other line is wrapped.
+/// the timestamp and level in front; every other line is wrapped, and a line about a request
+/// (its message starts `request_id=<id> `) gets the id as a field of its own.
 fn json_line(
     out: &mut env_logger::fmt::Formatter,
     record: &log::Record<'_>,
@@ -79,11 +84,23 @@ fn json_line(
             &message[1..]
         );
     }
-    let line = serde_json::json!({
-        "timestamp": timestamp,
-        "level": record.level().as_str(),
-        "target": record.target(),
-        "message": message,
-    });
+    let about_request = message
+        .strip_prefix("request_id=")
+        .and_then(|rest| rest.split_once(' '));
+    let line = match about_request {
+        Some((request_id, message)) => serde_json::json!({
+            "timestamp": timestamp,
+            "level": record.level().as_str(),
+            "target": record.target(),
+            "request_id": request_id,
+            "message": message,
+        }),
+        None => serde_json::json!({
+            "timestamp": timestamp,
+            "level": record.level().as_str(),
+            "target": record.target(),
+            "message": message,
+        }),
+    };
     writeln!(out, "{line}")
 }

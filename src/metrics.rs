@@ -47,6 +47,8 @@ pub struct Finished<'a> {
     pub provider: Option<&'a str>,
     pub model: Option<&'a str>,
     pub status: u16,
+    /// How the response ended: `ok`, `client_closed`, `upstream_cut` or `timeout`.
+    pub outcome: &'static str,
     pub duration: Duration,
     /// Time spent waiting on upstreams; the rest is the proxy's own overhead.
     pub upstream_time: Duration,
@@ -55,7 +57,7 @@ pub struct Finished<'a> {
 
 #[derive(Debug, Default)]
 struct Inner {
-    requests: BTreeMap<(&'static str, String, &'static str), u64>,
+    requests: BTreeMap<(&'static str, String, &'static str, &'static str), u64>,
     duration: BTreeMap<String, Histogram>,
     upstream_ttfb: BTreeMap<String, Histogram>,
     overhead: Histogram,
@@ -85,7 +87,7 @@ impl Metrics {
             let class = status_class(request.status);
             *inner
                 .requests
-                .entry((request.route, provider.clone(), class))
+                .entry((request.route, provider.clone(), class, request.outcome))
                 .or_default() += 1;
             if request.provider.is_some() {
                 inner
@@ -146,10 +148,10 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         self.with(|inner| {
             header(&mut out, "llm_proxy_requests_total", "counter", "Requests by route, provider and status class.");
-            for ((route, provider, class), count) in &inner.requests {
+            for ((route, provider, class, outcome), count) in &inner.requests {
                 let _ = writeln!(
                     out,
-                    "llm_proxy_requests_total{{route=\"{route}\",provider=\"{provider}\",status=\"{class}\"}} {count}"
+                    "llm_proxy_requests_total{{route=\"{route}\",provider=\"{provider}\",status=\"{class}\",outcome=\"{outcome}\"}} {count}"
                 );
             }
             header(&mut out, "llm_proxy_requests_in_flight", "gauge", "Chat requests in flight, streams until they end.");
@@ -256,6 +258,7 @@ mod tests {
             provider: Some("openai"),
             model: Some(model),
             status: 200,
+            outcome: "ok",
             duration: Duration::from_millis(30),
             upstream_time: Duration::from_millis(29),
             usage: Some(Usage {
@@ -280,8 +283,8 @@ mod tests {
         metrics.upstream_first_byte("openai", Duration::from_millis(20));
         let text = metrics.render(3);
         for line in [
-            r#"llm_proxy_requests_total{route="chat",provider="openai",status="2xx"} 1"#,
-            r#"llm_proxy_requests_total{route="chat",provider="openai",status="4xx"} 1"#,
+            r#"llm_proxy_requests_total{route="chat",provider="openai",status="2xx",outcome="ok"} 1"#,
+            r#"llm_proxy_requests_total{route="chat",provider="openai",status="4xx",outcome="ok"} 1"#,
             "llm_proxy_requests_in_flight 3",
             r#"llm_proxy_request_duration_seconds_bucket{provider="openai",le="0.05"} 2"#,
             r#"llm_proxy_request_duration_seconds_bucket{provider="openai",le="0.025"} 0"#,

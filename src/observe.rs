@@ -42,18 +42,50 @@ pub struct AccessInfo {
     pub handled_at: Option<Instant>,
     /// Token counts of a non-stream answer.
     pub usage: Option<Usage>,
-    /// Token counts a stream carries, filled in as it passes.
-    pub stream_usage: Option<Rc<StreamUsage>>,
+    /// What a stream reports as it passes: its token counts, and whether the upstream broke it.
+    pub stream_report: Option<Rc<StreamReport>>,
 }
 
-/// Token counts seen in a stream, shared between the stream and the log.
+/// How a response ended, for the `outcome` of the access log and the metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// It went out whole, whatever its status.
+    Whole,
+    /// The caller left before its end.
+    ClientClosed,
+    /// The upstream broke a stream after its 200 (a reset, a cut, an error event, an event
+    /// the proxy could not read): it ended with our error event.
+    UpstreamCut,
+    /// The upstream went silent in a stream after its 200, past `HTTP_TIMEOUT_SECONDS`.
+    Timeout,
+}
+
+impl Ending {
+    pub fn label(self) -> &'static str {
+        match self {
+            Ending::Whole => "ok",
+            Ending::ClientClosed => "client_closed",
+            Ending::UpstreamCut => "upstream_cut",
+            Ending::Timeout => "timeout",
+        }
+    }
+}
+
+/// What a stream learns as it passes, shared between the stream and the log: the token counts
+/// it carries, and how the upstream ended it when it broke.
 #[derive(Debug, Default)]
-pub struct StreamUsage {
+pub struct StreamReport {
     input: Cell<Option<u64>>,
     output: Cell<Option<u64>>,
+    broken: Cell<Option<Ending>>,
 }
 
-impl StreamUsage {
+impl StreamReport {
+    /// The upstream broke the stream: `UpstreamCut` or `Timeout`.
+    pub fn end(&self, how: Ending) {
+        self.broken.set(Some(how));
+    }
+
     pub fn input(&self, tokens: u64) {
         self.input.set(Some(tokens));
     }
@@ -129,6 +161,11 @@ pub async fn observe(
         .get::<AccessInfo>()
         .cloned()
         .unwrap_or_default();
+    // A body with nothing to send may never be polled: it is whole from the start.
+    let empty = matches!(
+        response.response().body().size(),
+        BodySize::None | BodySize::Sized(0)
+    );
     let record = Record {
         id,
         method,
@@ -138,6 +175,7 @@ pub async fn observe(
         info,
         started,
         first_byte: None,
+        ended: empty,
         metrics,
         json,
     };
@@ -157,16 +195,33 @@ struct Record {
     info: AccessInfo,
     started: Instant,
     first_byte: Option<Instant>,
+    /// Whether the body was sent to its end.
+    ended: bool,
     metrics: Option<web::Data<Metrics>>,
     json: bool,
 }
 
 impl Record {
+    /// How the response ended: the stream's own failure first, then whether it was sent whole.
+    fn ending(&self) -> Ending {
+        let broken = self
+            .info
+            .stream_report
+            .as_ref()
+            .and_then(|s| s.broken.get());
+        match broken {
+            Some(how) => how,
+            None if self.ended => Ending::Whole,
+            None => Ending::ClientClosed,
+        }
+    }
+
     fn finish(self) {
         let duration = self.started.elapsed();
+        let outcome = self.ending().label();
         let usage = self.info.usage.or_else(|| {
             self.info
-                .stream_usage
+                .stream_report
                 .as_ref()
                 .and_then(|stream| stream.usage())
         });
@@ -181,6 +236,7 @@ impl Record {
                     provider: self.info.provider,
                     model: self.info.model.as_deref(),
                     status: self.status,
+                    outcome,
                     duration,
                     upstream_time: self.info.upstream_time + duration.saturating_sub(handled),
                     usage,
@@ -199,6 +255,7 @@ impl Record {
                 .as_deref()
                 .map(|m| m.chars().take(128).collect::<String>()),
             status: self.status,
+            outcome,
             upstream_status: self.info.upstream_status,
             attempts: self.info.attempts,
             stream: self.info.stream,
@@ -233,6 +290,7 @@ struct Line<'a> {
     provider: Option<&'a str>,
     model: Option<String>,
     status: u16,
+    outcome: &'static str,
     upstream_status: Option<u16>,
     attempts: u32,
     stream: bool,
@@ -247,8 +305,8 @@ impl Line<'_> {
     fn text(&self) -> String {
         let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".into());
         format!(
-            "{} {} request_id={} provider={} model={} status={} upstream_status={} attempts={} \
-             stream={} duration_ms={} ttfb_ms={} input_tokens={} output_tokens={}",
+            "{} {} request_id={} provider={} model={} status={} outcome={} upstream_status={} \
+             attempts={} stream={} duration_ms={} ttfb_ms={} input_tokens={} output_tokens={}",
             self.method,
             self.path,
             self.request_id,
@@ -259,6 +317,7 @@ impl Line<'_> {
                     .map(|m| m.chars().flat_map(char::escape_debug).collect())
             ),
             self.status,
+            self.outcome,
             or_dash(self.upstream_status.map(|s| s.to_string())),
             self.attempts,
             self.stream,
@@ -289,8 +348,14 @@ impl MessageBody for Observed {
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
         let this = &mut *self;
         let next = Pin::new(&mut this.body).poll_next(cx);
-        if let (Poll::Ready(Some(Ok(_))), Some(record)) = (&next, &mut this.record) {
-            record.first_byte.get_or_insert_with(Instant::now);
+        if let Some(record) = &mut this.record {
+            match &next {
+                Poll::Ready(Some(Ok(_))) => {
+                    record.first_byte.get_or_insert_with(Instant::now);
+                }
+                Poll::Ready(None) => record.ended = true,
+                _ => {}
+            }
         }
         next
     }
@@ -341,7 +406,7 @@ mod tests {
 
     #[test]
     fn stream_usage_is_reported_once_seen() {
-        let usage = StreamUsage::default();
+        let usage = StreamReport::default();
         assert_eq!(usage.usage(), None);
         usage.input(7);
         usage.output(2);

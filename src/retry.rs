@@ -2,6 +2,7 @@
 //! attempt that the caller sees when everything failed.
 
 use std::{
+    borrow::Cow,
     cell::Cell,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -28,76 +29,44 @@ pub fn is_retryable(error: &ProxyError) -> bool {
 }
 
 /// How long the upstream asks us to wait: `retry-after-ms`, else `retry-after` in seconds or as
-/// an HTTP date. `now` is the current time, for dates.
+/// an HTTP date. `now` is the current time, for dates. A wait too long to represent is
+/// `Duration::MAX` (callers compare it with the longest wait they accept); negative, non-finite
+/// and malformed values are ignored.
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     if let Some(ms) = header_str(headers, "retry-after-ms") {
-        if let Ok(ms) = ms.trim().parse::<f64>() {
-            if ms.is_finite() && ms >= 0.0 {
-                return Some(Duration::from_secs_f64(ms / 1000.0));
-            }
+        if let Some(wait) = parse_seconds(ms, 1e-3) {
+            return Some(wait);
         }
     }
     let value = header_str(headers, "retry-after")?.trim();
-    if let Ok(seconds) = value.parse::<f64>() {
-        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
+    if let Some(wait) = parse_seconds(value, 1.0) {
+        return Some(wait);
     }
-    let at = parse_http_date(value)?;
+    let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// A non-negative decimal number of `unit` seconds, saturating at `Duration::MAX`.
+fn parse_seconds(value: &str, unit: f64) -> Option<Duration> {
+    let number = value.trim().parse::<f64>().ok()?;
+    if !number.is_finite() || number < 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(number * unit).unwrap_or(Duration::MAX))
 }
 
 fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name)?.to_str().ok()
 }
 
-/// Parses an IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`, the form RFC 9110 requires senders
-/// to use.
-fn parse_http_date(value: &str) -> Option<SystemTime> {
-    let mut words = value.split_whitespace();
-    let _weekday = words.next()?;
-    let day: u64 = words.next()?.parse().ok()?;
-    let month = match words.next()? {
-        "Jan" => 1,
-        "Feb" => 2,
-        "Mar" => 3,
-        "Apr" => 4,
-        "May" => 5,
-        "Jun" => 6,
-        "Jul" => 7,
-        "Aug" => 8,
-        "Sep" => 9,
-        "Oct" => 10,
-        "Nov" => 11,
-        "Dec" => 12,
-        _ => return None,
-    };
-    let year: u64 = words.next()?.parse().ok()?;
-    let mut clock = words.next()?.split(':').map(|n| n.parse::<u64>().ok());
-    let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
-    if words.next()? != "GMT" || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
-        return None;
-    }
-    let days = days_from_civil(year, month, day)?;
-    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second.min(60);
-    Some(UNIX_EPOCH + Duration::from_secs(seconds))
-}
-
-/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (Howard Hinnant's
-/// algorithm), for dates from 1970 on.
-fn days_from_civil(year: u64, month: u64, day: u64) -> Option<u64> {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year / 400;
-    let year_of_era = year - era * 400;
-    let month_index = (month + 9) % 12;
-    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    (era * 146_097 + day_of_era).checked_sub(719_468)
-}
-
 /// The wait before retry number `retry` (0 for the first retry): exponential backoff from
-/// `base` with full jitter, so that callers who failed together do not retry together.
+/// `base` with full jitter, so that callers who failed together do not retry together. Computed
+/// in whole nanoseconds, saturating: no setting can make it overflow.
 pub fn backoff(base: Duration, retry: u32, random: f64) -> Duration {
-    let ceiling = base.saturating_mul(2u32.saturating_pow(retry.min(16)));
-    ceiling.mul_f64(random.clamp(0.0, 1.0))
+    let base = u64::try_from(base.as_nanos()).unwrap_or(u64::MAX);
+    let ceiling = base.saturating_mul(1 << retry.min(16));
+    // An f64 in [0, 1] times a u64 stays within u64 (the cast saturates).
+    Duration::from_nanos((ceiling as f64 * random.clamp(0.0, 1.0)) as u64)
 }
 
 /// A number in [0, 1) for jitter: xorshift, seeded per worker thread from the clock. Jitter
@@ -148,6 +117,18 @@ impl Attempt {
             model: model.to_owned(),
             status,
             failure,
+        }
+    }
+
+    /// What went wrong, as the `status` label of `llm_proxy_upstream_errors_total`: the
+    /// upstream's status, `error_event` for an in-band error, or the failure (`timeout`,
+    /// `connection`, ...).
+    pub fn kind(&self) -> Cow<'static, str> {
+        match (self.status, self.failure.as_deref()) {
+            (_, Some("error event")) => Cow::Borrowed("error_event"),
+            (Some(status), _) => Cow::Owned(status.to_string()),
+            (None, Some(failure)) => Cow::Owned(failure.to_owned()),
+            (None, None) => Cow::Borrowed("unknown"),
         }
     }
 
@@ -240,15 +221,87 @@ mod tests {
     }
 
     #[test]
-    fn http_dates_convert_exactly() {
-        let at = parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT").unwrap();
-        assert_eq!(at, UNIX_EPOCH);
-        let at = parse_http_date("Sun, 22 Nov 2026 04:00:00 GMT").unwrap();
-        assert_eq!(
-            at.duration_since(UNIX_EPOCH).unwrap().as_secs(),
-            1_795_320_000
+    fn every_http_date_form_is_read() {
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        for date in [
+            "Sun, 06 Nov 1994 08:49:47 GMT",
+            "Sunday, 06-Nov-94 08:49:47 GMT",
+            "Sun Nov  6 08:49:47 1994",
+        ] {
+            assert_eq!(
+                retry_after(&headers(&[("retry-after", date)]), now),
+                Some(Duration::from_secs(10)),
+                "{date}"
+            );
+        }
+    }
+
+    #[test]
+    fn absurd_waits_saturate_or_are_ignored_and_never_panic() {
+        let now = SystemTime::now();
+        for (name, value, expected) in [
+            ("retry-after", "1e20", Some(Duration::MAX)),
+            ("retry-after-ms", "1e300", Some(Duration::MAX)),
+            ("retry-after", "18446744073709551616", Some(Duration::MAX)),
+            ("retry-after", "-5", None),
+            ("retry-after", "NaN", None),
+            ("retry-after", "inf", None),
+            ("retry-after-ms", "-inf", None),
+            ("retry-after", "Sun, 06 Nov 99999 08:49:37 GMT", None),
+            ("retry-after", "Sun, 06 Nov 0000 08:49:37 GMT", None),
+        ] {
+            let wait = retry_after(&headers(&[(name, value)]), now);
+            assert_eq!(wait, expected, "{name}: {value:?}");
+        }
+        let far = retry_after(
+            &headers(&[("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT")]),
+            now,
         );
-        assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), None);
+        assert!(
+            far.unwrap() > Duration::from_secs(7000 * 365 * 86_400),
+            "{far:?}"
+        );
+    }
+
+    #[test]
+    fn backoff_never_overflows() {
+        let huge = Duration::MAX;
+        assert_eq!(backoff(huge, 0, 0.0), Duration::ZERO);
+        assert!(backoff(huge, u32::MAX, 1.0) >= Duration::from_secs(500 * 365 * 86_400));
+        assert!(backoff(Duration::from_secs(31_536_000), 16, 1.0) > Duration::ZERO);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn retry_after_never_panics_on_any_header(
+            name in proptest::sample::select(vec!["retry-after", "retry-after-ms"]),
+            value in "[ -~]{0,40}",
+            now in 0u64..u64::from(u32::MAX) * 4,
+        ) {
+            let mut map = HeaderMap::new();
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                map.insert(HeaderName::from_static(name), value);
+            }
+            let _ = retry_after(&map, UNIX_EPOCH + Duration::from_secs(now));
+        }
+
+        #[test]
+        fn whole_seconds_are_read_exactly(seconds in 0u64..10_000_000) {
+            let mut map = HeaderMap::new();
+            map.insert(HeaderName::from_static("retry-after"), HeaderValue::from(seconds));
+            proptest::prop_assert_eq!(
+                retry_after(&map, SystemTime::now()),
+                Some(Duration::from_secs(seconds))
+            );
+        }
+
+        #[test]
+        fn backoff_stays_under_its_ceiling(base_ms in 0u64..u64::MAX / 1_000_000, retry: u32, random: f64) {
+            let base = Duration::from_millis(base_ms);
+            let wait = backoff(base, retry, random);
+            let ceiling = base.saturating_mul(1 << retry.min(16));
+            proptest::prop_assert!(wait <= ceiling.max(Duration::from_nanos(1)) || ceiling == Duration::MAX);
+        }
     }
 
     #[test]
@@ -282,5 +335,16 @@ mod tests {
         );
         let attempt = Attempt::failed("openai", "gpt", &ProxyError::Timeout);
         assert_eq!(attempt.failure.as_deref(), Some("timeout"));
+        assert_eq!(attempt.kind(), "timeout");
+        let event = Attempt::failed(
+            "openai",
+            "gpt",
+            &ProxyError::StreamEvent(Default::default()),
+        );
+        assert_eq!(
+            (event.status, event.kind().as_ref()),
+            (Some(200), "error_event")
+        );
+        assert_eq!(Attempt::failed("openai", "gpt", &error).kind(), "429");
     }
 }

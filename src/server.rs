@@ -8,7 +8,7 @@ use crate::{
     app,
     config::Config,
     cors,
-    limits::{RequestLimit, UpstreamSlots},
+    limits::{BodyBudget, RequestLimit, UpstreamSlots},
     metrics::Metrics,
     observe,
     providers::Registry,
@@ -22,6 +22,7 @@ pub fn build(config: Config, listener: TcpListener) -> std::io::Result<Server> {
     let shutdown_timeout = config.shutdown_timeout.as_secs();
     let registry = web::Data::new(Registry::new(&config));
     let limit = web::Data::new(RequestLimit::new(config.max_concurrent_requests));
+    let budget = web::Data::new(BodyBudget::new(config.max_pending_body_bytes));
     let metrics = web::Data::new(Metrics::default());
     let config = web::Data::new(config);
     let server = HttpServer::new(move || {
@@ -32,9 +33,11 @@ pub fn build(config: Config, listener: TcpListener) -> std::io::Result<Server> {
             .app_data(metrics.clone())
             .app_data(registry.clone())
             .app_data(limit.clone())
+            .app_data(budget.clone())
             .app_data(web::Data::new(upstream::client(&config)))
             .app_data(web::Data::new(UpstreamSlots::new(
                 upstream::connections_per_worker(&config),
+                config.http_pool_timeout,
             )))
             .configure(|cfg| app::configure(cfg, &registry))
     })
@@ -49,6 +52,33 @@ pub fn build(config: Config, listener: TcpListener) -> std::io::Result<Server> {
     .listen(listener)?
     .run();
     Ok(server)
+}
+
+/// Raises this process's soft limit on open files to its hard limit, as nginx's
+/// `worker_rlimit_nofile` and Go's runtime do: every stream holds two descriptors (the caller's
+/// and the upstream's), and a common default soft limit of 1,024 would refuse connections long
+/// before `MAX_CONCURRENT_REQUESTS`. Returns the limit now in force.
+pub fn raise_open_file_limit() -> std::io::Result<libc::rlim_t> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        limit = raised;
+    }
+    Ok(limit.rlim_cur)
 }
 
 /// Waits for SIGTERM or SIGINT, then stops the server gracefully: it stops accepting and gives

@@ -16,8 +16,10 @@ use actix_tls::connect::{
 };
 use actix_web::{
     http::{
-        header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE},
-        Uri, Version,
+        header::{
+            HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING,
+        },
+        StatusCode, Uri, Version,
     },
     rt::{
         net::{ActixStream, Ready, TcpStream},
@@ -37,7 +39,7 @@ use crate::{
     config::Config,
     error::ProxyError,
     limits::Guards,
-    observe::StreamUsage,
+    observe::{Ending, StreamReport},
     providers::UpstreamRequest,
     sse,
 };
@@ -48,9 +50,8 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Builds one worker's client. awc's `Client` is `!Send`, so each worker builds its own; its
 /// connection pool is shared by every request on that worker.
 pub fn client(config: &Config) -> Client {
-    let per_worker = connections_per_worker(config);
     // awc has no cap on idle connections, only an idle timeout: 0 turns pooling off, any
-    // other value keeps idle connections (up to the connection limit) for `KEEP_ALIVE`.
+    // other value keeps idle connections for `KEEP_ALIVE`.
     let keep_alive = if config.http_max_keepalive_connections == 0 {
         Duration::ZERO
     } else {
@@ -62,7 +63,9 @@ pub fn client(config: &Config) -> Client {
         ))
         .timeout(config.connect_timeout)
         .handshake_timeout(config.connect_timeout)
-        .limit(per_worker)
+        // No limit in awc, which would queue without a bound: `limits::UpstreamSlots` holds a
+        // slot for as long as awc holds the connection, and waits a bounded time for one.
+        .limit(0)
         .conn_keep_alive(keep_alive);
     Client::builder()
         .connector(connector)
@@ -76,9 +79,13 @@ pub fn client(config: &Config) -> Client {
         .finish()
 }
 
-/// `HTTP_MAX_CONNECTIONS` split across workers, each of which has its own pool.
+/// `HTTP_MAX_CONNECTIONS` split across workers, each of which has its own pool; zero (no
+/// limit) stays zero.
 pub fn connections_per_worker(config: &Config) -> usize {
-    config.http_max_connections.div_ceil(config.workers).max(1)
+    match config.http_max_connections {
+        0 => 0,
+        max => max.div_ceil(config.workers).max(1),
+    }
 }
 
 /// Sends the request and waits for the response headers, at most `wait`.
@@ -160,13 +167,51 @@ pub fn passed_on_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> 
         .collect()
 }
 
+/// Whether a response's `Content-Type` is `text/event-stream` (any case, any parameters).
+pub fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
+/// A response that awc reads as empty although it has a body: HTTP/1.1 without
+/// `Content-Length` or `Transfer-Encoding`, ended by closing the connection (RFC 9112 §6.3).
+/// Over plain TCP [`UpstreamSocket`] lets awc read such bodies to the end; under TLS it cannot
+/// reach the bytes, so the body is refused rather than taken as empty.
+pub fn is_unreadable_close_delimited(response: &ClientResponse, tls: bool) -> bool {
+    let status = response.status();
+    let has_body = !(status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED);
+    tls && has_body
+        && response.version() == Version::HTTP_11
+        && !response.headers().contains_key(CONTENT_LENGTH)
+        && !response.headers().contains_key(TRANSFER_ENCODING)
+}
+
+/// `now + after`, saturating instead of overflowing (settings are bounded at start; this is
+/// the second line of defence).
+fn deadline(after: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    let now = Instant::now();
+    now.checked_add(after)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
+}
+
 /// The upstream's body, chunk by chunk as it arrives, ending in an error when the upstream
-/// fails or goes silent for `idle` (the clock restarts with every chunk).
+/// fails or goes silent for `idle` (the clock restarts with every chunk). Fused: once it has
+/// ended or failed it only answers `None`, because awc's payload panics when polled again after
+/// its end (the peek for a stream's first event may reach the end of a short body before the
+/// relay polls it).
 pub struct Body {
     upstream: ClientResponse,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
     close_delimited: bool,
+    ended: bool,
 }
 
 impl Body {
@@ -175,7 +220,8 @@ impl Body {
             close_delimited: is_close_delimited(upstream.version(), upstream.headers()),
             upstream,
             idle,
-            deadline: Box::pin(sleep(idle)),
+            deadline: Box::pin(actix_web::rt::time::sleep_until(deadline(idle))),
+            ended: false,
         }
     }
 }
@@ -185,22 +231,24 @@ impl Stream for Body {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        match this.upstream.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                let next = Instant::now() + this.idle;
-                this.deadline.as_mut().reset(next);
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            Poll::Ready(Some(Err(e))) if is_normal_end(&e, this.close_delimited) => {
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(body_error(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(ProxyError::Timeout))),
-                Poll::Pending => Poll::Pending,
-            },
+        if this.ended {
+            return Poll::Ready(None);
         }
+        let next = match this.upstream.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.deadline.as_mut().reset(deadline(this.idle));
+                return Poll::Ready(Some(Ok(chunk)));
+            }
+            Poll::Ready(Some(Err(e))) if is_normal_end(&e, this.close_delimited) => None,
+            Poll::Ready(Some(Err(e))) => Some(Err(body_error(e))),
+            Poll::Ready(None) => None,
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Some(Err(ProxyError::Timeout)),
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        this.ended = true;
+        Poll::Ready(next)
     }
 }
 
@@ -256,20 +304,41 @@ pub enum StreamErrors {
     OpenAi,
 }
 
-impl StreamErrors {
-    /// The event that reports `error`, starting after a blank line whatever came before.
-    fn event(self, error: &ProxyError, provider: &str, tail: [u8; 2]) -> Bytes {
-        log::warn!("{provider} stream cut: {error}");
+/// What a stream relayed to the caller needs besides its bytes: who it is from, the request it
+/// answers (for log lines), where to report its usage and how it ended, the key to mask in
+/// upstream errors, and what it keeps alive until it ends.
+pub struct StreamContext {
+    pub provider: &'static str,
+    pub request_id: HeaderValue,
+    pub report: Rc<StreamReport>,
+    pub key: Option<HeaderValue>,
+    pub guards: Guards,
+}
+
+impl StreamContext {
+    /// The event that reports `error`, starting after a blank line whatever came before (the
+    /// last two bytes passed on are `tail`). Notes how the stream ended, and logs it.
+    fn cut(&self, errors: StreamErrors, error: ProxyError, tail: [u8; 2]) -> Bytes {
+        let error = error.redacted(self.key.as_ref());
+        self.report.end(match error {
+            ProxyError::Timeout => Ending::Timeout,
+            _ => Ending::UpstreamCut,
+        });
+        log::warn!(
+            "request_id={} {} stream cut: {error}",
+            self.request_id.to_str().unwrap_or("-"),
+            self.provider
+        );
         let mut event = Vec::with_capacity(256);
         event.extend_from_slice(separator_after(tail));
-        match self {
+        match errors {
             StreamErrors::Proxy => {
                 event.extend_from_slice(b"event: error\ndata: ");
-                event.extend_from_slice(&error.body(Some(provider)));
+                event.extend_from_slice(&error.body(Some(self.provider)));
             }
             StreamErrors::OpenAi => {
                 event.extend_from_slice(b"data: ");
-                event.extend_from_slice(&error.openai_body(Some(provider)));
+                event.extend_from_slice(&error.openai_body(Some(self.provider)));
             }
         }
         event.extend_from_slice(b"\n\n");
@@ -293,8 +362,7 @@ impl Heartbeat {
     }
 
     fn reset(&mut self) {
-        let next = Instant::now() + self.every;
-        self.next.as_mut().reset(next);
+        self.next.as_mut().reset(deadline(self.every));
     }
 
     /// Ready when a heartbeat is due; the clock then starts again.
@@ -316,7 +384,6 @@ pub struct Relay {
     body: Body,
     /// Bytes read before the stream was committed to, sent first.
     first: Option<Bytes>,
-    provider: &'static str,
     errors: StreamErrors,
     heartbeat: Option<Heartbeat>,
     /// The last two bytes passed on, to end a half-written event before our error event.
@@ -324,30 +391,26 @@ pub struct Relay {
     /// Reads the token counts the stream carries, beside the bytes, without changing them.
     usage: UsageScanner,
     done: bool,
-    _guards: Guards,
+    context: StreamContext,
 }
 
 impl Relay {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         body: Body,
         first: Bytes,
-        provider: &'static str,
         errors: StreamErrors,
         heartbeat: Duration,
-        usage: Rc<StreamUsage>,
-        guards: Guards,
+        context: StreamContext,
     ) -> Self {
         let mut relay = Self {
             body,
             first: None,
-            provider,
             errors,
             heartbeat: Heartbeat::new(heartbeat),
             tail: *b"\n\n",
-            usage: UsageScanner::new(usage),
+            usage: UsageScanner::new(context.report.clone()),
             done: false,
-            _guards: guards,
+            context,
         };
         if !first.is_empty() {
             relay.passing(&first);
@@ -392,7 +455,7 @@ impl Stream for Relay {
             }
             Poll::Ready(Some(Err(error))) => {
                 this.done = true;
-                let event = this.errors.event(&error, this.provider, this.tail);
+                let event = this.context.cut(this.errors, error, this.tail);
                 Poll::Ready(Some(Ok(event)))
             }
             Poll::Ready(None) => {
@@ -423,56 +486,49 @@ impl Stream for Relay {
 pub struct Translated {
     body: Body,
     first: Option<Bytes>,
-    provider: &'static str,
     parser: sse::Parser,
     translator: Box<dyn StreamTranslator>,
     writer: ChunkWriter,
     heartbeat: Option<Heartbeat>,
-    usage: Rc<StreamUsage>,
     done: bool,
-    _guards: Guards,
+    context: StreamContext,
 }
 
 impl Translated {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         body: Body,
         first: Bytes,
-        provider: &'static str,
         translator: Box<dyn StreamTranslator>,
         writer: ChunkWriter,
         heartbeat: Duration,
-        usage: Rc<StreamUsage>,
-        guards: Guards,
+        context: StreamContext,
     ) -> Self {
         Self {
             body,
             first: Some(first),
-            provider,
             parser: sse::Parser::default(),
             translator,
             writer,
             heartbeat: Heartbeat::new(heartbeat),
-            usage,
             done: false,
-            _guards: guards,
+            context,
         }
     }
 
     /// Hands the token counts seen so far to the access log and the metrics.
     fn report_usage(&self) {
         if let Some(usage) = self.writer.usage() {
-            self.usage.input(usage.input_tokens);
-            self.usage.output(usage.output_tokens);
+            self.context.report.input(usage.input_tokens);
+            self.context.report.output(usage.output_tokens);
         }
     }
 
-    fn fail(&mut self, error: &ProxyError) -> Bytes {
+    fn fail(&mut self, error: ProxyError) -> Bytes {
         self.report_usage();
         self.done = true;
         // Chunks written so far are whole events: ours follows them directly.
         let mut out = self.writer.take();
-        out.extend_from_slice(&StreamErrors::OpenAi.event(error, self.provider, *b"\n\n"));
+        out.extend_from_slice(&self.context.cut(StreamErrors::OpenAi, error, *b"\n\n"));
         Bytes::from(out)
     }
 
@@ -480,6 +536,19 @@ impl Translated {
         let (translator, writer) = (&mut self.translator, &mut self.writer);
         self.parser
             .feed(chunk, |event| translator.event(&event, writer))
+    }
+
+    /// The upstream's body ended: its last event, then the translator's check that the stream
+    /// was complete (a stream cut before its terminal event must not look finished).
+    fn end(&mut self) -> Result<(), ProxyError> {
+        let (translator, writer) = (&mut self.translator, &mut self.writer);
+        self.parser
+            .finish(|event| translator.event(&event, writer))?;
+        self.translator.end()?;
+        self.done = true;
+        self.report_usage();
+        self.writer.done();
+        Ok(())
     }
 }
 
@@ -500,19 +569,8 @@ impl Stream for Translated {
                         }
                         this.feed(&chunk)
                     }
-                    Poll::Ready(Some(Err(error))) => {
-                        return Poll::Ready(Some(Ok(this.fail(&error))))
-                    }
-                    Poll::Ready(None) => {
-                        let (translator, writer) = (&mut this.translator, &mut this.writer);
-                        let ended = this.parser.finish(|event| translator.event(&event, writer));
-                        if ended.is_ok() {
-                            this.done = true;
-                            this.report_usage();
-                            this.writer.done();
-                        }
-                        ended
-                    }
+                    Poll::Ready(Some(Err(error))) => Err(error),
+                    Poll::Ready(None) => this.end(),
                     Poll::Pending => {
                         let Some(heartbeat) = &mut this.heartbeat else {
                             return Poll::Pending;
@@ -523,7 +581,7 @@ impl Stream for Translated {
                 }
             };
             if let Err(error) = fed {
-                return Poll::Ready(Some(Ok(this.fail(&error))));
+                return Poll::Ready(Some(Ok(this.fail(error))));
             }
             let out = this.writer.take();
             if !out.is_empty() {
@@ -539,11 +597,11 @@ impl Stream for Translated {
 /// usage are parsed; the bytes themselves are never changed or held.
 struct UsageScanner {
     parser: sse::Parser,
-    usage: Rc<StreamUsage>,
+    usage: Rc<StreamReport>,
 }
 
 impl UsageScanner {
-    fn new(usage: Rc<StreamUsage>) -> Self {
+    fn new(usage: Rc<StreamReport>) -> Self {
         Self {
             parser: sse::Parser::default(),
             usage,
@@ -561,7 +619,7 @@ impl UsageScanner {
     }
 }
 
-fn record_usage(data: &str, into: &StreamUsage) {
+fn record_usage(data: &str, into: &StreamReport) {
     #[derive(serde::Deserialize)]
     struct Probe {
         usage: Option<Counts>,
@@ -777,7 +835,7 @@ mod tests {
                 3,
             ),
         ] {
-            let usage = Rc::new(StreamUsage::default());
+            let usage = Rc::new(StreamReport::default());
             let mut scanner = UsageScanner::new(usage.clone());
             for chunk in stream.chunks(7) {
                 scanner.scan(chunk);

@@ -68,7 +68,7 @@ impl ChatProvider for Anthropic {
     }
 
     fn stream_translator(&self) -> Option<Box<dyn StreamTranslator>> {
-        Some(Box::new(StreamEvents))
+        Some(Box::new(StreamEvents::default()))
     }
 
     fn translate_response<'a>(
@@ -242,8 +242,12 @@ impl Serialize for Blocks<'_> {
 
 /// Anthropic's stream events as `chat.completion.chunk`s: `message_start` gives the model,
 /// input tokens and the role chunk; text deltas become content; `message_delta` gives the
-/// finish reason and output tokens; an `error` event ends the stream with an error.
-struct StreamEvents;
+/// finish reason and output tokens; an `error` event ends the stream with an error, and so
+/// does an end without `message_stop`.
+#[derive(Default)]
+struct StreamEvents {
+    stopped: bool,
+}
 
 impl StreamTranslator for StreamEvents {
     fn event(&mut self, event: &sse::Event<'_>, out: &mut ChunkWriter) -> Result<(), ProxyError> {
@@ -263,6 +267,7 @@ impl StreamTranslator for StreamEvents {
                 delta: Stop<'a>,
                 usage: Option<Output>,
             },
+            MessageStop,
             Error,
             #[serde(other)]
             Other,
@@ -318,6 +323,7 @@ impl StreamTranslator for StreamEvents {
                     out.finish(&normalize_stop_reason(reason));
                 }
             }
+            Event::MessageStop => self.stopped = true,
             Event::Error => {
                 return Err(ProxyError::StreamEvent(Bytes::copy_from_slice(
                     event.data.as_bytes(),
@@ -326,6 +332,16 @@ impl StreamTranslator for StreamEvents {
             Event::Other => {}
         }
         Ok(())
+    }
+
+    fn end(&mut self) -> Result<(), ProxyError> {
+        match self.stopped {
+            true => Ok(()),
+            false => Err(crate::completions::ended_early(
+                "anthropic",
+                "message_stop event",
+            )),
+        }
     }
 }
 
@@ -539,6 +555,25 @@ mod tests {
             json!({"prompt_tokens": 25, "completion_tokens": 15, "total_tokens": 40})
         );
         assert!(text.ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn a_stream_without_message_stop_is_incomplete() {
+        let stream = include_bytes!("../../tests/fixtures/anthropic/stream.sse");
+        let text = std::str::from_utf8(stream).unwrap();
+        let cut = &text[..text.find("event: message_stop").unwrap()];
+        let mut translator = provider().stream_translator().unwrap();
+        let mut out = ChunkWriter::new("m", false);
+        sse::Parser::default()
+            .feed(cut.as_bytes(), |event| translator.event(&event, &mut out))
+            .unwrap();
+        let err = translator.end().unwrap_err();
+        assert!(err.to_string().contains("message_stop"), "{err}");
+        let mut whole = provider().stream_translator().unwrap();
+        sse::Parser::default()
+            .feed(stream, |event| whole.event(&event, &mut out))
+            .unwrap();
+        assert!(whole.end().is_ok());
     }
 
     #[test]

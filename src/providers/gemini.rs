@@ -113,7 +113,7 @@ impl ChatProvider for Gemini {
     }
 
     fn stream_translator(&self) -> Option<Box<dyn StreamTranslator>> {
-        Some(Box::new(StreamEvents))
+        Some(Box::new(StreamEvents::default()))
     }
 }
 
@@ -369,8 +369,12 @@ impl<'a> Candidate<'a> {
 }
 
 /// Gemini's stream (`alt=sse`): every event is a `GenerateContentResponse` with the next
-/// piece of text; the last has the finish reason and the usage.
-struct StreamEvents;
+/// piece of text; the last has the finish reason and the usage. A stream that ends without a
+/// finish reason (or a blocked prompt's reason) was cut.
+#[derive(Default)]
+struct StreamEvents {
+    finished: bool,
+}
 
 impl StreamTranslator for StreamEvents {
     fn event(&mut self, event: &sse::Event<'_>, out: &mut ChunkWriter) -> Result<(), ProxyError> {
@@ -391,16 +395,25 @@ impl StreamTranslator for StreamEvents {
         out.start();
         let blocked = generated.candidates.is_empty();
         if let Some(reason) = generated.prompt_feedback.and_then(|f| f.block_reason) {
+            self.finished = true;
             out.finish(&normalize_stop_reason(reason, blocked));
         }
         if let Some(candidate) = generated.candidates.into_iter().next() {
             let finish_reason = candidate.finish_reason.clone();
             out.content(&candidate.text());
             if let Some(reason) = finish_reason {
+                self.finished = true;
                 out.finish(&normalize_stop_reason(reason, false));
             }
         }
         Ok(())
+    }
+
+    fn end(&mut self) -> Result<(), ProxyError> {
+        match self.finished {
+            true => Ok(()),
+            false => Err(crate::completions::ended_early("gemini", "finishReason")),
+        }
     }
 }
 
@@ -591,6 +604,24 @@ mod tests {
             let err = provider().translate_response(body, "g").unwrap_err();
             assert!(matches!(err, ProxyError::BadUpstreamBody(_)), "{err:?}");
         }
+    }
+
+    #[test]
+    fn a_stream_without_a_finish_reason_is_incomplete() {
+        let stream = include_bytes!("../../tests/fixtures/gemini/stream.sse");
+        let text = std::str::from_utf8(stream).unwrap();
+        let first = &text[..text[1..].find("data:").unwrap() + 1];
+        assert!(
+            !first.contains("finishReason"),
+            "the fixture's first event has no finish"
+        );
+        let mut translator = provider().stream_translator().unwrap();
+        let mut out = ChunkWriter::new("m", false);
+        sse::Parser::default()
+            .feed(first.as_bytes(), |event| translator.event(&event, &mut out))
+            .unwrap();
+        let err = translator.end().unwrap_err();
+        assert!(err.to_string().contains("finishReason"), "{err}");
     }
 
     #[test]

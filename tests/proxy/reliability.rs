@@ -357,14 +357,8 @@ async fn past_the_concurrency_limit_a_request_gets_a_fast_503() {
     assert_eq!(health.status(), 200, "health checks are never turned away");
 }
 
-#[actix_web::test]
-async fn a_full_upstream_pool_is_a_fast_503() {
-    let (feed, body) = feed();
-    let mock = Mock::streaming(body);
-    let proxy = start_proxy(Config {
-        http_max_connections: 1,
-        ..config_for(&mock)
-    });
+/// A stream that holds its upstream connection until `feed` is dropped.
+async fn hold_a_connection(proxy: &Proxy, feed: &Feed) -> awc::ClientResponse {
     feed.send("data: {}\n\n");
     let mut held = client()
         .post(proxy.url("/v1/chat/anthropic"))
@@ -376,15 +370,67 @@ async fn a_full_upstream_pool_is_a_fast_503() {
         .await
         .unwrap();
     held.next().await.unwrap().unwrap();
+    held
+}
+
+#[actix_web::test]
+async fn a_full_upstream_pool_is_a_503_once_the_pool_timeout_has_passed() {
+    let (feed, body) = feed();
+    let mock = Mock::streaming(body);
+    let proxy = start_proxy(Config {
+        workers: 1,
+        http_max_connections: 1,
+        http_pool_timeout: Duration::from_millis(300),
+        ..config_for(&mock)
+    });
+    let _held = hold_a_connection(&proxy, &feed).await;
     let started = Instant::now();
     let turned_away = chat(&proxy, "openai", hi("m")).await;
+    let waited = started.elapsed();
     assert_eq!(turned_away.status, 503);
+    assert_eq!(turned_away.header("retry-after"), Some("1"));
     assert_eq!(turned_away.json()["error"]["type"], "pool_exhausted");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "no waiting for a connection"
+    assert!(waited >= Duration::from_millis(300), "waited {waited:?}");
+    assert!(waited < Duration::from_secs(5), "never a hang: {waited:?}");
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "the second request never went upstream"
     );
     drop(feed);
+}
+
+#[actix_web::test]
+async fn a_request_waits_for_a_connection_freed_within_the_pool_timeout() {
+    let (feed, body) = feed();
+    let mock = Mock::start({
+        let body = std::sync::Mutex::new(Some(body));
+        move |_| match body.lock().unwrap().take() {
+            Some(body) => Reply::Stream(body),
+            None => completion(),
+        }
+    });
+    let proxy = start_proxy(Config {
+        workers: 1,
+        http_max_connections: 1,
+        http_pool_timeout: Duration::from_secs(20),
+        ..config_for(&mock)
+    });
+    let mut held = hold_a_connection(&proxy, &feed).await;
+    let waiting = chat(&proxy, "openai", hi("m"));
+    let release = async {
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            mock.requests().len(),
+            1,
+            "the waiting request has not gone upstream yet"
+        );
+        feed.finish();
+        while held.next().await.is_some() {}
+    };
+    let (answer, ()) = futures_util::future::join(waiting, release).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(mock.requests().len(), 2);
 }
 
 #[actix_web::test]
