@@ -535,7 +535,16 @@ impl Translated {
     fn feed(&mut self, chunk: &[u8]) -> Result<(), ProxyError> {
         let (translator, writer) = (&mut self.translator, &mut self.writer);
         self.parser
-            .feed(chunk, |event| translator.event(&event, writer))
+            .feed(chunk, |event| translator.event(&event, writer))?;
+        // The parser dropped an event and reads no more: the caller must not get a stream
+        // that silently lacks it.
+        if self.parser.overflowed() {
+            return Err(ProxyError::BadUpstreamBody(format!(
+                "an upstream event is longer than {} bytes",
+                sse::MAX_EVENT_BYTES
+            )));
+        }
+        Ok(())
     }
 
     /// The upstream's body ended: its last event, then the translator's check that the stream
