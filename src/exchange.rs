@@ -140,14 +140,12 @@ pub async fn run(
                 Err(error) => error,
             };
             let attempt = Attempt::failed(endpoint.name, &target.model, &error);
-            if let Some(kind) = attempt
-                .status
-                .map(|s| s.to_string())
-                .or(attempt.failure.clone())
-            {
-                if retry::is_retryable(&error) || attempt.status.is_some() {
-                    state.metrics.upstream_error(endpoint.name, &kind);
-                }
+            if retry::is_retryable(&error) || attempt.status.is_some() {
+                state.metrics.upstream_error(
+                    endpoint.name,
+                    attempt.status,
+                    attempt.failure.as_deref(),
+                );
             }
             attempts.push(attempt);
             if !retry::is_retryable(&error) {
