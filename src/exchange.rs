@@ -174,7 +174,11 @@ pub async fn run(
             let error = error.redacted(key);
             let attempt = Attempt::failed(endpoint.name, &target.model, &error);
             if retry::is_retryable(&error) || attempt.status.is_some() {
-                state.metrics.upstream_error(endpoint.name, &attempt.kind());
+                state.metrics.upstream_error(
+                    endpoint.name,
+                    attempt.status,
+                    attempt.failure.as_deref(),
+                );
             }
             attempts.push(attempt);
             if !retryable {

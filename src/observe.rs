@@ -375,7 +375,7 @@ pub async fn metrics(
     limit: web::Data<RequestLimit>,
 ) -> actix_web::HttpResponse {
     actix_web::HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(metrics.render(limit.in_flight()))
 }
 

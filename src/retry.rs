@@ -2,7 +2,6 @@
 //! attempt that the caller sees when everything failed.
 
 use std::{
-    borrow::Cow,
     cell::Cell,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -117,18 +116,6 @@ impl Attempt {
             model: model.to_owned(),
             status,
             failure,
-        }
-    }
-
-    /// What went wrong, as the `status` label of `llm_proxy_upstream_errors_total`: the
-    /// upstream's status, `error_event` for an in-band error, or the failure (`timeout`,
-    /// `connection`, ...).
-    pub fn kind(&self) -> Cow<'static, str> {
-        match (self.status, self.failure.as_deref()) {
-            (_, Some("error event")) => Cow::Borrowed("error_event"),
-            (Some(status), _) => Cow::Owned(status.to_string()),
-            (None, Some(failure)) => Cow::Owned(failure.to_owned()),
-            (None, None) => Cow::Borrowed("unknown"),
         }
     }
 
@@ -335,16 +322,14 @@ mod tests {
         );
         let attempt = Attempt::failed("openai", "gpt", &ProxyError::Timeout);
         assert_eq!(attempt.failure.as_deref(), Some("timeout"));
-        assert_eq!(attempt.kind(), "timeout");
         let event = Attempt::failed(
             "openai",
             "gpt",
             &ProxyError::StreamEvent(Default::default()),
         );
         assert_eq!(
-            (event.status, event.kind().as_ref()),
-            (Some(200), "error_event")
+            (event.status, event.failure.as_deref()),
+            (Some(200), Some("error event"))
         );
-        assert_eq!(Attempt::failed("openai", "gpt", &error).kind(), "429");
     }
 }

@@ -14,14 +14,56 @@ fn hi(model: &str) -> Value {
 async fn metrics_text(proxy: &Proxy) -> String {
     let mut response = client().get(proxy.url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    assert!(response
-        .headers()
-        .get("content-type")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain"));
-    String::from_utf8(response.body().await.unwrap().to_vec()).unwrap()
+    assert_eq!(
+        response.headers().get("content-type").unwrap(),
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let text = String::from_utf8(response.body().await.unwrap().to_vec()).unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    text
+}
+
+/// Every metric in the README's table, with its type, is described, and every sample is one of
+/// them: counters end in `_total`, histograms have `_bucket`, `_sum` and `_count`.
+fn assert_documented_names(text: &str) {
+    let documented = [
+        ("llm_proxy_requests_total", "counter"),
+        ("llm_proxy_requests_in_flight", "gauge"),
+        ("llm_proxy_request_duration_seconds", "histogram"),
+        ("llm_proxy_upstream_ttfb_seconds", "histogram"),
+        ("llm_proxy_overhead_seconds", "histogram"),
+        ("llm_proxy_retries_total", "counter"),
+        ("llm_proxy_fallbacks_total", "counter"),
+        ("llm_proxy_upstream_errors_total", "counter"),
+        ("llm_proxy_tokens_total", "counter"),
+    ];
+    let mut samples = Vec::new();
+    for (name, kind) in documented {
+        // OpenMetrics names a counter's family without its `_total`.
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        assert!(
+            has_line(text, &format!("# TYPE {family} {kind}")),
+            "no TYPE for {name}\n{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("# HELP {family} "))),
+            "no HELP for {name}\n{text}"
+        );
+        match kind {
+            "histogram" => {
+                samples.extend(["_bucket", "_sum", "_count"].map(|s| name.to_owned() + s))
+            }
+            _ => samples.push(name.to_owned()),
+        }
+    }
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split(['{', ' ']).next().unwrap();
+        assert!(
+            samples.iter().any(|s| s == name),
+            "undocumented {line}\n{text}"
+        );
+    }
 }
 
 fn has_line(text: &str, line: &str) -> bool {
@@ -114,14 +156,14 @@ async fn metrics_count_known_traffic() {
 
     let text = metrics_with(
         &proxy,
-        r#"llm_proxy_requests_total{route="chat",provider="openai",status="4xx"} 2"#,
+        r#"llm_proxy_requests_total{route="chat",provider="openai",status="4xx",outcome="ok"} 2"#,
     )
     .await;
     for line in [
-        r#"llm_proxy_requests_total{route="chat",provider="openai",status="2xx"} 2"#,
-        r#"llm_proxy_requests_total{route="chat",provider="openai",status="4xx"} 2"#,
-        r#"llm_proxy_requests_total{route="chat",provider="anthropic",status="2xx"} 1"#,
-        r#"llm_proxy_requests_total{route="completions",provider="gemini",status="5xx"} 1"#,
+        r#"llm_proxy_requests_total{route="chat",provider="openai",status="2xx",outcome="ok"} 2"#,
+        r#"llm_proxy_requests_total{route="chat",provider="openai",status="4xx",outcome="ok"} 2"#,
+        r#"llm_proxy_requests_total{route="chat",provider="anthropic",status="2xx",outcome="ok"} 1"#,
+        r#"llm_proxy_requests_total{route="completions",provider="gemini",status="5xx",outcome="ok"} 1"#,
         "llm_proxy_requests_in_flight 0",
         r#"llm_proxy_request_duration_seconds_count{provider="openai"} 4"#,
         r#"llm_proxy_upstream_ttfb_seconds_count{provider="openai"} 3"#,
@@ -134,6 +176,7 @@ async fn metrics_count_known_traffic() {
         assert!(has_line(&text, line), "missing {line}\n{text}");
     }
     assert!(text.contains("llm_proxy_overhead_seconds_count"));
+    assert_documented_names(&text);
     assert!(!text.contains(TEST_KEY));
     assert!(!text.contains("req_"), "no request id in any label");
 }
@@ -167,14 +210,14 @@ async fn retries_and_fallbacks_are_counted() {
     assert_eq!(answer.status(), 200);
     let text = metrics_with(
         &proxy,
-        r#"llm_proxy_requests_total{route="chat",provider="anthropic",status="2xx"} 1"#,
+        r#"llm_proxy_requests_total{route="chat",provider="anthropic",status="2xx",outcome="ok"} 1"#,
     )
     .await;
     for line in [
         r#"llm_proxy_retries_total{provider="openai"} 1"#,
         r#"llm_proxy_fallbacks_total{provider="anthropic"} 1"#,
         r#"llm_proxy_upstream_errors_total{provider="openai",status="503"} 2"#,
-        r#"llm_proxy_requests_total{route="chat",provider="anthropic",status="2xx"} 1"#,
+        r#"llm_proxy_requests_total{route="chat",provider="anthropic",status="2xx",outcome="ok"} 1"#,
     ] {
         assert!(has_line(&text, line), "missing {line}\n{text}");
     }
