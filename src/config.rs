@@ -40,6 +40,9 @@ pub struct Config {
     /// How long a caller may take to send its whole request body; then a 408.
     pub client_body_timeout: Duration,
     pub max_response_bytes: usize,
+    /// The most bytes of one server-sent event the proxy holds while it waits for the event's
+    /// end (translating a stream, or reading its token counts).
+    pub max_event_bytes: usize,
     pub shutdown_timeout: Duration,
     /// Retries of one provider after a retryable failure; a request may ask for fewer.
     pub max_retries: u32,
@@ -87,6 +90,7 @@ impl Default for Config {
             max_pending_body_bytes: 256 * 1024 * 1024,
             client_body_timeout: Duration::from_secs(30),
             max_response_bytes: 64 * 1024 * 1024,
+            max_event_bytes: crate::sse::MAX_EVENT_BYTES,
             shutdown_timeout: Duration::from_secs(30),
             max_retries: 2,
             retry_base: Duration::from_millis(200),
@@ -135,6 +139,7 @@ struct Env {
     max_pending_body_bytes: Option<usize>,
     client_body_timeout_seconds: Option<u64>,
     max_response_bytes: Option<usize>,
+    max_event_bytes: Option<usize>,
     shutdown_timeout_seconds: Option<u64>,
     max_retries: Option<u32>,
     retry_base_ms: Option<u64>,
@@ -196,6 +201,7 @@ impl Config {
             max_response_bytes: env
                 .max_response_bytes
                 .unwrap_or(defaults.max_response_bytes),
+            max_event_bytes: env.max_event_bytes.unwrap_or(defaults.max_event_bytes),
             shutdown_timeout: env
                 .shutdown_timeout_seconds
                 .map_or(defaults.shutdown_timeout, Duration::from_secs),
@@ -247,94 +253,26 @@ impl Config {
     /// Checks what the types alone cannot: sizes and durations within sane bounds (so that no
     /// arithmetic on them can overflow later), well-formed base URLs.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        #[rustfmt::skip]
         let bounds = [
             ("WORKERS", self.workers as u64, 1, MAX_WORKERS),
-            (
-                "HTTP_TIMEOUT_SECONDS",
-                secs(self.http_timeout),
-                1,
-                MAX_SECONDS,
-            ),
-            (
-                "CONNECT_TIMEOUT_SECONDS",
-                secs(self.connect_timeout),
-                1,
-                MAX_SECONDS,
-            ),
-            (
-                "HTTP_POOL_TIMEOUT_SECONDS",
-                secs(self.http_pool_timeout),
-                0,
-                MAX_SECONDS,
-            ),
-            (
-                "CLIENT_BODY_TIMEOUT_SECONDS",
-                secs(self.client_body_timeout),
-                1,
-                MAX_SECONDS,
-            ),
-            (
-                "SHUTDOWN_TIMEOUT_SECONDS",
-                secs(self.shutdown_timeout),
-                0,
-                MAX_SECONDS,
-            ),
-            (
-                "RETRY_MAX_WAIT_SECONDS",
-                secs(self.retry_max_wait),
-                0,
-                MAX_SECONDS,
-            ),
-            (
-                "SSE_HEARTBEAT_SECONDS",
-                secs(self.sse_heartbeat),
-                0,
-                MAX_SECONDS,
-            ),
-            (
-                "PASSTHROUGH_HEARTBEAT_SECONDS",
-                secs(self.passthrough_heartbeat),
-                0,
-                MAX_SECONDS,
-            ),
-            (
-                "RETRY_BASE_MS",
-                millis(self.retry_base),
-                0,
-                MAX_SECONDS * 1000,
-            ),
+            ("HTTP_TIMEOUT_SECONDS", secs(self.http_timeout), 1, MAX_SECONDS),
+            ("CONNECT_TIMEOUT_SECONDS", secs(self.connect_timeout), 1, MAX_SECONDS),
+            ("HTTP_POOL_TIMEOUT_SECONDS", secs(self.http_pool_timeout), 0, MAX_SECONDS),
+            ("CLIENT_BODY_TIMEOUT_SECONDS", secs(self.client_body_timeout), 1, MAX_SECONDS),
+            ("SHUTDOWN_TIMEOUT_SECONDS", secs(self.shutdown_timeout), 0, MAX_SECONDS),
+            ("RETRY_MAX_WAIT_SECONDS", secs(self.retry_max_wait), 0, MAX_SECONDS),
+            ("SSE_HEARTBEAT_SECONDS", secs(self.sse_heartbeat), 0, MAX_SECONDS),
+            ("PASSTHROUGH_HEARTBEAT_SECONDS", secs(self.passthrough_heartbeat), 0, MAX_SECONDS),
+            ("RETRY_BASE_MS", millis(self.retry_base), 0, MAX_SECONDS * 1000),
             ("MAX_RETRIES", u64::from(self.max_retries), 0, MAX_RETRIES),
-            (
-                "HTTP_MAX_CONNECTIONS",
-                self.http_max_connections as u64,
-                0,
-                MAX_COUNT,
-            ),
-            (
-                "MAX_CONCURRENT_REQUESTS",
-                self.max_concurrent_requests as u64,
-                1,
-                MAX_COUNT,
-            ),
+            ("HTTP_MAX_CONNECTIONS", self.http_max_connections as u64, 0, MAX_COUNT),
+            ("MAX_CONCURRENT_REQUESTS", self.max_concurrent_requests as u64, 1, MAX_COUNT),
             ("MAX_BODY_BYTES", self.max_body_bytes as u64, 1, MAX_BYTES),
-            (
-                "MAX_PENDING_BODY_BYTES",
-                self.max_pending_body_bytes as u64,
-                1,
-                MAX_BYTES,
-            ),
-            (
-                "MAX_RESPONSE_BYTES",
-                self.max_response_bytes as u64,
-                1,
-                MAX_BYTES,
-            ),
-            (
-                "ANTHROPIC_DEFAULT_MAX_TOKENS",
-                self.anthropic_default_max_tokens,
-                1,
-                u64::from(u32::MAX),
-            ),
+            ("MAX_PENDING_BODY_BYTES", self.max_pending_body_bytes as u64, 1, MAX_BYTES),
+            ("MAX_RESPONSE_BYTES", self.max_response_bytes as u64, 1, MAX_BYTES),
+            ("MAX_EVENT_BYTES", self.max_event_bytes as u64, 1, MAX_BYTES),
+            ("ANTHROPIC_DEFAULT_MAX_TOKENS", self.anthropic_default_max_tokens, 1, u64::from(u32::MAX)),
         ];
         for (name, value, min, max) in bounds {
             if value < min {
@@ -464,6 +402,7 @@ mod tests {
         assert_eq!(config.anthropic_version, "2023-06-01");
         assert_eq!(config.anthropic_default_max_tokens, 1024);
         assert_eq!(config.max_body_bytes, 4_194_304);
+        assert_eq!(config.max_event_bytes, 1 << 20);
         assert_eq!(config.workers, defaults.workers);
         assert_eq!(config.max_retries, 2);
         assert_eq!(config.retry_base, Duration::from_millis(200));
@@ -495,6 +434,7 @@ mod tests {
             ("ANTHROPIC_DEFAULT_MAX_TOKENS", "99"),
             ("MAX_BODY_BYTES", "10"),
             ("MAX_RESPONSE_BYTES", "20"),
+            ("MAX_EVENT_BYTES", "30"),
             ("SHUTDOWN_TIMEOUT_SECONDS", "5"),
             ("MAX_RETRIES", "0"),
             ("RETRY_BASE_MS", "50"),
@@ -527,6 +467,7 @@ mod tests {
         assert_eq!(config.anthropic_default_max_tokens, 99);
         assert_eq!(config.max_body_bytes, 10);
         assert_eq!(config.max_response_bytes, 20);
+        assert_eq!(config.max_event_bytes, 30);
         assert_eq!(config.shutdown_timeout, Duration::from_secs(5));
         assert_eq!(config.max_retries, 0);
         assert_eq!(config.retry_base, Duration::from_millis(50));
@@ -572,6 +513,7 @@ mod tests {
             ("MAX_RETRIES", "4000000000"),
             ("MAX_BODY_BYTES", "18446744073709551615"),
             ("MAX_RESPONSE_BYTES", "18446744073709551615"),
+            ("MAX_EVENT_BYTES", "18446744073709551615"),
             ("MAX_PENDING_BODY_BYTES", "18446744073709551615"),
             ("MAX_CONCURRENT_REQUESTS", "18446744073709551615"),
             ("HTTP_MAX_CONNECTIONS", "18446744073709551615"),

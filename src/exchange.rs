@@ -339,6 +339,7 @@ async fn try_once(
             request_id: state.request_id.clone(),
             report,
             key: key.cloned(),
+            max_event_bytes: config.max_event_bytes,
             guards: Guards {
                 request: permit.take(),
                 upstream: Some(slot),

@@ -312,6 +312,8 @@ pub struct StreamContext {
     pub request_id: HeaderValue,
     pub report: Rc<StreamReport>,
     pub key: Option<HeaderValue>,
+    /// `MAX_EVENT_BYTES`: the most of one event held while it arrives.
+    pub max_event_bytes: usize,
     pub guards: Guards,
 }
 
@@ -408,7 +410,7 @@ impl Relay {
             errors,
             heartbeat: Heartbeat::new(heartbeat),
             tail: *b"\n\n",
-            usage: UsageScanner::new(context.report.clone()),
+            usage: UsageScanner::new(context.report.clone(), context.max_event_bytes),
             done: false,
             context,
         };
@@ -506,7 +508,7 @@ impl Translated {
         Self {
             body,
             first: Some(first),
-            parser: sse::Parser::default(),
+            parser: sse::Parser::with_limit(context.max_event_bytes),
             translator,
             writer,
             heartbeat: Heartbeat::new(heartbeat),
@@ -540,8 +542,8 @@ impl Translated {
         // that silently lacks it.
         if self.parser.overflowed() {
             return Err(ProxyError::BadUpstreamBody(format!(
-                "an upstream event is longer than {} bytes",
-                sse::MAX_EVENT_BYTES
+                "an upstream event is longer than {} bytes (MAX_EVENT_BYTES)",
+                self.context.max_event_bytes
             )));
         }
         Ok(())
@@ -610,9 +612,10 @@ struct UsageScanner {
 }
 
 impl UsageScanner {
-    fn new(usage: Rc<StreamReport>) -> Self {
+    /// Scanning stops (the bytes still flow) at an event longer than `max_event_bytes`.
+    fn new(usage: Rc<StreamReport>, max_event_bytes: usize) -> Self {
         Self {
-            parser: sse::Parser::default(),
+            parser: sse::Parser::with_limit(max_event_bytes),
             usage,
         }
     }
@@ -845,7 +848,7 @@ mod tests {
             ),
         ] {
             let usage = Rc::new(StreamReport::default());
-            let mut scanner = UsageScanner::new(usage.clone());
+            let mut scanner = UsageScanner::new(usage.clone(), sse::MAX_EVENT_BYTES);
             for chunk in stream.chunks(7) {
                 scanner.scan(chunk);
             }
