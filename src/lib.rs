@@ -21,7 +21,8 @@
 //! - [`providers`]: the `ChatProvider` trait, the registry, and one module per wire format:
 //!   pure translation, no I/O.
 //! - [`upstream`]: the only awc code: the client, sending, reading, relaying and translating
-//!   streams; [`sse`]: the incremental event parser translated streams use.
+//!   streams; [`sse`]: the incremental event parser translated streams use; [`http1_head`]:
+//!   the response-head watch under awc that makes it read close-delimited HTTP/1.1 bodies.
 //! - [`error`]: `ProxyError`, the one place that picks an error's status and body.
 
 pub mod app;
@@ -33,6 +34,7 @@ pub mod cors;
 pub mod error;
 pub mod exchange;
 pub mod handlers;
+pub mod http1_head;
 pub mod limits;
 pub mod metrics;
 pub mod observe;

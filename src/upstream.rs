@@ -38,6 +38,7 @@ use crate::{
     completions::{ChunkWriter, StreamTranslator},
     config::Config,
     error::ProxyError,
+    http1_head::ResponseHeads,
     limits::Guards,
     observe::{Ending, StreamReport},
     providers::UpstreamRequest,
@@ -711,34 +712,60 @@ where
     }
 }
 
-/// An upstream TCP socket with two changes:
+/// An upstream TCP socket with three changes:
 ///
 /// - `TCP_NODELAY` is on: small SSE writes must not wait on Nagle's algorithm and delayed ACKs.
 /// - End of file is an `UnexpectedEof` error. awc ends a response body as if complete when the
 ///   connection closes mid-body, which would pass a cut stream off as a finished one; with this,
-///   a cut body is an error. The rare body that the close itself delimits (HTTP/1.0) is told
-///   apart by [`is_close_delimited`].
+///   a cut body is an error. The body that the close itself delimits (HTTP/1.0 without a length)
+///   is told apart by [`is_close_delimited`].
+/// - On plain `http://` connections, each response head is looked at before awc reads it
+///   ([`ResponseHeads`]): an HTTP/1.1 response with neither `Content-Length` nor
+///   `Transfer-Encoding`, which awc would read as empty, is marked HTTP/1.0, so that its body
+///   is read to the close, as RFC 9112 §6.3 says. Under `https://`, awc's TLS runs on top of
+///   this socket, which sees only ciphertext, so it leaves those bytes alone: a close-delimited
+///   HTTPS answer is not fixed here.
 #[derive(Debug)]
-pub struct UpstreamSocket(TcpStream);
+pub struct UpstreamSocket {
+    stream: TcpStream,
+    /// `None` under TLS.
+    heads: Option<ResponseHeads>,
+}
 
 impl UpstreamSocket {
     fn wrap(connection: Connection<Uri, TcpStream>) -> Connection<Uri, UpstreamSocket> {
+        let tls = matches!(connection.request().scheme_str(), Some("https" | "wss"));
         let (stream, connection) = connection.replace_io(());
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("could not set TCP_NODELAY on an upstream connection: {e}");
         }
-        connection.replace_io(UpstreamSocket(stream)).1
+        let heads = (!tls).then(ResponseHeads::default);
+        connection.replace_io(UpstreamSocket { stream, heads }).1
+    }
+
+    /// Notes that request bytes went out: the next bytes read start a response.
+    fn wrote(&mut self, written: &Poll<io::Result<usize>>) {
+        if let (Some(heads), Poll::Ready(Ok(1..))) = (&mut self.heads, written) {
+            heads.request_sent();
+        }
     }
 }
 
 impl AsyncRead for UpstreamSocket {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
         let before = buf.filled().len();
-        ready!(Pin::new(&mut self.0).poll_read(cx, buf))?;
+        let stream = &mut this.stream;
+        match &mut this.heads {
+            Some(heads) => {
+                ready!(heads.poll_read(buf, |buf| Pin::new(&mut *stream).poll_read(cx, buf)))?
+            }
+            None => ready!(Pin::new(stream).poll_read(cx, buf))?,
+        }
         if buf.filled().len() == before && buf.remaining() > 0 {
             let closed = io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -756,7 +783,9 @@ impl AsyncWrite for UpstreamSocket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.wrote(&written);
+        written
     }
 
     fn poll_write_vectored(
@@ -764,35 +793,41 @@ impl AsyncWrite for UpstreamSocket {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.wrote(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.stream.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
 impl ActixStream for UpstreamSocket {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
-        ActixStream::poll_read_ready(&self.0, cx)
+        if self.heads.as_ref().is_some_and(ResponseHeads::has_ready) {
+            return Poll::Ready(Ok(Ready::READABLE));
+        }
+        ActixStream::poll_read_ready(&self.stream, cx)
     }
 
     fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
-        ActixStream::poll_write_ready(&self.0, cx)
+        ActixStream::poll_write_ready(&self.stream, cx)
     }
 }
 
 /// Whether a response body ends when the connection closes: HTTP/1.0 without
 /// `Content-Length`. Only then is [`UpstreamSocket`]'s end-of-file error the body's normal end.
-/// (awc reads an HTTP/1.1 body with neither length nor chunking as empty.)
+/// (awc reads an HTTP/1.1 body with neither length nor chunking as empty; on plain connections
+/// [`UpstreamSocket`] marks such a response HTTP/1.0 before awc reads it, so it lands here.)
 pub fn is_close_delimited(version: Version, headers: &HeaderMap) -> bool {
     version == Version::HTTP_10 && !headers.contains_key(CONTENT_LENGTH)
 }
@@ -833,7 +868,20 @@ mod tests {
             .unwrap();
         let connector = UpstreamConnector(TcpConnector::new(Resolver::default()).service());
         let connection = connector.call(ConnectInfo::new(uri)).await.unwrap();
-        assert!(connection.io_ref().0.nodelay().unwrap());
+        assert!(connection.io_ref().stream.nodelay().unwrap());
+    }
+
+    #[actix_web::test]
+    async fn response_heads_are_watched_on_plain_connections_only() {
+        // The TCP connector ignores the scheme; for https, awc puts TLS on top of the socket.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connector = UpstreamConnector(TcpConnector::new(Resolver::default()).service());
+        for (scheme, watched) in [("http", true), ("https", false)] {
+            let uri: Uri = format!("{scheme}://{addr}/").parse().unwrap();
+            let connection = connector.call(ConnectInfo::new(uri)).await.unwrap();
+            assert_eq!(connection.io_ref().heads.is_some(), watched, "{scheme}");
+        }
     }
 
     #[test]

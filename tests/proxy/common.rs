@@ -409,6 +409,12 @@ pub fn split_at(bytes: &Bytes, offsets: &[usize]) -> Vec<Bytes> {
 /// An upstream that speaks raw bytes: for each connection it reads one request, writes
 /// `response` as given, and closes. For framing the mock server would never produce.
 pub fn raw_upstream(response: &'static [u8]) -> String {
+    raw_upstream_in_parts(vec![response.to_vec()], Duration::ZERO)
+}
+
+/// Like [`raw_upstream`], with the response written in `parts`, one TCP write each and `pause`
+/// between them, before the connection closes: a body arriving in pieces, even a split head.
+pub fn raw_upstream_in_parts(parts: Vec<Vec<u8>>, pause: Duration) -> String {
     use std::io::{BufRead, BufReader, Read, Write};
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -416,6 +422,8 @@ pub fn raw_upstream(response: &'static [u8]) -> String {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
+            // Each part its own segment, rather than coalesced while the next pause runs.
+            let _ = stream.set_nodelay(true);
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut length = 0;
             loop {
@@ -431,7 +439,12 @@ pub fn raw_upstream(response: &'static [u8]) -> String {
             }
             let mut body = vec![0; length];
             let _ = reader.read_exact(&mut body);
-            let _ = stream.write_all(response);
+            for (i, part) in parts.iter().enumerate() {
+                if i > 0 {
+                    std::thread::sleep(pause);
+                }
+                let _ = stream.write_all(part);
+            }
         }
     });
     format!("http://{addr}/v1")

@@ -357,6 +357,130 @@ async fn an_http_1_0_body_delimited_by_the_connection_closing_is_complete() {
     assert_eq!(answer.body, "data: {}\n\ndata: [DONE]\n\n");
 }
 
+/// `body` after an HTTP/1.1 head with neither `Content-Length` nor `Transfer-Encoding`: the
+/// body ends when the connection closes (RFC 9112 §6.3), as some OpenAI-compatible servers do.
+fn close_delimited(content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut response =
+        format!("HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n\r\n").into_bytes();
+    response.extend_from_slice(body);
+    response
+}
+
+fn close_delimited_upstream(content_type: &str, body: &[u8]) -> String {
+    raw_upstream_in_parts(vec![close_delimited(content_type, body)], Duration::ZERO)
+}
+
+fn streamed(model: &str) -> Value {
+    json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+#[actix_web::test]
+async fn an_http_1_1_answer_delimited_by_the_connection_closing_is_complete_in_every_format() {
+    for (provider, answer) in [
+        ("openai", "openai/completion.json"),
+        ("anthropic", "anthropic/message.json"),
+        ("gemini", "gemini/generate.json"),
+    ] {
+        let base = close_delimited_upstream("application/json", &fixture(answer));
+        let proxy = start_proxy(config_with_base(&base));
+        let answer = chat(&proxy, provider, hi("m")).await;
+        assert_eq!(answer.status, 200, "{provider}: {:?}", answer.body);
+        assert_eq!(answer.json()["content"], "Hello! How can I help you today?");
+    }
+}
+
+#[actix_web::test]
+async fn an_http_1_1_stream_delimited_by_the_connection_closing_passes_through_byte_for_byte() {
+    for (provider, stream) in [
+        ("openai", "openai/stream.sse"),
+        ("anthropic", "anthropic/stream.sse"),
+        ("gemini", "gemini/stream.sse"),
+    ] {
+        let sse = fixture(stream);
+        let base = close_delimited_upstream("text/event-stream", &sse);
+        let proxy = start_proxy(config_with_base(&base));
+        let answer = chat(&proxy, provider, streamed("m")).await;
+        assert_eq!(answer.status, 200, "{provider}: {:?}", answer.body);
+        assert_eq!(answer.body, sse, "{provider}");
+    }
+}
+
+#[actix_web::test]
+async fn answers_delimited_by_the_connection_closing_are_complete_on_the_front_door() {
+    for (model, answer) in [
+        ("openai/m", "openai/completion.json"),
+        ("anthropic/m", "anthropic/message.json"),
+        ("gemini/m", "gemini/generate.json"),
+    ] {
+        let base = close_delimited_upstream("application/json", &fixture(answer));
+        let proxy = start_proxy(config_with_base(&base));
+        let answer = complete(&proxy, hi(model)).await;
+        assert_eq!(answer.status, 200, "{model}: {:?}", answer.body);
+        assert_eq!(
+            answer.json()["choices"][0]["message"]["content"],
+            "Hello! How can I help you today?"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn an_anthropic_stream_delimited_by_the_connection_closing_is_translated_whole() {
+    let base = close_delimited_upstream("text/event-stream", &fixture("anthropic/stream.sse"));
+    let proxy = start_proxy(config_with_base(&base));
+    let answer = complete(&proxy, streamed("anthropic/claude-3-5-haiku-latest")).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let events = sse_data(&answer.body);
+    let text: String = events
+        .iter()
+        .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "¡Hola! 👋 ¿Qué tal?");
+    assert_eq!(events.last(), Some(&json!("[DONE]")));
+    assert!(answer.body.ends_with(b"data: [DONE]\n\n"));
+}
+
+#[actix_web::test]
+async fn a_close_delimited_stream_written_in_pieces_with_pauses_arrives_whole() {
+    let sse = fixture("openai/stream.sse");
+    let response = close_delimited("text/event-stream", &sse);
+    // The head in pieces too, its blank line split: held back until whole, then marked.
+    let head_end = response.len() - sse.len();
+    let mut parts: Vec<Vec<u8>> = [0..3, 3..20, 20..head_end - 1, head_end - 1..head_end + 5]
+        .into_iter()
+        .map(|range| response[range].to_vec())
+        .collect();
+    parts.extend(response[head_end + 5..].chunks(40).map(<[u8]>::to_vec));
+    let base = raw_upstream_in_parts(parts, Duration::from_millis(5));
+    let proxy = start_proxy(config_with_base(&base));
+    let answer = chat(&proxy, "openai", streamed("m")).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.body, sse);
+}
+
+#[actix_web::test]
+async fn interim_responses_before_the_answer_are_skipped() {
+    let answer = fixture("openai/completion.json");
+    let length = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+        answer.len()
+    );
+    for head in [
+        length.into_bytes(),
+        close_delimited("application/json", b""),
+    ] {
+        let mut response =
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"
+                .to_vec();
+        response.extend_from_slice(&head);
+        response.extend_from_slice(&answer);
+        let base = raw_upstream_in_parts(vec![response], Duration::ZERO);
+        let proxy = start_proxy(config_with_base(&base));
+        let answer = chat(&proxy, "openai", hi("m")).await;
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        assert_eq!(answer.json()["content"], "Hello! How can I help you today?");
+    }
+}
+
 #[actix_web::test]
 async fn a_chunked_stream_cut_between_chunks_ends_with_an_error_event() {
     // Two whole chunks, then the connection closes without the terminating zero-size chunk.

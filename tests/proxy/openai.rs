@@ -151,3 +151,29 @@ async fn the_upstream_connection_is_reused_across_requests() {
         "one pooled connection served every call: {peers:?}"
     );
 }
+
+#[actix_web::test]
+async fn streams_and_answers_in_turn_share_one_upstream_connection() {
+    // Each response head on a kept-alive connection is looked at in turn (chunked streams,
+    // sized answers): none is taken for close-delimited, so the connection stays pooled.
+    let mock = Mock::start(|request| {
+        if request.json()["stream"] == true {
+            Reply::sse(vec![fixture("openai/stream.sse")])
+        } else {
+            Reply::json(200, fixture("openai/completion.json"))
+        }
+    });
+    let proxy = start_proxy(config_for(&mock));
+    for stream in [true, false, true, false] {
+        let body = json!({"model": "m", "stream": stream,
+                          "messages": [{"role": "user", "content": "hi"}]});
+        let answer = chat(&proxy, "openai", body).await;
+        assert_eq!(answer.status, 200);
+        if stream {
+            assert_eq!(answer.body, fixture("openai/stream.sse"));
+        }
+    }
+    let peers: std::collections::HashSet<_> =
+        mock.requests().iter().map(|r| r.peer.unwrap()).collect();
+    assert_eq!(peers.len(), 1, "one pooled connection: {peers:?}");
+}
