@@ -588,6 +588,48 @@ mod tests {
         assert!(err.to_string().contains("missing.json"), "{err}");
     }
 
+    /// `.env.example`'s `NAME=value` lines.
+    fn env_example() -> Vec<(String, String)> {
+        let text = include_str!("../.env.example");
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split_once('='))
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_env_example_holds_exactly_the_defaults() {
+        let example = Config::from_vars(env_example()).unwrap();
+        let defaults = Config::from_vars(vars(&[])).unwrap();
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn every_variable_is_in_the_readme_configuration_table() {
+        let readme = include_str!("../README.md");
+        let table = &readme[readme.find("## Configuration").unwrap()..];
+        let commented = include_str!("../.env.example")
+            .lines()
+            .filter_map(|line| line.strip_prefix("# "))
+            .filter_map(|line| line.split_once('='))
+            .filter(|(name, _)| name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
+            .map(|(name, _)| name.to_owned());
+        for name in env_example()
+            .into_iter()
+            .map(|(name, _)| name)
+            .chain(commented)
+        {
+            if name.ends_with("_API_KEY") {
+                continue; // the recipes' keys, not the proxy's settings
+            }
+            assert!(
+                table.contains(&format!("| `{name}` |")),
+                "{name} is missing from the README's configuration table"
+            );
+        }
+    }
+
     #[test]
     fn join_url_puts_exactly_one_slash_between() {
         assert_eq!(join_url("http://h/v1", "chat"), "http://h/v1/chat");

@@ -3,6 +3,12 @@
 //! Off while `CORS_ALLOW_ORIGINS` is empty: no CORS headers, and `OPTIONS` is routed like any
 //! other method. On, it answers preflights itself (they never reach a handler or an upstream)
 //! and adds headers to the app's responses without touching their bodies, so streams stream.
+//!
+//! Why not `actix-cors`: it can allow a fixed list of request headers or every header, but not
+//! the open-ended family `X-API-Key-<Provider>` that fallbacks use; and it refuses a preflight
+//! with a plain-text 400, where ours is a 403 in the proxy's JSON error shape naming the origin,
+//! method or header refused. What is left is small: an origin match, a header check, and four
+//! response headers.
 
 use std::{borrow::Cow, fmt};
 

@@ -21,7 +21,7 @@
 //! # How
 //!
 //! The proxy is the release binary `target/release/llm-proxy`, a separate process configured by
-//! environment variables (`WORKERS=1`, `RUST_LOG=warn`, limits raised to 4096) and pinned alone
+//! environment variables (`WORKERS=1`, `RUST_LOG=warn`, every limit at its default) and pinned alone
 //! to one CPU with `taskset`. This process, the mock upstream and the load generator on one
 //! current-thread tokio runtime, is pinned to another CPU. Both speak a minimal HTTP/1.1 over
 //! loopback keep-alive connections, so that the proxy, not the harness, is what is measured.

@@ -106,8 +106,8 @@ fn pinned(program: &Path, cpu: Option<usize>) -> Command {
     }
 }
 
-/// llm-proxy on loopback with one worker, the mock as both upstreams, quiet logs, and limits
-/// high enough for a thousand streams at once.
+/// llm-proxy on loopback with one worker, the mock as both upstreams and quiet logs; every
+/// limit at the default a user gets (which holds a thousand streams at once).
 fn llm_proxy(binary: &Path, mock: SocketAddr, cpu: Option<usize>) -> Command {
     let mut command = pinned(binary, cpu);
     command
@@ -119,8 +119,6 @@ fn llm_proxy(binary: &Path, mock: SocketAddr, cpu: Option<usize>) -> Command {
             ("RUST_LOG", "warn".to_owned()),
             ("OPENAI_BASE_URL", format!("http://{mock}/openai")),
             ("ANTHROPIC_BASE_URL", format!("http://{mock}/anthropic")),
-            ("MAX_CONCURRENT_REQUESTS", "4096".to_owned()),
-            ("HTTP_MAX_CONNECTIONS", "4096".to_owned()),
         ])
         // dotenvy reads a .env in the working directory or a parent: start where there is
         // none, so that only the variables above apply.
