@@ -740,4 +740,104 @@ mod tests {
             r#"{"provider":"openai","model":"m","content":"hi","stop_reason":null,"native_stop_reason":null}"#
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::{json, Value};
+
+        /// Any JSON value, a few levels deep, with the keys a chat body has among others.
+        fn any_json() -> impl Strategy<Value = Value> {
+            let key = prop_oneof![
+                Just("model".to_owned()),
+                Just("messages".to_owned()),
+                Just("role".to_owned()),
+                Just("content".to_owned()),
+                Just("type".to_owned()),
+                Just("text".to_owned()),
+                Just("image_url".to_owned()),
+                Just("url".to_owned()),
+                Just("stream".to_owned()),
+                Just("stop".to_owned()),
+                Just("max_tokens".to_owned()),
+                Just("stream_options".to_owned()),
+                "[a-z_]{1,8}",
+            ];
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(|f| json!(f)),
+                prop_oneof![
+                    Just("user".to_owned()),
+                    Just("system".to_owned()),
+                    Just("image_url".to_owned()),
+                    Just("data:image/png;base64,iVBO".to_owned()),
+                    Just("https://x.test/a.png".to_owned()),
+                    ".{0,12}",
+                ]
+                .prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 48, 6, move |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                    proptest::collection::vec((key.clone(), inner), 0..6)
+                        .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn parse_bytes(bytes: Vec<u8>) -> Result<(), String> {
+            let body = Bytes::from(bytes);
+            ChatRequest::parse(&body).map(|_| ())
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic_the_parser(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = parse_bytes(bytes);
+            }
+
+            #[test]
+            fn arbitrary_json_is_parsed_or_refused_with_a_message(value in any_json()) {
+                if let Err(message) = parse_bytes(value.to_string().into_bytes()) {
+                    prop_assert!(!message.is_empty());
+                }
+            }
+
+            #[test]
+            fn a_valid_request_keeps_every_field_it_was_given(
+                model in "[a-zA-Z0-9./_-]{1,20}",
+                texts in proptest::collection::vec(".{0,20}", 1..5),
+                stream: bool,
+                max_tokens in 1u64..1_000_000,
+                extra in "[a-z]{3,8}",
+            ) {
+                prop_assume!(!matches!(
+                    extra.as_str(),
+                    "model" | "messages" | "stream" | "stop" | "top_p"
+                ));
+                let messages: Vec<Value> = texts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, text)| {
+                        let role = if i % 2 == 0 { "user" } else { "assistant" };
+                        json!({"role": role, "content": text})
+                    })
+                    .collect();
+                let body = json!({"model": model, "messages": messages, "stream": stream,
+                                  "max_tokens": max_tokens, extra.clone(): [1, {"a": null}]});
+                let bytes = Bytes::from(body.to_string());
+                let request = ChatRequest::parse(&bytes).unwrap();
+                prop_assert_eq!(request.model.as_ref(), model.as_str());
+                prop_assert_eq!(request.stream, stream);
+                prop_assert_eq!(request.max_tokens, Some(max_tokens));
+                prop_assert_eq!(request.messages.len(), texts.len());
+                for (message, text) in request.messages.iter().zip(&texts) {
+                    prop_assert_eq!(message.content.text(), text.as_str());
+                }
+                prop_assert!(request.fields.iter().any(|(name, _)| *name == extra));
+            }
+        }
+    }
 }

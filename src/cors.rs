@@ -443,4 +443,22 @@ mod tests {
         }
         assert!(HeaderValue::from_str(EXPOSE_HEADERS).is_ok());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_preflight_is_answered_or_refused_without_panicking(
+            origin in proptest::collection::vec(32u8..=126, 0..40),
+            method in proptest::collection::vec(32u8..=126, 0..10),
+            asked in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+        ) {
+            let origin = HeaderValue::from_bytes(&origin).unwrap_or(value("null"));
+            let method = HeaderValue::from_bytes(&method).unwrap_or(value("POST"));
+            let asked = HeaderValue::from_bytes(&asked).ok();
+            let allowed = origins(&["http://localhost:3000"]);
+            let decided = preflight(allow_origin(&allowed, &origin), &origin, &method, asked.as_ref());
+            if let Err(refusal) = decided {
+                proptest::prop_assert!(!refusal.to_string().is_empty());
+            }
+        }
+    }
 }

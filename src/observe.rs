@@ -418,4 +418,17 @@ mod tests {
             })
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_request_id_header_is_kept_or_replaced_by_a_valid_one(
+            given in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+        ) {
+            if let Ok(value) = HeaderValue::from_bytes(&given) {
+                let id = request_id(Some(&value));
+                proptest::prop_assert!((1..=128).contains(&id.len()));
+                proptest::prop_assert!(id.as_bytes().iter().all(|b| (0x21..=0x7e).contains(b)));
+            }
+        }
+    }
 }
