@@ -96,7 +96,7 @@ impl From<ProxyError> for Failed {
 }
 
 impl Failed {
-    fn final_(error: ProxyError) -> Self {
+    fn no_retry(error: ProxyError) -> Self {
         Self {
             error,
             retry: false,
@@ -293,7 +293,7 @@ async fn try_once(
     // the answer, so no failure but an in-band error event is retried.
     if upstream::is_unreadable_close_delimited(&upstream, tls) {
         outcome.upstream_time += sent.elapsed();
-        return Err(Failed::final_(ProxyError::BadUpstreamBody(
+        return Err(Failed::no_retry(ProxyError::BadUpstreamBody(
             "the body is delimited by the connection closing (HTTP/1.1 without Content-Length), \
              which the proxy cannot read over TLS"
                 .into(),
@@ -307,7 +307,7 @@ async fn try_once(
     if chat.stream && !upstream::is_event_stream(upstream.headers()) {
         let body = whole_answer_as_stream(route, state, chat, target, upstream).await;
         outcome.upstream_time += sent.elapsed();
-        let (body, usage) = body.map_err(Failed::final_)?;
+        let (body, usage) = body.map_err(Failed::no_retry)?;
         outcome.usage = usage;
         return Ok(response
             .insert_header((
@@ -323,7 +323,7 @@ async fn try_once(
         outcome.upstream_time += sent.elapsed();
         let first = first.map_err(|error| match error {
             ProxyError::StreamEvent(_) => Failed::from(error),
-            other => Failed::final_(other),
+            other => Failed::no_retry(other),
         })?;
         let report = Rc::new(StreamReport::default());
         outcome.stream_report = Some(report.clone());
@@ -380,7 +380,7 @@ async fn try_once(
 
     let body = upstream::read_body(upstream, config.max_response_bytes, config.http_timeout).await;
     outcome.upstream_time += sent.elapsed();
-    let body = body.map_err(Failed::final_)?;
+    let body = body.map_err(Failed::no_retry)?;
     drop(slot);
     let json = match route {
         // Already a chat.completion: passed on as it came, tool calls and all.
@@ -391,17 +391,17 @@ async fn try_once(
         Route::FrontDoor => {
             let normalized = provider
                 .translate_response(&body, model)
-                .map_err(Failed::final_)?;
+                .map_err(Failed::no_retry)?;
             outcome.usage = normalized.usage;
             Bytes::from(completions::completion_body(&normalized))
         }
         Route::Path => {
             let normalized = provider
                 .translate_response(&body, model)
-                .map_err(Failed::final_)?;
+                .map_err(Failed::no_retry)?;
             outcome.usage = normalized.usage;
             let json = serde_json::to_vec(&normalized)
-                .map_err(|e| Failed::final_(ProxyError::BadUpstreamBody(e.to_string())))?;
+                .map_err(|e| Failed::no_retry(ProxyError::BadUpstreamBody(e.to_string())))?;
             Bytes::from(json)
         }
     };
