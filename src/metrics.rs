@@ -175,7 +175,7 @@ impl Default for Metrics {
         );
         registry.register(
             "llm_proxy_upstream_errors",
-            "Failed upstream calls, by provider and status (or timeout, connection)",
+            "Failed upstream calls, by provider and status (or timeout, connection, error_event)",
             metrics.upstream_errors.clone(),
         );
         registry.register(

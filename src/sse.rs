@@ -213,17 +213,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn events_of(chunks: &[&[u8]]) -> Vec<(Option<String>, String)> {
-        let mut parser = Parser::default();
-        let mut events = Vec::new();
-        let mut collect = |event: Event<'_>| -> Result<(), ()> {
-            events.push((event.name.map(str::to_owned), event.data.into_owned()));
-            Ok(())
-        };
-        for chunk in chunks {
-            parser.feed(chunk, &mut collect).unwrap();
-        }
-        parser.finish(&mut collect).unwrap();
-        events
+        parse_with(Parser::default(), chunks).0
     }
 
     fn named(name: &str, data: &str) -> (Option<String>, String) {
