@@ -268,14 +268,15 @@ impl Proxy {
     }
 }
 
-/// Settings that point both providers at `mock`, with one worker and short timeouts.
+/// Settings that point every provider at `mock`, with short timeouts and
+/// [`test_workers`] workers.
 pub fn config_for(mock: &Mock) -> Config {
     config_with_base(&mock.base_url())
 }
 
 pub fn config_with_base(base: &str) -> Config {
     Config {
-        workers: 1,
+        workers: test_workers(),
         openai_base_url: base.to_owned(),
         anthropic_base_url: base.to_owned(),
         gemini_base_url: base.to_owned(),
@@ -285,6 +286,18 @@ pub fn config_with_base(base: &str) -> Config {
         max_retries: 0,
         retry_base: Duration::from_millis(10),
         ..Config::default()
+    }
+}
+
+/// The proxy's workers in tests: `LLM_PROXY_TEST_WORKERS`, else 1. CI also runs the suite with
+/// 2, as production runs; a test whose meaning needs one worker (a per-worker pool, say) sets
+/// `workers: 1` itself and says why.
+pub fn test_workers() -> usize {
+    match std::env::var("LLM_PROXY_TEST_WORKERS") {
+        Ok(value) => value
+            .parse()
+            .unwrap_or_else(|_| panic!("LLM_PROXY_TEST_WORKERS={value:?} is not a number")),
+        Err(_) => 1,
     }
 }
 

@@ -1,6 +1,7 @@
 //! OpenAI through the proxy: auth mapping, the body forwarded as given, normalized answers.
 
 use actix_web::web::Bytes;
+use llm_proxy::Config;
 use serde_json::json;
 
 use crate::common::*;
@@ -133,7 +134,12 @@ async fn rate_limit_and_request_id_headers_are_copied_onto_a_success() {
 #[actix_web::test]
 async fn the_upstream_connection_is_reused_across_requests() {
     let mock = Mock::always(200, "application/json", fixture("openai/completion.json"));
-    let proxy = start_proxy(config_for(&mock));
+    let proxy = start_proxy(Config {
+        // Each worker has its own upstream pool, and each call comes on a new connection that
+        // either worker may take: with two workers, two pooled upstream connections.
+        workers: 1,
+        ..config_for(&mock)
+    });
     for _ in 0..3 {
         let answer = chat(
             &proxy,
@@ -163,7 +169,12 @@ async fn streams_and_answers_in_turn_share_one_upstream_connection() {
             Reply::json(200, fixture("openai/completion.json"))
         }
     });
-    let proxy = start_proxy(config_for(&mock));
+    let proxy = start_proxy(Config {
+        // Each worker has its own upstream pool, and each call comes on a new connection that
+        // either worker may take: with two workers, two pooled upstream connections.
+        workers: 1,
+        ..config_for(&mock)
+    });
     for stream in [true, false, true, false] {
         let body = json!({"model": "m", "stream": stream,
                           "messages": [{"role": "user", "content": "hi"}]});

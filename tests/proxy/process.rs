@@ -101,11 +101,17 @@ impl Process {
     /// Waits for the process to exit, at most `limit`.
     fn exit_within(mut self, limit: Duration) -> (ExitStatus, Vec<String>) {
         let (send, exited) = mpsc::channel();
+        let pid = self.child.id().to_string();
         let mut child = self.child;
         std::thread::spawn(move || send.send(child.wait().unwrap()));
-        let status = exited
-            .recv_timeout(limit)
-            .expect("the process exits in time");
+        let status = exited.recv_timeout(limit).unwrap_or_else(|_| {
+            // Not left running past the failed test.
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            panic!(
+                "the process did not exit in time; its lines: {:#?}",
+                self.seen
+            )
+        });
         self.seen.extend(self.lines.try_iter());
         // The reader thread may still be draining; take what is left once it ends.
         self.seen.extend(self.lines.iter());
@@ -120,6 +126,13 @@ fn an_invalid_variable_stops_the_process_naming_it() {
         ("HTTP_TIMEOUT_SECONDS", "0"),
         ("OPENAI_BASE_URL", "ftp://example.com"),
         ("MAX_BODY_BYTES", "-1"),
+        // Far past any use: later arithmetic on them could overflow, or nothing could work.
+        ("HTTP_TIMEOUT_SECONDS", "18446744073709551615"),
+        ("RETRY_BASE_MS", "18446744073709551615"),
+        ("WORKERS", "100000"),
+        ("CLIENT_BODY_TIMEOUT_SECONDS", "0"),
+        // Less than the default MAX_BODY_BYTES: no body could ever arrive whole.
+        ("MAX_PENDING_BODY_BYTES", "10"),
     ] {
         let process = Process::start(&[(name, value)]);
         let (status, lines) = process.exit_within(Duration::from_secs(20));
@@ -129,6 +142,21 @@ fn an_invalid_variable_stops_the_process_naming_it() {
             "{name}={value}: {lines:?}"
         );
     }
+}
+
+#[test]
+#[ignore = "BUG: WORKERS up to 1024 passes validation (MAX_WORKERS), but actix-server panics past \
+            512 (\"Workers must not exceed 512\", exit code 101)"]
+fn a_worker_count_actix_cannot_run_stops_the_process_naming_it() {
+    let process = Process::start(&[("WORKERS", "513")]);
+    let (status, lines) = process.exit_within(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(2), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("invalid configuration") && l.contains("WORKERS")),
+        "{lines:?}"
+    );
 }
 
 #[test]
@@ -254,6 +282,69 @@ async fn json_logs_are_one_object_per_line_with_the_request_fields() {
             "{line}"
         );
     }
+}
+
+/// Runs the binary, with `vars` too, in front of a stream the upstream cuts after one event,
+/// asked for as `X-Request-Id: trace-cut-1`; returns the warning about the cut and the access
+/// line, in that order.
+async fn lines_about_a_cut_stream(vars: &[(&str, &str)]) -> (String, String) {
+    let (feed, body) = feed();
+    let mock = Mock::streaming(body);
+    let base_url = mock.base_url();
+    let mut all = vec![("OPENAI_BASE_URL", base_url.as_str())];
+    all.extend_from_slice(vars);
+    let mut process = Process::start(&all);
+    let base = process.address();
+    feed.send("data: {\"n\":1}\n\n");
+    let mut response = client()
+        .post(format!("{base}/v1/chat/openai"))
+        .insert_header(("X-API-Key", TEST_KEY))
+        .insert_header(("X-Request-Id", "trace-cut-1"))
+        .send_body(r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.next().await.unwrap().unwrap(),
+        "data: {\"n\":1}\n\n"
+    );
+    feed.fail();
+    let mut rest = Vec::new();
+    while let Some(chunk) = response.next().await {
+        rest.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(rest.starts_with(b"event: error\n"), "{rest:?}");
+    drop(response);
+    let cut = process.wait_for_line("stream cut");
+    let access = process.wait_for_line("/v1/chat/openai");
+    process.signal("-TERM");
+    assert!(process.exit_within(Duration::from_secs(20)).0.success());
+    (cut, access)
+}
+
+#[actix_web::test]
+async fn a_cut_streams_warning_carries_its_request_id_and_its_access_line_the_outcome() {
+    let (cut, access) = lines_about_a_cut_stream(&[]).await;
+    assert!(cut.contains("WARN"), "{cut}");
+    assert!(cut.contains("request_id=trace-cut-1"), "{cut}");
+    assert!(access.contains("request_id=trace-cut-1"), "{access}");
+    assert!(access.contains("status=200"), "{access}");
+    assert!(access.contains("outcome=upstream_cut"), "{access}");
+}
+
+#[actix_web::test]
+async fn in_json_logs_a_cut_streams_request_id_is_a_field_of_its_own() {
+    let (cut, access) = lines_about_a_cut_stream(&[("LOG_FORMAT", "json")]).await;
+    let cut: serde_json::Value = serde_json::from_str(&cut).expect("a JSON line");
+    assert_eq!(cut["level"], "WARN", "{cut}");
+    assert_eq!(cut["request_id"], "trace-cut-1", "{cut}");
+    let message = cut["message"].as_str().expect("a message");
+    assert!(message.starts_with("openai stream cut: "), "{cut}");
+    assert!(!message.contains("request_id="), "{cut}");
+    let access: serde_json::Value = serde_json::from_str(&access).expect("a JSON line");
+    assert_eq!(access["request_id"], "trace-cut-1", "{access}");
+    assert_eq!(access["status"], 200, "{access}");
+    assert_eq!(access["outcome"], "upstream_cut", "{access}");
 }
 
 /// A stream in flight when the signal comes is finished, then the process exits 0.
