@@ -314,8 +314,9 @@ impl Config {
 /// The longest duration any setting may have: a year. Nothing that long is useful, and every
 /// deadline computed from a setting then stays far from overflowing.
 const MAX_SECONDS: u64 = 365 * 24 * 3600;
-/// More worker threads than this is a mistake, not a configuration.
-const MAX_WORKERS: u64 = 1024;
+/// More worker threads than this is a mistake, not a configuration; actix-server panics past
+/// it ("Workers must not exceed 512").
+const MAX_WORKERS: u64 = 512;
 const MAX_RETRIES: u64 = 100;
 /// Connection and request counts.
 const MAX_COUNT: u64 = 10_000_000;
@@ -509,7 +510,7 @@ mod tests {
             ("RETRY_BASE_MS", "18446744073709551615"),
             ("SSE_HEARTBEAT_SECONDS", "18446744073709551615"),
             ("PASSTHROUGH_HEARTBEAT_SECONDS", "18446744073709551615"),
-            ("WORKERS", "100000"),
+            ("WORKERS", "513"),
             ("MAX_RETRIES", "4000000000"),
             ("MAX_BODY_BYTES", "18446744073709551615"),
             ("MAX_RESPONSE_BYTES", "18446744073709551615"),
