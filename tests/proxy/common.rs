@@ -3,7 +3,10 @@
 use std::{
     net::{SocketAddr, TcpListener},
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -56,7 +59,7 @@ pub enum Reply {
     Lazy {
         chunk: Bytes,
         count: usize,
-        produced: Arc<std::sync::atomic::AtomicUsize>,
+        produced: Arc<AtomicUsize>,
     },
 }
 
@@ -192,7 +195,7 @@ async fn respond(reply: Reply) -> HttpResponse {
         } => HttpResponse::Ok()
             .content_type("text/event-stream")
             .streaming(futures_util::stream::iter((0..count).map(move |_| {
-                produced.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+                produced.fetch_add(chunk.len(), Ordering::Relaxed);
                 Ok::<_, std::io::Error>(chunk.clone())
             }))),
     }
@@ -400,6 +403,36 @@ pub async fn chat(proxy: &Proxy, provider: &str, body: Value) -> Answer {
     .await
 }
 
+/// `GET /metrics`, checked for the OpenMetrics content type and its `# EOF`.
+pub async fn metrics_text(proxy: &Proxy) -> String {
+    let mut response = client().get(proxy.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers().get("content-type").unwrap(),
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let text = String::from_utf8(response.body().await.unwrap().to_vec()).unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    text
+}
+
+pub fn has_line(text: &str, line: &str) -> bool {
+    text.lines().any(|l| l == line)
+}
+
+/// The metrics once `line` is in them: a request is counted when its body is done, which may
+/// be a moment after the client has read the last byte.
+pub async fn metrics_with(proxy: &Proxy, line: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = metrics_text(proxy).await;
+        if has_line(&text, line) || std::time::Instant::now() > deadline {
+            return text;
+        }
+        actix_web::rt::task::yield_now().await;
+    }
+}
+
 pub const TEST_KEY: &str = "sk-test-key-0123456789";
 
 /// A fixture file's bytes, from `tests/fixtures`.
@@ -428,7 +461,7 @@ pub fn raw_upstream(response: &'static [u8]) -> String {
 /// Like [`raw_upstream`], with the response written in `parts`, one TCP write each and `pause`
 /// between them, before the connection closes: a body arriving in pieces, even a split head.
 pub fn raw_upstream_in_parts(parts: Vec<Vec<u8>>, pause: Duration) -> String {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::Write;
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -437,21 +470,7 @@ pub fn raw_upstream_in_parts(parts: Vec<Vec<u8>>, pause: Duration) -> String {
             let Ok(mut stream) = stream else { return };
             // Each part its own segment, rather than coalesced while the next pause runs.
             let _ = stream.set_nodelay(true);
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some((name, value)) = line.split_once(':') {
-                    if name.eq_ignore_ascii_case("content-length") {
-                        length = value.trim().parse().unwrap();
-                    }
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
+            read_request(&stream);
             for (i, part) in parts.iter().enumerate() {
                 if i > 0 {
                     std::thread::sleep(pause);
@@ -461,6 +480,57 @@ pub fn raw_upstream_in_parts(parts: Vec<Vec<u8>>, pause: Duration) -> String {
         }
     });
     format!("http://{addr}/v1")
+}
+
+/// An upstream that speaks raw bytes and then falls silent: for each connection it reads one
+/// request, writes `response`, and holds the connection open, sending nothing more, until the
+/// proxy closes it. For a body that stalls after its head. Also returns how many requests it
+/// has read.
+pub fn stalling_upstream(response: &'static [u8]) -> (String, Arc<AtomicUsize>) {
+    use std::io::{Read, Write};
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let counted = counted.clone();
+            // A thread per connection: one held open must not keep the next from being heard.
+            std::thread::spawn(move || {
+                let mut reader = read_request(&stream);
+                counted.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.write_all(response);
+                // Returns when the proxy hangs up (or, which it must not, sends more).
+                let _ = reader.read(&mut [0; 1]);
+            });
+        }
+    });
+    (format!("http://{addr}/v1"), requests)
+}
+
+/// Reads one request, head and `Content-Length` body, from a raw connection. Returns the
+/// reader, which may hold bytes read past the request.
+fn read_request(stream: &std::net::TcpStream) -> std::io::BufReader<std::net::TcpStream> {
+    use std::io::{BufRead, BufReader, Read};
+
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    let _ = reader.read_exact(&mut body);
+    reader
 }
 
 /// A loopback address where nothing listens: connecting is refused.

@@ -6,6 +6,7 @@ mod anthropic;
 mod common;
 mod cors;
 mod errors;
+mod faults;
 mod front_door;
 mod gemini;
 mod observability;

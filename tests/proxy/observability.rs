@@ -1,7 +1,5 @@
 //! Request ids, `/metrics` after known traffic, and JSON logs.
 
-use std::time::Duration;
-
 use actix_web::web::Bytes;
 use serde_json::{json, Value};
 
@@ -9,18 +7,6 @@ use crate::common::*;
 
 fn hi(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
-}
-
-async fn metrics_text(proxy: &Proxy) -> String {
-    let mut response = client().get(proxy.url("/metrics")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.headers().get("content-type").unwrap(),
-        "application/openmetrics-text; version=1.0.0; charset=utf-8"
-    );
-    let text = String::from_utf8(response.body().await.unwrap().to_vec()).unwrap();
-    assert!(text.ends_with("# EOF\n"), "{text}");
-    text
 }
 
 /// Every metric in the README's table, with its type, is described, and every sample is one of
@@ -63,23 +49,6 @@ fn assert_documented_names(text: &str) {
             samples.iter().any(|s| s == name),
             "undocumented {line}\n{text}"
         );
-    }
-}
-
-fn has_line(text: &str, line: &str) -> bool {
-    text.lines().any(|l| l == line)
-}
-
-/// The metrics once `line` is in them: a request is counted when its body is done, which may
-/// be a moment after the client has read the last byte.
-async fn metrics_with(proxy: &Proxy, line: &str) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = metrics_text(proxy).await;
-        if has_line(&text, line) || std::time::Instant::now() > deadline {
-            return text;
-        }
-        actix_web::rt::task::yield_now().await;
     }
 }
 
