@@ -383,9 +383,13 @@ async fn try_once(
     let body = body.map_err(Failed::no_retry)?;
     drop(slot);
     let json = match route {
-        // Already a chat.completion: passed on as it came, tool calls and all.
+        // Already a chat.completion: passed on as it came, tool calls and all, once it is
+        // known to be one (an HTML page or a cut body is a 502 here as on the path route).
         Route::FrontDoor if provider.speaks_openai() => {
-            outcome.usage = completions::usage_of(&body);
+            let normalized = provider
+                .translate_response(&body, model)
+                .map_err(Failed::no_retry)?;
+            outcome.usage = normalized.usage;
             body
         }
         Route::FrontDoor => {

@@ -347,6 +347,19 @@ impl Answer {
     }
 }
 
+/// A response's whole body, within 30 s: awc's request timeout bounds only the wait for the
+/// head, so a bug that never ends a body fails the test instead of hanging it.
+async fn read_whole<S>(response: &mut awc::ClientResponse<S>) -> Bytes
+where
+    S: Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin,
+{
+    let body = response.body().limit(64 << 20);
+    tokio::time::timeout(Duration::from_secs(30), body)
+        .await
+        .expect("the whole body within 30 s")
+        .expect("a whole body")
+}
+
 /// POSTs `body` to `path` with the given key, and reads the whole answer.
 pub async fn post(proxy: &Proxy, path: &str, key: Option<&str>, body: impl Into<Bytes>) -> Answer {
     let mut request = client().post(proxy.url(path));
@@ -358,7 +371,7 @@ pub async fn post(proxy: &Proxy, path: &str, key: Option<&str>, body: impl Into<
         .send_body(body.into())
         .await
         .expect("the proxy answers");
-    let body = response.body().limit(64 << 20).await.expect("a whole body");
+    let body = read_whole(&mut response).await;
     Answer {
         status: response.status().as_u16(),
         headers: response.headers().clone(),
@@ -374,7 +387,7 @@ pub async fn complete(proxy: &Proxy, body: Value) -> Answer {
         .send_body(body.to_string())
         .await
         .expect("the proxy answers");
-    let body = response.body().limit(64 << 20).await.expect("a whole body");
+    let body = read_whole(&mut response).await;
     Answer {
         status: response.status().as_u16(),
         headers: response.headers().clone(),
