@@ -48,9 +48,22 @@ fn mark(head: &mut [u8]) -> Head {
     Head::Final
 }
 
-/// Whether a head has a `Content-Length` or `Transfer-Encoding` field, any case.
+/// Whether a head has a `Content-Length` or `Transfer-Encoding` field, any case. Runs on every
+/// upstream response: lines are found with memchr, and only those that start like one of the
+/// two names are looked at further.
 fn has_length(head: &[u8]) -> bool {
-    head.split(|&b| b == b'\n').skip(1).any(|line| {
+    let mut ends = memchr::memchr_iter(b'\n', head);
+    // The status line is no field.
+    let Some(status_end) = ends.next() else {
+        return false;
+    };
+    let mut start = status_end + 1;
+    ends.chain(std::iter::once(head.len())).any(|end| {
+        let line = &head[start.min(end)..end];
+        start = end + 1;
+        if !matches!(line.first(), Some(b'c' | b'C' | b't' | b'T')) {
+            return false;
+        }
         let Some(colon) = memchr::memchr(b':', line) else {
             return false;
         };
