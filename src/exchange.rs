@@ -291,7 +291,8 @@ async fn try_once(
     }
     // From here on a 2xx head has arrived: the upstream may already be generating (and billing)
     // the answer, so no failure but an in-band error event is retried.
-    if upstream::is_unreadable_close_delimited(&upstream, tls) {
+    if upstream::is_unreadable_close_delimited(upstream.version(), status, upstream.headers(), tls)
+    {
         outcome.upstream_time += sent.elapsed();
         return Err(Failed::no_retry(ProxyError::BadUpstreamBody(
             "the body is delimited by the connection closing (HTTP/1.1 without Content-Length), \

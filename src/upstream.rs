@@ -181,15 +181,19 @@ pub fn is_event_stream(headers: &HeaderMap) -> bool {
 /// `Content-Length` or `Transfer-Encoding`, ended by closing the connection (RFC 9112 §6.3).
 /// Over plain TCP [`UpstreamSocket`] lets awc read such bodies to the end; under TLS it cannot
 /// reach the bytes, so the body is refused rather than taken as empty.
-pub fn is_unreadable_close_delimited(response: &ClientResponse, tls: bool) -> bool {
-    let status = response.status();
+pub fn is_unreadable_close_delimited(
+    version: Version,
+    status: StatusCode,
+    headers: &HeaderMap,
+    tls: bool,
+) -> bool {
     let has_body = !(status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED);
     tls && has_body
-        && response.version() == Version::HTTP_11
-        && !response.headers().contains_key(CONTENT_LENGTH)
-        && !response.headers().contains_key(TRANSFER_ENCODING)
+        && version == Version::HTTP_11
+        && !headers.contains_key(CONTENT_LENGTH)
+        && !headers.contains_key(TRANSFER_ENCODING)
 }
 
 /// `now + after`, saturating instead of overflowing (settings are bounded at start; this is
@@ -912,6 +916,41 @@ mod tests {
         assert_eq!(separator_after(*b"}\n"), b"\n");
         assert_eq!(separator_after(*b"\n\r"), b"\n");
         assert_eq!(separator_after(*b"ab"), b"\n\n");
+    }
+
+    #[test]
+    fn only_https_http_1_1_bodies_without_any_length_are_refused_as_unreadable() {
+        let ok = StatusCode::OK;
+        let none = HeaderMap::new();
+        let v11 = Version::HTTP_11;
+        assert!(is_unreadable_close_delimited(v11, ok, &none, true));
+        assert!(
+            !is_unreadable_close_delimited(v11, ok, &none, false),
+            "plain TCP reads it"
+        );
+        assert!(!is_unreadable_close_delimited(
+            Version::HTTP_2,
+            ok,
+            &none,
+            true
+        ));
+        assert!(!is_unreadable_close_delimited(
+            Version::HTTP_10,
+            ok,
+            &none,
+            true
+        ));
+        for status in [StatusCode::NO_CONTENT, StatusCode::NOT_MODIFIED] {
+            assert!(
+                !is_unreadable_close_delimited(v11, status, &none, true),
+                "{status}"
+            );
+        }
+        for (name, value) in [(CONTENT_LENGTH, "0"), (TRANSFER_ENCODING, "chunked")] {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, HeaderValue::from_static(value));
+            assert!(!is_unreadable_close_delimited(v11, ok, &headers, true));
+        }
     }
 
     #[test]
