@@ -514,10 +514,22 @@ pub async fn method_not_allowed() -> Result<HttpResponse, ProxyError> {
     Err(ProxyError::MethodNotAllowed)
 }
 
-/// Fallback for a provider's path with the wrong method: the error names the provider, as every
-/// other error on that route does.
-pub async fn method_not_allowed_chat(request: HttpRequest) -> HttpResponse {
-    ProxyError::MethodNotAllowed.to_response(request.match_name())
+/// Fallback for a provider's path with the wrong method: the error, the access log and the
+/// metrics name the provider, as for every other request on that route.
+pub async fn method_not_allowed_chat(
+    request: HttpRequest,
+    registry: web::Data<Registry>,
+) -> HttpResponse {
+    let provider = request
+        .match_name()
+        .and_then(|name| registry.get(name))
+        .map(|provider| provider.endpoint().name);
+    let mut response = ProxyError::MethodNotAllowed.to_response(provider);
+    response.extensions_mut().insert(AccessInfo {
+        provider,
+        ..AccessInfo::default()
+    });
+    response
 }
 
 /// Fallback for the OpenAI-compatible paths with the wrong method, in OpenAI's error shape.

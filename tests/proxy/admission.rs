@@ -454,6 +454,11 @@ async fn a_wrong_method_on_a_providers_path_names_the_provider_and_an_unknown_on
         );
         assert_eq!(body["error"]["provider"], provider, "GET {path}: {body}");
     }
+    // The metrics name the provider too, as for every other request on its path.
+    let line =
+        r#"llm_proxy_requests_total{route="chat",provider="groq",status="4xx",outcome="ok"} 1"#;
+    let text = metrics_with(&proxy, line).await;
+    assert!(has_line(&text, line), "{text}");
     assert!(mock.requests().is_empty());
 }
 
