@@ -275,7 +275,6 @@ async fn try_once(
     let status = upstream.status();
     outcome.upstream_status = Some(status.as_u16());
     let passed_on = upstream::passed_on_headers(upstream.headers());
-    outcome.upstream_headers.clone_from(&passed_on);
 
     if !status.is_success() {
         let body = upstream::read_body(upstream, config.max_response_bytes, config.http_timeout)
@@ -289,6 +288,9 @@ async fn try_once(
         }
         .into());
     }
+    // Kept for any error made from this answer below; the reply takes copies (each a
+    // reference count), so no list is built twice.
+    outcome.upstream_headers = passed_on;
     // From here on a 2xx head has arrived: the upstream may already be generating (and billing)
     // the answer, so no failure but an in-band error event is retried.
     if upstream::is_unreadable_close_delimited(upstream.version(), status, upstream.headers(), tls)
@@ -302,8 +304,8 @@ async fn try_once(
     }
 
     let mut response = HttpResponse::build(StatusCode::OK);
-    for header in passed_on {
-        response.insert_header(header);
+    for (name, value) in &outcome.upstream_headers {
+        response.insert_header((name.clone(), value.clone()));
     }
     if chat.stream && !upstream::is_event_stream(upstream.headers()) {
         let body = whole_answer_as_stream(route, state, chat, target, upstream).await;
@@ -383,32 +385,20 @@ async fn try_once(
     outcome.upstream_time += sent.elapsed();
     let body = body.map_err(Failed::no_retry)?;
     drop(slot);
+    // Every answer is checked to be the provider's documented shape, even one passed on as
+    // it came: an HTML page or a cut body is a 502 on both routes.
+    let normalized = provider
+        .translate_response(&body, model)
+        .map_err(Failed::no_retry)?;
+    outcome.usage = normalized.usage;
     let json = match route {
-        // Already a chat.completion: passed on as it came, tool calls and all, once it is
-        // known to be one (an HTML page or a cut body is a 502 here as on the path route).
-        Route::FrontDoor if provider.speaks_openai() => {
-            let normalized = provider
-                .translate_response(&body, model)
-                .map_err(Failed::no_retry)?;
-            outcome.usage = normalized.usage;
-            body
-        }
-        Route::FrontDoor => {
-            let normalized = provider
-                .translate_response(&body, model)
-                .map_err(Failed::no_retry)?;
-            outcome.usage = normalized.usage;
-            Bytes::from(completions::completion_body(&normalized))
-        }
-        Route::Path => {
-            let normalized = provider
-                .translate_response(&body, model)
-                .map_err(Failed::no_retry)?;
-            outcome.usage = normalized.usage;
-            let json = serde_json::to_vec(&normalized)
-                .map_err(|e| Failed::no_retry(ProxyError::BadUpstreamBody(e.to_string())))?;
-            Bytes::from(json)
-        }
+        // Already a chat.completion: passed on as it came, tool calls and all.
+        Route::FrontDoor if provider.speaks_openai() => body.clone(),
+        Route::FrontDoor => Bytes::from(completions::completion_body(&normalized)),
+        Route::Path => Bytes::from(
+            serde_json::to_vec(&normalized)
+                .map_err(|e| Failed::no_retry(ProxyError::BadUpstreamBody(e.to_string())))?,
+        ),
     };
     Ok(response.content_type("application/json").body(json))
 }

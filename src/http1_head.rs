@@ -41,11 +41,15 @@ fn mark(head: &mut [u8]) -> Head {
     if (100..200).contains(&status) && status != 101 {
         return Head::Interim;
     }
-    let has_body = status >= 200 && status != 204 && status != 304;
-    if minor == b'1' && has_body && !has_length(head) {
+    if minor == b'1' && status_has_body(status) && !has_length(head) {
         head[7] = b'0';
     }
     Head::Final
+}
+
+/// Whether a response with this status has a body (RFC 9110 §6.4.1: not 1xx, 204 or 304).
+pub fn status_has_body(status: u16) -> bool {
+    status >= 200 && status != 204 && status != 304
 }
 
 /// Whether a head has a `Content-Length` or `Transfer-Encoding` field, any case. Runs on every

@@ -84,23 +84,21 @@ fn json_line(
             &message[1..]
         );
     }
-    let about_request = message
+    let (request_id, message) = match message
         .strip_prefix("request_id=")
-        .and_then(|rest| rest.split_once(' '));
-    let line = match about_request {
-        Some((request_id, message)) => serde_json::json!({
-            "timestamp": timestamp,
-            "level": record.level().as_str(),
-            "target": record.target(),
-            "request_id": request_id,
-            "message": message,
-        }),
-        None => serde_json::json!({
-            "timestamp": timestamp,
-            "level": record.level().as_str(),
-            "target": record.target(),
-            "message": message,
-        }),
+        .and_then(|rest| rest.split_once(' '))
+    {
+        Some((id, rest)) => (Some(id), rest),
+        None => (None, message.as_str()),
     };
+    let mut line = serde_json::json!({
+        "timestamp": timestamp,
+        "level": record.level().as_str(),
+        "target": record.target(),
+        "message": message,
+    });
+    if let Some(id) = request_id {
+        line["request_id"] = id.into();
+    }
     writeln!(out, "{line}")
 }

@@ -187,10 +187,7 @@ pub fn is_unreadable_close_delimited(
     headers: &HeaderMap,
     tls: bool,
 ) -> bool {
-    let has_body = !(status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED);
-    tls && has_body
+    tls && crate::http1_head::status_has_body(status.as_u16())
         && version == Version::HTTP_11
         && !headers.contains_key(CONTENT_LENGTH)
         && !headers.contains_key(TRANSFER_ENCODING)

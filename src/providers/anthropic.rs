@@ -335,13 +335,13 @@ impl StreamTranslator for StreamEvents {
     }
 
     fn end(&mut self) -> Result<(), ProxyError> {
-        match self.stopped {
-            true => Ok(()),
-            false => Err(crate::completions::ended_early(
-                "anthropic",
-                "message_stop event",
-            )),
+        if self.stopped {
+            return Ok(());
         }
+        Err(crate::completions::ended_early(
+            "anthropic",
+            "message_stop event",
+        ))
     }
 }
 

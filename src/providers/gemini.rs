@@ -410,10 +410,10 @@ impl StreamTranslator for StreamEvents {
     }
 
     fn end(&mut self) -> Result<(), ProxyError> {
-        match self.finished {
-            true => Ok(()),
-            false => Err(crate::completions::ended_early("gemini", "finishReason")),
+        if self.finished {
+            return Ok(());
         }
+        Err(crate::completions::ended_early("gemini", "finishReason"))
     }
 }
 
