@@ -16,10 +16,6 @@ use tokio::sync::oneshot;
 
 use crate::common::*;
 
-fn hi(model: &str) -> Value {
-    json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
-}
-
 /// A request's body with `fallbacks` added, for the front door.
 fn with_fallbacks(model: &str, fallbacks: &[String]) -> Value {
     let mut body = hi(model);

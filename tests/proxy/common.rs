@@ -553,3 +553,23 @@ pub fn refused_base_url() -> String {
     drop(listener);
     format!("http://{addr}/v1")
 }
+
+/// A one-message chat body for `model`.
+pub fn hi(model: &str) -> Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// The same, streamed.
+pub fn streamed(model: &str) -> Value {
+    serde_json::json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// Reads a streamed answer to its end, failing if it does not end cleanly.
+pub async fn read_to_end(response: &mut awc::ClientResponse) -> Vec<u8> {
+    use futures_util::StreamExt;
+    let mut all = Vec::new();
+    while let Some(chunk) = response.next().await {
+        all.extend_from_slice(&chunk.expect("the proxy's stream ends cleanly"));
+    }
+    all
+}

@@ -8,10 +8,6 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 
-fn hi(model: &str) -> Value {
-    json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
-}
-
 fn assert_error(answer: &Answer, status: u16, kind: &str, provider: Value) -> Value {
     assert_eq!(answer.status, status, "{:?}", answer.body);
     assert_eq!(answer.header("content-type"), Some("application/json"));
@@ -368,10 +364,6 @@ fn close_delimited(content_type: &str, body: &[u8]) -> Vec<u8> {
 
 fn close_delimited_upstream(content_type: &str, body: &[u8]) -> String {
     raw_upstream_in_parts(vec![close_delimited(content_type, body)], Duration::ZERO)
-}
-
-fn streamed(model: &str) -> Value {
-    json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hi"}]})
 }
 
 #[actix_web::test]

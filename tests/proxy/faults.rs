@@ -15,14 +15,6 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 
-fn hi(model: &str) -> Value {
-    json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
-}
-
-fn streamed(model: &str) -> Value {
-    json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hi"}]})
-}
-
 fn streamed_with_usage(model: &str, include_usage: bool) -> Value {
     json!({"model": model, "stream": true, "stream_options": {"include_usage": include_usage},
            "messages": [{"role": "user", "content": "hi"}]})
@@ -34,15 +26,6 @@ fn content_of(events: &[Value]) -> String {
         .iter()
         .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str())
         .collect()
-}
-
-/// Reads a streamed answer to its end, failing if it does not end cleanly.
-async fn read_to_end(response: &mut awc::ClientResponse) -> Vec<u8> {
-    let mut all = Vec::new();
-    while let Some(chunk) = response.next().await {
-        all.extend_from_slice(&chunk.expect("the proxy's stream ends cleanly"));
-    }
-    all
 }
 
 /// Opens a stream on the path route and returns it once its head is in.

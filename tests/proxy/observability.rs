@@ -1,13 +1,9 @@
 //! Request ids, `/metrics` after known traffic, and JSON logs.
 
 use actix_web::web::Bytes;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::common::*;
-
-fn hi(model: &str) -> Value {
-    json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
-}
 
 /// Every metric in the README's table, with its type, is described, and every sample is one of
 /// them: counters end in `_total`, histograms have `_bucket`, `_sum` and `_count`.

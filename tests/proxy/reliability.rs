@@ -16,10 +16,6 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 
-fn hi(model: &str) -> Value {
-    json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
-}
-
 fn with_retries(mock: &Mock, retries: u32) -> Config {
     Config {
         max_retries: retries,

@@ -24,14 +24,6 @@ async fn open_stream(proxy: &Proxy, provider: &str) -> awc::ClientResponse {
         .expect("the proxy answers")
 }
 
-async fn read_to_end(response: &mut awc::ClientResponse) -> Vec<u8> {
-    let mut all = Vec::new();
-    while let Some(chunk) = response.next().await {
-        all.extend_from_slice(&chunk.expect("the proxy's stream ends cleanly"));
-    }
-    all
-}
-
 /// The single `event: error` event at the end of `stream`, parsed.
 fn trailing_error_event(stream: &[u8]) -> Value {
     let text = std::str::from_utf8(stream).unwrap();
