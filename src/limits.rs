@@ -67,33 +67,32 @@ fn take(counter: &AtomicUsize, amount: usize, max: usize) -> bool {
 }
 
 /// `MAX_PENDING_BODY_BYTES`: the bytes of request bodies being received, across the process.
-#[derive(Clone, Debug)]
+/// A reservation borrows it: a body is read within its handler, which holds the budget.
+#[derive(Debug)]
 pub struct BodyBudget {
-    pending: Arc<AtomicUsize>,
+    pending: AtomicUsize,
     max: usize,
 }
 
 /// The bytes one body being received holds of the budget, given back when dropped.
 #[derive(Debug)]
-pub struct BodyReservation {
-    pending: Arc<AtomicUsize>,
-    max: usize,
+pub struct BodyReservation<'b> {
+    budget: &'b BodyBudget,
     held: usize,
 }
 
 impl BodyBudget {
     pub fn new(max: usize) -> Self {
         Self {
-            pending: Arc::new(AtomicUsize::new(0)),
+            pending: AtomicUsize::new(0),
             max,
         }
     }
 
     /// A reservation of nothing yet, to grow as the body arrives.
-    pub fn reserve(&self) -> BodyReservation {
+    pub fn reserve(&self) -> BodyReservation<'_> {
         BodyReservation {
-            pending: self.pending.clone(),
-            max: self.max,
+            budget: self,
             held: 0,
         }
     }
@@ -103,10 +102,10 @@ impl BodyBudget {
     }
 }
 
-impl BodyReservation {
+impl BodyReservation<'_> {
     /// Holds `more` bytes too, or fails when the budget has no room for them.
     pub fn grow(&mut self, more: usize) -> Result<(), ProxyError> {
-        if !take(&self.pending, more, self.max) {
+        if !take(&self.budget.pending, more, self.budget.max) {
             return Err(ProxyError::BodiesOverloaded);
         }
         self.held += more;
@@ -114,9 +113,9 @@ impl BodyReservation {
     }
 }
 
-impl Drop for BodyReservation {
+impl Drop for BodyReservation<'_> {
     fn drop(&mut self) {
-        self.pending.fetch_sub(self.held, Ordering::AcqRel);
+        self.budget.pending.fetch_sub(self.held, Ordering::AcqRel);
     }
 }
 
