@@ -187,6 +187,42 @@ impl ProxyError {
         serde_json::to_vec(&body).expect("an error body always serializes")
     }
 
+    /// The body in Anthropic's error shape, `{"type": "error", "error": {"type", "message"}}`,
+    /// for the `/v1/messages` door: the Anthropic SDKs pick their exception class from the
+    /// status, and read these. An Anthropic upstream's own error type is kept.
+    pub fn anthropic_body(&self, provider: Option<&str>) -> Vec<u8> {
+        let (error, _) = self.unwrap_attempts();
+        let message = error.to_string();
+        let own = match error {
+            Self::Upstream { body, .. } | Self::StreamEvent(body) => {
+                serde_json::from_slice::<UpstreamEnvelope>(body).ok()
+            }
+            _ => None,
+        };
+        let own = own.and_then(|envelope| envelope.error.kind);
+        let kind = match error {
+            Self::StreamEvent(_) => "api_error",
+            _ => anthropic_error_type(self.status_code()),
+        };
+        let (upstream_status, upstream) = error.upstream();
+        let body = AnthropicErrorBody {
+            kind: "error",
+            error: AnthropicError {
+                kind: own.as_deref().filter(|own| own.ends_with("_error")).unwrap_or(kind),
+                message: &message,
+                provider,
+                upstream_status,
+                upstream,
+            },
+        };
+        serde_json::to_vec(&body).expect("an error body always serializes")
+    }
+
+    /// The `/v1/messages` door's HTTP response for this error.
+    pub fn to_anthropic_response(&self, provider: Option<&str>) -> HttpResponse {
+        self.response(self.anthropic_body(provider))
+    }
+
     /// The front door's HTTP response for this error.
     pub fn to_openai_response(&self, provider: Option<&str>) -> HttpResponse {
         self.response(self.openai_body(provider))
@@ -331,6 +367,42 @@ struct OpenAiError<'a> {
 enum CodeValue<'a> {
     Upstream(&'a serde_json::Value),
     Ours(&'a str),
+}
+
+/// Anthropic's error types by status, as its API documents them.
+fn anthropic_error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 405 | 408 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        504 => "timeout_error",
+        503 | 529 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
+#[derive(Serialize)]
+struct AnthropicErrorBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: AnthropicError<'a>,
+}
+
+#[derive(Serialize)]
+struct AnthropicError<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provider: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<UpstreamBody<'a>>,
 }
 
 /// The `error` object most providers answer with; each field may be missing.

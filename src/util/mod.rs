@@ -1,0 +1,3 @@
+//! Helpers with no knowledge of providers or formats.
+
+pub mod json;
