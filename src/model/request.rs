@@ -32,6 +32,10 @@ pub struct Request {
     /// Top-level fields the door did not read, in the order they came: passed on to the
     /// upstream as given (provider-specific settings such as Gemini's `safetySettings`).
     pub extras: Vec<(String, Value)>,
+    /// Fields the door read that only its own format can express (OpenAI's `n: 3`, Anthropic's
+    /// server tools): a request with any goes nowhere but to an upstream of the door's own
+    /// format, and elsewhere is refused with a 400 naming the first.
+    pub unportable: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
