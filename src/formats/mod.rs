@@ -11,16 +11,61 @@ pub mod gemini;
 pub mod openai;
 
 use actix_web::{
-    http::header::{HeaderName, HeaderValue},
+    http::{
+        header::{HeaderName, HeaderValue},
+        Uri,
+    },
     web::Bytes,
 };
 
 use crate::{
     error::ProxyError,
     model::{Request, Response, StreamEvent, Usage},
-    providers::{Endpoint, UpstreamRequest},
     sse,
 };
+
+/// Where and how to reach one configured provider, whatever its wire format.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The `{provider}` of `/v1/chat/{provider}`, and the part before `/` in a door's model.
+    pub name: &'static str,
+    pub base_url: String,
+    /// Without a key, a request to a provider that requires one is a 401 and goes nowhere.
+    pub key_required: bool,
+    /// Static headers from the providers file, sent on every request.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Endpoint {
+    /// The URL of a path below the base URL.
+    pub fn url(&self, path: &str) -> Uri {
+        let base = self.base_url.trim_end_matches('/');
+        format!("{base}/{}", path.trim_start_matches('/'))
+            .parse()
+            .expect("base URLs are validated at start")
+    }
+}
+
+/// Everything `upstream::send` needs for one call: where, which headers, what body.
+#[derive(Debug)]
+pub struct UpstreamRequest {
+    pub url: Uri,
+    /// Auth, version and configured headers. `Content-Type: application/json` is always added
+    /// by the sender.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+}
+
+/// Builds a header value from a key, marked sensitive so that it is never printed.
+pub fn secret_header(prefix: &str, key: &HeaderValue) -> HeaderValue {
+    let mut bytes = Vec::with_capacity(prefix.len() + key.len());
+    bytes.extend_from_slice(prefix.as_bytes());
+    bytes.extend_from_slice(key.as_bytes());
+    let mut value = HeaderValue::from_bytes(&bytes)
+        .expect("a valid header value with an ASCII prefix is valid");
+    value.set_sensitive(true);
+    value
+}
 
 /// The wire formats the proxy speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

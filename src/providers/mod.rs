@@ -14,11 +14,7 @@ pub use gemini::Gemini;
 pub use openai::OpenAi;
 
 use actix_web::{
-    http::{
-        header::{HeaderName, HeaderValue},
-        Uri,
-    },
-    web::Bytes,
+    http::header::HeaderValue,
 };
 
 use crate::{
@@ -48,36 +44,7 @@ fn wire_format(kind: &str, endpoint: Endpoint, config: &Config) -> Box<dyn ChatP
     }
 }
 
-/// Where and how to reach one configured provider, whatever its wire format.
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    /// The `{provider}` of `/v1/chat/{provider}`, and the part before `/` in a front-door model.
-    pub name: &'static str,
-    pub base_url: String,
-    /// Without a key, a request to a provider that requires one is a 401 and goes nowhere.
-    pub key_required: bool,
-    /// Static headers from the providers file, sent on every request.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-}
-
-impl Endpoint {
-    /// The URL of a path below the base URL.
-    pub fn url(&self, path: &str) -> Uri {
-        crate::config::join_url(&self.base_url, path)
-            .parse()
-            .expect("base URLs are validated at start")
-    }
-}
-
-/// Everything `upstream::send` needs for one call: where, which headers, what body.
-#[derive(Debug)]
-pub struct UpstreamRequest {
-    pub url: Uri,
-    /// Auth, version and configured headers. `Content-Type: application/json` is always added
-    /// by the sender.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub body: Bytes,
-}
+pub use crate::formats::{Endpoint, UpstreamRequest};
 
 /// One upstream wire format, configured for one provider. Implementations are plain data and
 /// translate with pure functions; all network I/O lives in `upstream`.
@@ -300,16 +267,7 @@ pub fn check_catalog(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds a header value from a key, marked sensitive so that it is never printed.
-fn secret_header(prefix: &str, key: &HeaderValue) -> HeaderValue {
-    let mut bytes = Vec::with_capacity(prefix.len() + key.len());
-    bytes.extend_from_slice(prefix.as_bytes());
-    bytes.extend_from_slice(key.as_bytes());
-    let mut value = HeaderValue::from_bytes(&bytes)
-        .expect("a valid header value with an ASCII prefix is valid");
-    value.set_sensitive(true);
-    value
-}
+use crate::formats::secret_header;
 
 /// The error for a 2xx body that does not have the shape a provider documents.
 fn bad_body(provider: &str, why: impl std::fmt::Display) -> ProxyError {
