@@ -27,6 +27,16 @@ pub fn configure(cfg: &mut web::ServiceConfig, registry: &Registry) {
             .default_service(web::to(handlers::method_not_allowed_openai)),
     )
     .service(
+        web::resource("/v1/messages")
+            .route(web::post().to(handlers::messages))
+            .default_service(web::to(handlers::method_not_allowed_anthropic)),
+    )
+    .service(
+        web::resource("/v1/messages/count_tokens")
+            .route(web::post().to(handlers::count_tokens))
+            .default_service(web::to(handlers::method_not_allowed_anthropic)),
+    )
+    .service(
         web::resource("/v1/models")
             .route(web::get().to(handlers::models))
             .default_service(web::to(handlers::method_not_allowed_openai)),

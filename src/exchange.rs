@@ -3,6 +3,7 @@
 
 use std::{
     borrow::Cow,
+    cell::OnceCell,
     rc::Rc,
     time::{Duration, Instant, SystemTime},
 };
@@ -18,15 +19,16 @@ use actix_web::{
 };
 use awc::Client;
 
+use serde::Serialize;
+
 use crate::{
-    chat::{ChatRequest, Usage},
-    completions::{self, ChunkWriter, OPENAI_ONLY_FIELDS},
     config::Config,
     error::ProxyError,
+    formats::{self, anthropic, openai, Format, PassThrough, StreamEncoder, Upstream},
     limits::{Guards, RequestPermit, UpstreamSlots},
     metrics::Metrics,
+    model::{Request, Response, Usage},
     observe::{StreamReport, REQUEST_ID},
-    providers::ChatProvider,
     retry::{self, Attempt},
     upstream::{self, Body, Relay, StreamContext, StreamErrors, Translated},
 };
@@ -35,13 +37,105 @@ const PROXY_PROVIDER: HeaderName = HeaderName::from_static("x-proxy-provider");
 const PROXY_MODEL: HeaderName = HeaderName::from_static("x-proxy-model");
 const PROXY_ATTEMPTS: HeaderName = HeaderName::from_static("x-proxy-attempts");
 
-/// The two ways in, which answer in different shapes.
+/// The ways in, each answering in its own shapes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Route {
-    /// `POST /v1/chat/{provider}`: the normalized body, pass-through streams, our errors.
+pub enum Door {
+    /// `POST /v1/chat/{provider}`: an OpenAI-style body, the normalized answer, pass-through
+    /// streams, our errors.
     Path,
     /// `POST /v1/chat/completions`: OpenAI's shapes throughout.
-    FrontDoor,
+    OpenAi,
+    /// `POST /v1/messages`: Anthropic's shapes throughout.
+    Anthropic,
+}
+
+impl Door {
+    /// The wire format of the bodies that come through the door.
+    pub fn format(self) -> Format {
+        match self {
+            Door::Path | Door::OpenAi => Format::OpenAi,
+            Door::Anthropic => Format::Anthropic,
+        }
+    }
+
+    /// The error response in the door's shape.
+    pub fn error_response(self, error: &ProxyError, provider: Option<&str>) -> HttpResponse {
+        match self {
+            Door::Path => error.to_response(provider),
+            Door::OpenAi => error.to_openai_response(provider),
+            Door::Anthropic => error.to_anthropic_response(provider),
+        }
+    }
+
+    fn stream_errors(self) -> StreamErrors {
+        match self {
+            Door::Path => StreamErrors::Proxy,
+            Door::OpenAi => StreamErrors::OpenAi,
+            Door::Anthropic => StreamErrors::Anthropic,
+        }
+    }
+
+    /// The encoder of a translated stream for this door; the path route passes streams
+    /// through and has none.
+    fn encoder(self, model: &str, include_usage: bool) -> Option<Box<dyn StreamEncoder>> {
+        match self {
+            Door::Path => None,
+            Door::OpenAi => Some(Box::new(openai::ChunkEncoder::new(model, include_usage))),
+            Door::Anthropic => Some(Box::new(anthropic::EventEncoder::new(model))),
+        }
+    }
+}
+
+/// A caller's request as its door read it: the few fields every route needs, the body as it
+/// came (for upstreams of the door's own format), and the request in the model, parsed once
+/// and only when an upstream of another format needs it.
+pub struct Incoming<'a> {
+    pub door: Door,
+    pub body: &'a Bytes,
+    /// `model` as the caller wrote it.
+    pub model: &'a str,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// The caller's query string, passed on to an upstream of the door's format.
+    pub query: Option<&'a str>,
+    /// The caller's headers of the door's format (`anthropic-beta`), passed on likewise.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Top-level fields of the proxy's own, never passed on.
+    pub remove: &'static [&'static str],
+    parsed: OnceCell<Result<Request, String>>,
+}
+
+impl<'a> Incoming<'a> {
+    pub fn new(door: Door, body: &'a Bytes, model: &'a str, stream: bool) -> Self {
+        Self {
+            door,
+            body,
+            model,
+            stream,
+            include_usage: false,
+            query: None,
+            headers: Vec::new(),
+            remove: &[],
+            parsed: OnceCell::new(),
+        }
+    }
+
+    /// With the request already parsed (the path route validates every body up front).
+    pub fn with_request(mut self, request: Request) -> Self {
+        self.parsed = OnceCell::from(Ok(request));
+        self
+    }
+
+    /// The request in the model, parsed by the door's format on first use.
+    pub fn request(&self) -> Result<&Request, ProxyError> {
+        let parsed = self.parsed.get_or_init(|| match self.door.format() {
+            Format::Anthropic => anthropic::door::parse(self.body),
+            _ => openai::door::parse(self.body),
+        });
+        parsed
+            .as_ref()
+            .map_err(|why| ProxyError::InvalidRequest(why.clone()))
+    }
 }
 
 /// What one worker shares with every request it serves.
@@ -56,7 +150,7 @@ pub struct State<'s> {
 
 /// One provider and model to try, with the key for it, or why it cannot be tried.
 pub struct Target<'r> {
-    pub provider: &'r dyn ChatProvider,
+    pub upstream: &'r dyn Upstream,
     pub model: Cow<'r, str>,
     pub key: Result<Option<HeaderValue>, String>,
 }
@@ -112,9 +206,8 @@ impl Failed {
 /// `RETRY_MAX_WAIT_SECONDS`. Any other failure is answered at once. Nothing here is shared
 /// between requests: one caller's failures never change how another's requests are treated.
 pub async fn run(
-    route: Route,
     state: &State<'_>,
-    chat: &ChatRequest<'_>,
+    incoming: &Incoming<'_>,
     targets: &[Target<'_>],
     max_retries: u32,
     permit: RequestPermit,
@@ -124,25 +217,14 @@ pub async fn run(
     let mut permit = Some(permit);
     let mut attempts = Vec::new();
     let mut last = None;
-    // OpenAI's own fields go only to upstreams that speak OpenAI; copied once, when needed.
-    let mut stripped = None;
     for (index, target) in targets.iter().enumerate() {
-        let endpoint = target.provider.endpoint();
+        let endpoint = target.upstream.endpoint();
         let key = match &target.key {
             Ok(key) => key.as_ref(),
             Err(why) => {
                 attempts.push(Attempt::skipped(endpoint.name, &target.model, why.clone()));
                 continue;
             }
-        };
-        let request = if route == Route::FrontDoor && !target.provider.speaks_openai() {
-            stripped.get_or_insert_with(|| {
-                let mut copy = chat.clone();
-                copy.remove_fields(&OPENAI_ONLY_FIELDS);
-                copy
-            })
-        } else {
-            chat
         };
         if index > 0 {
             state.metrics.fallback(endpoint.name);
@@ -155,7 +237,7 @@ pub async fn run(
             outcome.provider = Some(endpoint.name);
             outcome.model = Some(target.model.clone().into_owned());
             outcome.upstream_headers.clear();
-            let result = try_once(route, state, request, target, key, &mut permit, outcome).await;
+            let result = try_once(state, incoming, target, key, &mut permit, outcome).await;
             let Failed {
                 error,
                 retry: retryable,
@@ -243,21 +325,58 @@ pub fn label(response: &mut HttpResponse, provider: &str, model: &str, attempts:
     headers.insert(PROXY_ATTEMPTS, HeaderValue::from(attempts));
 }
 
+/// The upstream call for one target: the body as it came when the upstream speaks the door's
+/// format, else the request in the model translated into the upstream's.
+fn upstream_request(
+    incoming: &Incoming<'_>,
+    target: &Target<'_>,
+    key: Option<&HeaderValue>,
+) -> Result<formats::UpstreamRequest, ProxyError> {
+    let upstream = target.upstream;
+    if upstream.format() == incoming.door.format() {
+        let pass = PassThrough {
+            body: incoming.body,
+            model: incoming.model,
+            stream: incoming.stream,
+            query: incoming.query,
+            headers: &incoming.headers,
+            remove: incoming.remove,
+        };
+        return upstream.pass_through(&pass, &target.model, key);
+    }
+    let request = incoming.request()?;
+    if let Some(field) = request.unportable.first() {
+        return Err(formats::unsupported(
+            upstream.endpoint().name,
+            field,
+            format!(
+                "only {} upstreams can take it",
+                match incoming.door.format() {
+                    Format::Anthropic => "Anthropic",
+                    _ => "OpenAI-format",
+                }
+            ),
+        ));
+    }
+    upstream.translate_request(request, &target.model, key)
+}
+
 /// One call to one upstream. Fails without having sent the caller anything.
 async fn try_once(
-    route: Route,
     state: &State<'_>,
-    chat: &ChatRequest<'_>,
+    incoming: &Incoming<'_>,
     target: &Target<'_>,
     key: Option<&HeaderValue>,
     permit: &mut Option<RequestPermit>,
     outcome: &mut Outcome,
 ) -> Result<HttpResponse, Failed> {
     let config = state.config;
-    let provider = target.provider;
-    let endpoint = provider.endpoint();
+    let upstream = target.upstream;
+    let endpoint = upstream.endpoint();
     let model = target.model.as_ref();
-    let mut upstream_request = provider.translate_request(chat, model, key)?;
+    let door = incoming.door;
+    let same_format = upstream.format() == door.format();
+    let mut upstream_request = upstream_request(incoming, target, key)?;
     let tls = upstream_request.url.scheme_str() == Some("https");
     upstream_request
         .headers
@@ -267,17 +386,17 @@ async fn try_once(
         .push((REQUEST_ID, state.request_id.clone()));
     let slot = state.slots.acquire().await?;
     let sent = Instant::now();
-    let upstream = upstream::send(state.client, upstream_request, config.http_timeout).await;
-    let upstream = upstream.inspect_err(|_| outcome.upstream_time += sent.elapsed())?;
+    let response = upstream::send(state.client, upstream_request, config.http_timeout).await;
+    let response = response.inspect_err(|_| outcome.upstream_time += sent.elapsed())?;
     state
         .metrics
         .upstream_first_byte(endpoint.name, sent.elapsed());
-    let status = upstream.status();
+    let status = response.status();
     outcome.upstream_status = Some(status.as_u16());
-    let passed_on = upstream::passed_on_headers(upstream.headers());
+    let passed_on = upstream::passed_on_headers(response.headers());
 
     if !status.is_success() {
-        let body = upstream::read_body(upstream, config.max_response_bytes, config.http_timeout)
+        let body = upstream::read_body(response, config.max_response_bytes, config.http_timeout)
             .await
             .inspect_err(|_| outcome.upstream_time += sent.elapsed())?;
         outcome.upstream_time += sent.elapsed();
@@ -293,7 +412,7 @@ async fn try_once(
     outcome.upstream_headers = passed_on;
     // From here on a 2xx head has arrived: the upstream may already be generating (and billing)
     // the answer, so no failure but an in-band error event is retried.
-    if upstream::is_unreadable_close_delimited(upstream.version(), status, upstream.headers(), tls)
+    if upstream::is_unreadable_close_delimited(response.version(), status, response.headers(), tls)
     {
         outcome.upstream_time += sent.elapsed();
         return Err(Failed::no_retry(ProxyError::BadUpstreamBody(
@@ -303,16 +422,16 @@ async fn try_once(
         )));
     }
 
-    let mut response = HttpResponse::build(StatusCode::OK);
+    let mut reply = HttpResponse::build(StatusCode::OK);
     for (name, value) in &outcome.upstream_headers {
-        response.insert_header((name.clone(), value.clone()));
+        reply.insert_header((name.clone(), value.clone()));
     }
-    if chat.stream && !upstream::is_event_stream(upstream.headers()) {
-        let body = whole_answer_as_stream(route, state, chat, target, upstream).await;
+    if incoming.stream && !upstream::is_event_stream(response.headers()) {
+        let body = whole_answer_as_stream(state, incoming, target, response).await;
         outcome.upstream_time += sent.elapsed();
         let (body, usage) = body.map_err(Failed::no_retry)?;
         outcome.usage = usage;
-        return Ok(response
+        return Ok(reply
             .insert_header((
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/event-stream"),
@@ -320,8 +439,8 @@ async fn try_once(
             .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
             .body(body));
     }
-    if chat.stream {
-        let mut body = Body::new(upstream, config.http_timeout);
+    if incoming.stream {
+        let mut body = Body::new(response, config.http_timeout);
         let first = upstream::peek_first_event(&mut body).await;
         outcome.upstream_time += sent.elapsed();
         let first = first.map_err(|error| match error {
@@ -330,7 +449,7 @@ async fn try_once(
         })?;
         let report = Rc::new(StreamReport::default());
         outcome.stream_report = Some(report.clone());
-        response
+        reply
             .insert_header((
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/event-stream"),
@@ -348,74 +467,116 @@ async fn try_once(
                 upstream: Some(slot),
             },
         };
-        let translator = match route {
-            Route::FrontDoor => provider.stream_translator(),
-            Route::Path => None,
+        // The path route passes every stream through; a door passes through its own format
+        // and translates any other.
+        let encoder = match same_format {
+            true => None,
+            false => door.encoder(model, incoming.include_usage),
         };
-        return Ok(match (route, translator) {
-            (_, Some(translator)) => {
-                let writer = ChunkWriter::new(model, chat.include_usage);
-                response.streaming(Translated::new(
-                    body,
-                    first,
-                    translator,
-                    writer,
-                    config.sse_heartbeat,
-                    context,
-                ))
-            }
-            (Route::Path, None) => response.streaming(Relay::new(
+        return Ok(match encoder {
+            Some(encoder) => reply.streaming(Translated::new(
                 body,
                 first,
-                StreamErrors::Proxy,
-                config.passthrough_heartbeat,
+                upstream.stream_decoder(),
+                encoder,
+                config.sse_heartbeat,
                 context,
             )),
-            (Route::FrontDoor, None) => response.streaming(Relay::new(
+            None => reply.streaming(Relay::new(
                 body,
                 first,
-                StreamErrors::OpenAi,
+                door.stream_errors(),
                 config.passthrough_heartbeat,
                 context,
             )),
         });
     }
 
-    let body = upstream::read_body(upstream, config.max_response_bytes, config.http_timeout).await;
+    let body = upstream::read_body(response, config.max_response_bytes, config.http_timeout).await;
     outcome.upstream_time += sent.elapsed();
     let body = body.map_err(Failed::no_retry)?;
     drop(slot);
     // Every answer is checked to be the provider's documented shape, even one passed on as
-    // it came: an HTML page or a cut body is a 502 on both routes.
-    let normalized = provider
+    // it came: an HTML page or a cut body is a 502 on every route.
+    let answer = upstream
         .translate_response(&body, model)
         .map_err(Failed::no_retry)?;
-    outcome.usage = normalized.usage;
-    let json = match route {
-        // Already a chat.completion: passed on as it came, tool calls and all.
-        Route::FrontDoor if provider.speaks_openai() => body.clone(),
-        Route::FrontDoor => Bytes::from(completions::completion_body(&normalized)),
-        Route::Path => Bytes::from(
-            serde_json::to_vec(&normalized)
-                .map_err(|e| Failed::no_retry(ProxyError::BadUpstreamBody(e.to_string())))?,
-        ),
+    outcome.usage = answer.usage;
+    let json = match door {
+        // In the door's own format already: passed on as it came.
+        Door::OpenAi | Door::Anthropic if same_format => body,
+        Door::Path => Bytes::from(normalized(endpoint.name, &answer)),
+        Door::OpenAi => Bytes::from(openai::door::completion(&answer)),
+        Door::Anthropic => Bytes::from(anthropic::door::message(&answer)),
     };
-    Ok(response.content_type("application/json").body(json))
+    Ok(reply.content_type("application/json").body(json))
+}
+
+/// The path route's answer: one shape whatever the provider.
+pub fn normalized(provider: &str, answer: &Response) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Normalized<'a> {
+        provider: &'a str,
+        model: &'a str,
+        content: String,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        tool_calls: Vec<Call<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reasoning: Option<String>,
+        stop_reason: Option<&'a str>,
+        native_stop_reason: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
+    }
+    #[derive(Serialize)]
+    struct Call<'a> {
+        id: &'a str,
+        name: &'a str,
+        /// JSON when the model wrote valid JSON, else its text as a string.
+        arguments: Arguments<'a>,
+    }
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    enum Arguments<'a> {
+        Json(&'a serde_json::value::RawValue),
+        Text(&'a str),
+    }
+    let tool_calls = answer
+        .tool_calls()
+        .map(|call| Call {
+            id: &call.id,
+            name: &call.name,
+            arguments: match serde_json::from_str(&call.arguments) {
+                Ok(json) => Arguments::Json(json),
+                Err(_) => Arguments::Text(&call.arguments),
+            },
+        })
+        .collect();
+    let body = Normalized {
+        provider,
+        model: &answer.model,
+        content: answer.text(),
+        tool_calls,
+        reasoning: answer.reasoning(),
+        stop_reason: answer.stop_reason.as_ref().map(|reason| reason.as_str()),
+        native_stop_reason: answer.native_stop_reason.as_deref(),
+        usage: answer.usage,
+    };
+    serde_json::to_vec(&body).expect("a normalized answer always serializes")
 }
 
 /// A 2xx answer to a stream request that is not an event stream: an upstream that ignored
-/// `stream` and sent the whole answer as JSON. The front door can still give the caller the
-/// stream it asked for, made from the answer; the path route passes the upstream's own stream
-/// format through, which this is not, so it is a 502 naming what came.
+/// `stream` and sent the whole answer as JSON. A door can still give the caller the stream it
+/// asked for, made from the answer; the path route passes the upstream's own stream format
+/// through, which this is not, so it is a 502 naming what came.
 async fn whole_answer_as_stream(
-    route: Route,
     state: &State<'_>,
-    chat: &ChatRequest<'_>,
+    incoming: &Incoming<'_>,
     target: &Target<'_>,
-    upstream: awc::ClientResponse,
+    response: awc::ClientResponse,
 ) -> Result<(Bytes, Option<Usage>), ProxyError> {
     let config = state.config;
-    let content_type = upstream.headers().get(header::CONTENT_TYPE).map_or_else(
+    let content_type = response.headers().get(header::CONTENT_TYPE).map_or_else(
         || "no Content-Type".to_owned(),
         |value| {
             String::from_utf8_lossy(value.as_bytes())
@@ -430,20 +591,79 @@ async fn whole_answer_as_stream(
              text/event-stream"
         ))
     };
-    if route == Route::Path {
+    let Some(mut encoder) = incoming
+        .door
+        .encoder(&target.model, incoming.include_usage)
+    else {
         return Err(not_a_stream());
-    }
+    };
     let body =
-        upstream::read_body(upstream, config.max_response_bytes, config.http_timeout).await?;
-    let provider = target.provider;
-    if provider.speaks_openai() {
-        let stream = completions::stream_of_completion(&body, chat.include_usage)
-            .ok_or_else(not_a_stream)?;
-        return Ok((Bytes::from(stream), completions::usage_of(&body)));
-    }
-    let normalized = provider
+        upstream::read_body(response, config.max_response_bytes, config.http_timeout).await?;
+    let answer = target
+        .upstream
         .translate_response(&body, &target.model)
         .map_err(|_| not_a_stream())?;
-    let stream = completions::stream_of_response(&normalized, chat.include_usage);
-    Ok((Bytes::from(stream), normalized.usage))
+    let mut out = Vec::with_capacity(body.len() + 256);
+    for event in answer.events() {
+        encoder.event(event, &mut out);
+    }
+    encoder.finish(&mut out);
+    Ok((Bytes::from(out), answer.usage))
+}
+
+/// `POST /v1/messages/count_tokens` to an Anthropic upstream: one call, its answer as it came.
+pub async fn count_tokens(
+    state: &State<'_>,
+    incoming: &Incoming<'_>,
+    upstream: &dyn Upstream,
+    model: &str,
+    key: Option<&HeaderValue>,
+    outcome: &mut Outcome,
+) -> Result<HttpResponse, ProxyError> {
+    let config = state.config;
+    let endpoint = upstream.endpoint();
+    let pass = PassThrough {
+        body: incoming.body,
+        model: incoming.model,
+        stream: false,
+        query: None,
+        headers: &incoming.headers,
+        remove: incoming.remove,
+    };
+    let mut call = upstream.pass_through(&pass, model, key)?;
+    let url = match incoming.query {
+        Some(query) => endpoint.url(&format!("messages/count_tokens?{query}")),
+        None => endpoint.url("messages/count_tokens"),
+    };
+    call.url = url;
+    call.headers.extend(endpoint.headers.iter().cloned());
+    call.headers.push((REQUEST_ID, state.request_id.clone()));
+    outcome.attempts = 1;
+    outcome.provider = Some(endpoint.name);
+    outcome.model = Some(model.to_owned());
+    let _slot = state.slots.acquire().await?;
+    let sent = Instant::now();
+    let result = async {
+        let response = upstream::send(state.client, call, config.http_timeout).await?;
+        let status = response.status();
+        outcome.upstream_status = Some(status.as_u16());
+        let headers = upstream::passed_on_headers(response.headers());
+        let body =
+            upstream::read_body(response, config.max_response_bytes, config.http_timeout).await?;
+        if !status.is_success() {
+            return Err(ProxyError::Upstream {
+                status,
+                body,
+                headers,
+            });
+        }
+        let mut reply = HttpResponse::Ok();
+        for header in headers {
+            reply.insert_header(header);
+        }
+        Ok(reply.content_type("application/json").body(body))
+    }
+    .await;
+    outcome.upstream_time += sent.elapsed();
+    result.map_err(|error| error.redacted(key))
 }

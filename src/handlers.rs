@@ -10,19 +10,25 @@ use actix_web::{
 };
 use awc::Client;
 use futures_util::StreamExt;
+use serde::Serialize;
 
 use crate::{
     catalog::MAX_FALLBACKS,
-    chat::ChatRequest,
-    completions::{self, PROXY_FIELDS},
     config::Config,
     error::ProxyError,
-    exchange::{self, Outcome, Route, State, Target},
+    exchange::{self, Door, Incoming, Outcome, State, Target},
+    formats::{anthropic, openai, Format, Upstream},
     limits::{BodyBudget, RequestLimit, RequestPermit, UpstreamSlots},
     metrics::Metrics,
     observe::{self, AccessInfo, RequestId},
-    providers::{ChatProvider, Registry},
+    providers::Registry,
 };
+
+/// Fields of ours in a door's body, never passed on.
+const PROXY_FIELDS: [&str; 1] = ["fallbacks"];
+
+/// The headers of Anthropic's API a caller may send, passed on to Anthropic upstreams.
+const ANTHROPIC_HEADERS: [&str; 2] = ["anthropic-version", "anthropic-beta"];
 
 /// What the access log learns from an exchange.
 fn record(info: &mut AccessInfo, outcome: Outcome) {
@@ -150,11 +156,41 @@ pub async fn chat(request: HttpRequest, payload: web::Payload) -> HttpResponse {
         ..AccessInfo::default()
     };
     let result = path_route(&request, payload, &shared, provider, &mut info).await;
+    finish(Door::Path, result, info)
+}
+
+/// `POST /v1/chat/completions`: the OpenAI-compatible door.
+pub async fn completions(request: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let shared = Shared::from_request(&request);
+    let mut info = AccessInfo::default();
+    let result = openai_door(&request, payload, &shared, &mut info).await;
+    finish(Door::OpenAi, result, info)
+}
+
+/// `POST /v1/messages`: the Anthropic-compatible door.
+pub async fn messages(request: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let shared = Shared::from_request(&request);
+    let mut info = AccessInfo::default();
+    let result = anthropic_door(&request, payload, &shared, &mut info).await;
+    finish(Door::Anthropic, result, info)
+}
+
+/// `POST /v1/messages/count_tokens`: Anthropic's token counter, for Anthropic upstreams.
+pub async fn count_tokens(request: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let shared = Shared::from_request(&request);
+    let mut info = AccessInfo::default();
+    let result = count_tokens_route(&request, payload, &shared, &mut info).await;
+    finish(Door::Anthropic, result, info)
+}
+
+/// The reply, or the failure in the door's error shape, with what the access log needs.
+fn finish(door: Door, result: Result<HttpResponse, Failure>, mut info: AccessInfo) -> HttpResponse {
     info.handled_at = Some(std::time::Instant::now());
     let mut response = match result {
         Ok(response) => response,
         Err(failure) => {
-            let mut response = failure.into_response(|error| error.to_response(info.provider));
+            let mut response =
+                failure.into_response(|error| door.error_response(error, info.provider));
             label_failure(&mut response, &info);
             response
         }
@@ -167,7 +203,7 @@ pub async fn chat(request: HttpRequest, payload: web::Payload) -> HttpResponse {
 /// needs none (`ollama`, or one declared with `"key_required": false`) never receives it: an
 /// SDK sends its key to whatever base URL it has, and an OpenAI key must not reach a local or
 /// third-party server that did not ask for it.
-fn key_for(provider: &dyn ChatProvider, key: Option<HeaderValue>) -> Option<HeaderValue> {
+fn key_for(provider: &dyn Upstream, key: Option<HeaderValue>) -> Option<HeaderValue> {
     key.filter(|_| provider.endpoint().key_required)
 }
 
@@ -176,7 +212,7 @@ async fn path_route(
     request: &HttpRequest,
     payload: web::Payload,
     shared: &Shared,
-    provider: &dyn ChatProvider,
+    provider: &dyn Upstream,
     info: &mut AccessInfo,
 ) -> Result<HttpResponse, Failure> {
     let key = request_key(request, false);
@@ -187,13 +223,15 @@ async fn path_route(
     let body = read_body(request, payload, shared).await?;
     // Counted once the body is in: slow senders hold no place among requests in flight.
     let permit = shared.limit.try_acquire()?;
-    let chat = ChatRequest::parse(&body).map_err(ProxyError::InvalidRequest)?;
-    info.model = Some(chat.model.clone().into_owned());
+    // Every body is checked whatever the provider: the path route's shape is ours.
+    let chat = openai::door::parse(&body).map_err(ProxyError::InvalidRequest)?;
+    let asked = chat.model.clone();
+    info.model = Some(asked.clone());
     info.stream = chat.stream;
     let registry = &shared.registry;
     // An alias of this provider stands for its model; an alias of another is a mistake.
-    let (model, alias_fallbacks) = match registry.alias(&chat.model) {
-        None => (chat.model.as_ref(), &[][..]),
+    let (model, alias_fallbacks) = match registry.alias(&asked) {
+        None => (asked.as_str(), &[][..]),
         Some(alias) if alias.provider == provider.endpoint().name => {
             (alias.model.as_str(), &alias.fallbacks[..])
         }
@@ -212,36 +250,20 @@ async fn path_route(
         fallbacks
     };
     let primary = Target {
-        provider,
+        upstream: provider,
         model: Cow::Borrowed(model),
         key: Ok(key.clone()),
     };
     let targets = targets(registry, request, primary, &fallbacks, key.as_ref())?;
-    run(Route::Path, request, shared, &chat, &targets, permit, info).await
+    let stream = chat.stream;
+    let incoming = Incoming::new(Door::Path, &body, &asked, stream).with_request(chat);
+    run(request, shared, &incoming, &targets, permit, info).await
 }
 
-/// `POST /v1/chat/completions`: the OpenAI-compatible front door.
-pub async fn completions(request: HttpRequest, payload: web::Payload) -> HttpResponse {
-    let shared = Shared::from_request(&request);
-    let mut info = AccessInfo::default();
-    let result = front_door(&request, payload, &shared, &mut info).await;
-    info.handled_at = Some(std::time::Instant::now());
-    let mut response = match result {
-        Ok(response) => response,
-        Err(failure) => {
-            let mut response =
-                failure.into_response(|error| error.to_openai_response(info.provider));
-            label_failure(&mut response, &info);
-            response
-        }
-    };
-    response.extensions_mut().insert(info);
-    response
-}
-
-/// The front door's checks: size, shape, model, key (which may be optional for the provider
-/// the model names), then the exchange.
-async fn front_door(
+/// The OpenAI door's checks: size, shape, model, key (which may be optional for the provider
+/// the model names), then the exchange. Only what the proxy must read is read here; the rest
+/// of the body is parsed only for an upstream of another format.
+async fn openai_door(
     request: &HttpRequest,
     payload: web::Payload,
     shared: &Shared,
@@ -250,50 +272,144 @@ async fn front_door(
     let body = read_body(request, payload, shared).await?;
     // Counted once the body is in: slow senders hold no place among requests in flight.
     let permit = shared.limit.try_acquire()?;
-    let mut chat = ChatRequest::parse(&body).map_err(ProxyError::InvalidRequest)?;
-    info.model = Some(chat.model.clone().into_owned());
-    info.stream = chat.stream;
-    let body_fallbacks = body_fallbacks(&chat)?;
-    chat.remove_fields(&PROXY_FIELDS);
+    let probe = openai::door::probe(&body).map_err(ProxyError::InvalidRequest)?;
+    info.model = Some(probe.model.clone());
+    info.stream = probe.stream;
+    let body_fallbacks = body_fallbacks(&body)?;
     let registry = &shared.registry;
-    let (provider, model) = registry.resolve(&chat.model)?;
+    let (provider, model) = registry.resolve(&probe.model)?;
+    let targets = door_targets(request, shared, info, provider, model, &probe.model, &body_fallbacks)?;
+    let mut incoming = Incoming::new(Door::OpenAi, &body, &probe.model, probe.stream);
+    incoming.include_usage = probe.include_usage;
+    incoming.remove = &PROXY_FIELDS;
+    run(request, shared, &incoming, &targets, permit, info).await
+}
+
+/// The Anthropic door: as the OpenAI door, with Anthropic's model names (a bare Claude model
+/// means `anthropic/<name>`), its headers and query string passed on to Anthropic upstreams.
+async fn anthropic_door(
+    request: &HttpRequest,
+    payload: web::Payload,
+    shared: &Shared,
+    info: &mut AccessInfo,
+) -> Result<HttpResponse, Failure> {
+    let body = read_body(request, payload, shared).await?;
+    let permit = shared.limit.try_acquire()?;
+    let probe = anthropic::door::probe(&body).map_err(ProxyError::InvalidRequest)?;
+    info.model = Some(probe.model.clone());
+    info.stream = probe.stream;
+    let body_fallbacks = body_fallbacks(&body)?;
+    let (provider, model) = resolve_anthropic(&shared.registry, &probe.model)?;
+    let targets = door_targets(request, shared, info, provider, model, &probe.model, &body_fallbacks)?;
+    let mut incoming = Incoming::new(Door::Anthropic, &body, &probe.model, probe.stream);
+    incoming.query = Some(request.query_string()).filter(|query| !query.is_empty());
+    incoming.headers = anthropic_headers(request);
+    incoming.remove = &PROXY_FIELDS;
+    run(request, shared, &incoming, &targets, permit, info).await
+}
+
+/// `count_tokens` goes to the provider the model names when it speaks Anthropic's API, once,
+/// and its answer comes back as it came; no other format has the endpoint.
+async fn count_tokens_route(
+    request: &HttpRequest,
+    payload: web::Payload,
+    shared: &Shared,
+    info: &mut AccessInfo,
+) -> Result<HttpResponse, Failure> {
+    let body = read_body(request, payload, shared).await?;
+    let _permit = shared.limit.try_acquire()?;
+    let probe = anthropic::door::probe(&body).map_err(ProxyError::InvalidRequest)?;
+    info.model = Some(probe.model.clone());
+    let (provider, model) = resolve_anthropic(&shared.registry, &probe.model)?;
     info.provider = Some(provider.endpoint().name);
+    if provider.format() != Format::Anthropic {
+        return Err(ProxyError::InvalidRequest(format!(
+            "/v1/messages/count_tokens counts tokens only for models of Anthropic-format \
+             providers; {:?} is not one",
+            provider.endpoint().name
+        ))
+        .into());
+    }
+    let key = door_key(request, provider)?;
+    let mut incoming = Incoming::new(Door::Anthropic, &body, &probe.model, false);
+    incoming.query = Some(request.query_string()).filter(|query| !query.is_empty());
+    incoming.headers = anthropic_headers(request);
+    incoming.remove = &PROXY_FIELDS;
+    let state = shared.state();
+    let mut outcome = Outcome::default();
+    let result = exchange::count_tokens(&state, &incoming, provider, model, key.as_ref(), &mut outcome).await;
+    let headers = std::mem::take(&mut outcome.upstream_headers);
+    record(info, outcome);
+    result.map_err(|error| Failure { error, headers })
+}
+
+/// A door's model without a `/`: an alias, or else a model of Anthropic's own.
+fn resolve_anthropic<'r>(
+    registry: &'r Registry,
+    model: &'r str,
+) -> Result<(&'r dyn Upstream, &'r str), ProxyError> {
+    if registry.alias(model).is_none() && !model.contains('/') {
+        let anthropic = registry.get("anthropic").ok_or_else(|| registry.unknown("anthropic"))?;
+        return Ok((anthropic, model));
+    }
+    registry.resolve(model)
+}
+
+/// The caller's Anthropic headers, to pass on to an Anthropic upstream.
+fn anthropic_headers(request: &HttpRequest) -> Vec<(HeaderName, HeaderValue)> {
+    ANTHROPIC_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let value = request.headers().get(*name)?;
+            Some((HeaderName::from_static(name), value.clone()))
+        })
+        .collect()
+}
+
+/// The key for a door's provider: `X-API-Key` or `Authorization: Bearer`, required when the
+/// provider requires one.
+fn door_key(request: &HttpRequest, provider: &dyn Upstream) -> Result<Option<HeaderValue>, ProxyError> {
     let key = request_key(request, true);
     if key.is_none() && provider.endpoint().key_required {
-        return Err(ProxyError::MissingKey.into());
+        return Err(ProxyError::MissingKey);
     }
-    let key = key_for(provider, key);
+    Ok(key_for(provider, key))
+}
+
+/// A door's targets: the provider its model names, then the fallbacks (`X-Fallbacks`, the
+/// body's `fallbacks`, or else the alias's).
+fn door_targets<'r>(
+    request: &'r HttpRequest,
+    shared: &'r Shared,
+    info: &mut AccessInfo,
+    provider: &'r dyn Upstream,
+    model: &'r str,
+    asked: &str,
+    body_fallbacks: &'r [String],
+) -> Result<Vec<Target<'r>>, ProxyError> {
+    info.provider = Some(provider.endpoint().name);
+    let key = door_key(request, provider)?;
+    let registry = &shared.registry;
     let mut fallbacks = header_fallbacks(request)?;
     fallbacks.extend(body_fallbacks.iter().map(String::as_str));
     if fallbacks.is_empty() {
-        if let Some(alias) = registry.alias(&chat.model) {
+        if let Some(alias) = registry.alias(asked) {
             fallbacks.extend(alias.fallbacks.iter().map(String::as_str));
         }
     }
     let primary = Target {
-        provider,
+        upstream: provider,
         model: Cow::Borrowed(model),
         key: Ok(key.clone()),
     };
-    let targets = targets(registry, request, primary, &fallbacks, key.as_ref())?;
-    run(
-        Route::FrontDoor,
-        request,
-        shared,
-        &chat,
-        &targets,
-        permit,
-        info,
-    )
-    .await
+    targets(registry, request, primary, &fallbacks, key.as_ref())
 }
 
 /// Hands the targets to the exchange, and notes what came of it for the log.
 async fn run(
-    route: Route,
     request: &HttpRequest,
     shared: &Shared,
-    chat: &ChatRequest<'_>,
+    incoming: &Incoming<'_>,
     targets: &[Target<'_>],
     permit: RequestPermit,
     info: &mut AccessInfo,
@@ -301,16 +417,7 @@ async fn run(
     let max_retries = max_retries(request, shared.config.max_retries)?;
     let mut outcome = Outcome::default();
     let state = shared.state();
-    let result = exchange::run(
-        route,
-        &state,
-        chat,
-        targets,
-        max_retries,
-        permit,
-        &mut outcome,
-    )
-    .await;
+    let result = exchange::run(&state, incoming, targets, max_retries, permit, &mut outcome).await;
     let headers = std::mem::take(&mut outcome.upstream_headers);
     record(info, outcome);
     result.map_err(|error| Failure { error, headers })
@@ -320,7 +427,40 @@ async fn run(
 pub async fn models(registry: web::Data<Registry>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(completions::models_body(&registry))
+        .body(models_body(&registry))
+}
+
+/// `GET /v1/models`: every alias, then every provider as `provider/*` (any model of it).
+fn models_body(registry: &Registry) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct List<'a> {
+        object: &'static str,
+        data: Vec<Model<'a>>,
+    }
+    #[derive(Serialize)]
+    struct Model<'a> {
+        id: std::borrow::Cow<'a, str>,
+        object: &'static str,
+        created: u64,
+        owned_by: &'a str,
+    }
+    let aliases = registry.aliases().iter().map(|alias| Model {
+        id: alias.name.as_str().into(),
+        object: "model",
+        created: 0,
+        owned_by: alias.provider,
+    });
+    let providers = registry.names().into_iter().map(|name| Model {
+        id: format!("{name}/*").into(),
+        object: "model",
+        created: 0,
+        owned_by: name,
+    });
+    let list = List {
+        object: "list",
+        data: aliases.chain(providers).collect(),
+    };
+    serde_json::to_vec(&list).expect("a model list always serializes")
 }
 
 /// The primary target, then one per fallback, each with its own key: the caller's key for the
@@ -338,7 +478,7 @@ fn targets<'r>(
             given: fallbacks.len(),
         });
     }
-    let primary_name = primary.provider.endpoint().name;
+    let primary_name = primary.upstream.endpoint().name;
     let mut targets = vec![primary];
     for spec in fallbacks {
         let (provider, model) = registry.resolve(spec).map_err(|e| match e {
@@ -364,7 +504,7 @@ fn targets<'r>(
             key => Ok(key),
         };
         targets.push(Target {
-            provider,
+            upstream: provider,
             model: Cow::Borrowed(model),
             key,
         });
@@ -396,19 +536,22 @@ fn header_fallbacks(request: &HttpRequest) -> Result<Vec<&str>, ProxyError> {
         .collect())
 }
 
-/// The fallbacks named in the front door's `fallbacks` body field.
-fn body_fallbacks(chat: &ChatRequest<'_>) -> Result<Vec<String>, ProxyError> {
-    let Some((_, value)) = chat.fields.iter().find(|(name, _)| name == "fallbacks") else {
-        return Ok(Vec::new());
-    };
-    if value.get() == "null" {
+/// The fallbacks named in a door's `fallbacks` body field. The body is read for it only when
+/// it has the word at all.
+fn body_fallbacks(body: &[u8]) -> Result<Vec<String>, ProxyError> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        fallbacks: Option<Vec<String>>,
+    }
+    if memchr::memmem::find(body, b"\"fallbacks\"").is_none() {
         return Ok(Vec::new());
     }
-    serde_json::from_str(value.get()).map_err(|_| {
+    let probe: Probe = serde_json::from_slice(body).map_err(|_| {
         ProxyError::InvalidRequest(
             "`fallbacks` must be a list of `provider/model` strings or aliases".into(),
         )
-    })
+    })?;
+    Ok(probe.fallbacks.unwrap_or_default())
 }
 
 /// `X-Max-Retries`, which may lower the configured maximum for one request but never raise it.
@@ -535,4 +678,9 @@ pub async fn method_not_allowed_chat(
 /// Fallback for the OpenAI-compatible paths with the wrong method, in OpenAI's error shape.
 pub async fn method_not_allowed_openai() -> HttpResponse {
     ProxyError::MethodNotAllowed.to_openai_response(None)
+}
+
+/// Fallback for the Anthropic-compatible paths with the wrong method, in Anthropic's shape.
+pub async fn method_not_allowed_anthropic() -> HttpResponse {
+    ProxyError::MethodNotAllowed.to_anthropic_response(None)
 }

@@ -27,8 +27,6 @@
 
 pub mod app;
 pub mod catalog;
-pub mod chat;
-pub mod completions;
 pub mod config;
 pub mod cors;
 pub mod error;

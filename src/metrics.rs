@@ -32,7 +32,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::chat::Usage;
+use crate::model::Usage;
 
 /// Distinct model names kept per provider before the rest count as `other`.
 pub const MAX_MODELS_PER_PROVIDER: usize = 50;
@@ -396,6 +396,7 @@ mod tests {
             usage: Some(Usage {
                 input_tokens: 10,
                 output_tokens: 3,
+                ..Usage::default()
             }),
         }
     }

@@ -20,7 +20,7 @@ use actix_web::{
 };
 use serde::Serialize;
 
-use crate::{chat::Usage, config::Config, limits::RequestLimit, metrics, metrics::Metrics};
+use crate::{config::Config, model::Usage, limits::RequestLimit, metrics, metrics::Metrics};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -100,6 +100,7 @@ impl StreamReport {
             (input, output) => Some(Usage {
                 input_tokens: input.unwrap_or(0),
                 output_tokens: output.unwrap_or(0),
+                ..Usage::default()
             }),
         }
     }
@@ -414,7 +415,8 @@ mod tests {
             usage.usage(),
             Some(Usage {
                 input_tokens: 7,
-                output_tokens: 2
+                output_tokens: 2,
+                ..Usage::default()
             })
         );
     }

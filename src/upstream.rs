@@ -35,13 +35,13 @@ use futures_util::{future::MapOk, ready, Stream, StreamExt, TryFutureExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::{
-    completions::{ChunkWriter, StreamTranslator},
     config::Config,
     error::ProxyError,
+    formats::{StreamDecoder, StreamEncoder, UpstreamRequest},
     http1_head::ResponseHeads,
     limits::Guards,
+    model::StreamEvent,
     observe::{Ending, StreamReport},
-    providers::UpstreamRequest,
     sse,
 };
 
@@ -304,6 +304,9 @@ pub enum StreamErrors {
     Proxy,
     /// `data: {"error": {...}}` in OpenAI's shape, which the OpenAI SDKs raise (front door).
     OpenAi,
+    /// `event: error` with Anthropic's error body, which the Anthropic SDKs raise
+    /// (`/v1/messages`).
+    Anthropic,
 }
 
 /// What a stream relayed to the caller needs besides its bytes: who it is from, the request it
@@ -320,9 +323,8 @@ pub struct StreamContext {
 }
 
 impl StreamContext {
-    /// The event that reports `error`, starting after a blank line whatever came before (the
-    /// last two bytes passed on are `tail`). Notes how the stream ended, and logs it.
-    fn cut(&self, errors: StreamErrors, error: ProxyError, tail: [u8; 2]) -> Bytes {
+    /// Notes how the stream ended and logs it; the error comes back redacted, to be told.
+    fn broken(&self, error: ProxyError) -> ProxyError {
         let error = error.redacted(self.key.as_ref());
         self.report.end(match error {
             ProxyError::Timeout => Ending::Timeout,
@@ -333,6 +335,13 @@ impl StreamContext {
             self.request_id.to_str().unwrap_or("-"),
             self.provider
         );
+        error
+    }
+
+    /// The event that reports `error`, starting after a blank line whatever came before (the
+    /// last two bytes passed on are `tail`).
+    fn cut(&self, errors: StreamErrors, error: ProxyError, tail: [u8; 2]) -> Bytes {
+        let error = self.broken(error);
         let mut event = Vec::with_capacity(256);
         event.extend_from_slice(separator_after(tail));
         match errors {
@@ -343,6 +352,10 @@ impl StreamContext {
             StreamErrors::OpenAi => {
                 event.extend_from_slice(b"data: ");
                 event.extend_from_slice(&error.openai_body(Some(self.provider)));
+            }
+            StreamErrors::Anthropic => {
+                event.extend_from_slice(b"event: error\ndata: ");
+                event.extend_from_slice(&error.anthropic_body(Some(self.provider)));
             }
         }
         event.extend_from_slice(b"\n\n");
@@ -485,14 +498,18 @@ impl Stream for Relay {
     }
 }
 
-/// An upstream stream of another wire format, translated event by event into
-/// `chat.completion.chunk`s as each event arrives (front door).
+/// An upstream stream of another wire format, translated event by event as each arrives:
+/// the upstream format's decoder turns its events into the model's, and the door's encoder
+/// writes them in the door's format.
 pub struct Translated {
     body: Body,
     first: Option<Bytes>,
     parser: sse::Parser,
-    translator: Box<dyn StreamTranslator>,
-    writer: ChunkWriter,
+    decoder: Box<dyn StreamDecoder>,
+    encoder: Box<dyn StreamEncoder>,
+    /// The model's events of the upstream events just parsed; empty between reads.
+    events: Vec<StreamEvent>,
+    out: Vec<u8>,
     heartbeat: Option<Heartbeat>,
     done: bool,
     context: StreamContext,
@@ -502,8 +519,8 @@ impl Translated {
     pub fn new(
         body: Body,
         first: Bytes,
-        translator: Box<dyn StreamTranslator>,
-        writer: ChunkWriter,
+        decoder: Box<dyn StreamDecoder>,
+        encoder: Box<dyn StreamEncoder>,
         heartbeat: Duration,
         context: StreamContext,
     ) -> Self {
@@ -511,8 +528,10 @@ impl Translated {
             body,
             first: Some(first),
             parser: sse::Parser::with_limit(context.max_event_bytes),
-            translator,
-            writer,
+            decoder,
+            encoder,
+            events: Vec::new(),
+            out: Vec::with_capacity(512),
             heartbeat: Heartbeat::new(heartbeat),
             done: false,
             context,
@@ -521,7 +540,7 @@ impl Translated {
 
     /// Hands the token counts seen so far to the access log and the metrics.
     fn report_usage(&self) {
-        if let Some(usage) = self.writer.usage() {
+        if let Some(usage) = self.encoder.usage() {
             self.context.report.input(usage.input_tokens);
             self.context.report.output(usage.output_tokens);
         }
@@ -530,16 +549,26 @@ impl Translated {
     fn fail(&mut self, error: ProxyError) -> Bytes {
         self.report_usage();
         self.done = true;
-        // Chunks written so far are whole events: ours follows them directly.
-        let mut out = self.writer.take();
-        out.extend_from_slice(&self.context.cut(StreamErrors::OpenAi, error, *b"\n\n"));
-        Bytes::from(out)
+        // Events decoded before the failure are still told; the encoder writes whole events,
+        // so its error event follows them directly.
+        self.encode();
+        let error = self.context.broken(error);
+        self.encoder
+            .error(&error, self.context.provider, &mut self.out);
+        Bytes::from(std::mem::take(&mut self.out))
+    }
+
+    fn encode(&mut self) {
+        for event in self.events.drain(..) {
+            self.encoder.event(event, &mut self.out);
+        }
     }
 
     fn feed(&mut self, chunk: &[u8]) -> Result<(), ProxyError> {
-        let (translator, writer) = (&mut self.translator, &mut self.writer);
-        self.parser
-            .feed(chunk, |event| translator.event(&event, writer))?;
+        let (decoder, events) = (&mut self.decoder, &mut self.events);
+        let fed = self.parser.feed(chunk, |event| decoder.event(&event, events));
+        self.encode();
+        fed?;
         // The parser dropped an event and reads no more: the caller must not get a stream
         // that silently lacks it.
         if self.parser.overflowed() {
@@ -551,16 +580,19 @@ impl Translated {
         Ok(())
     }
 
-    /// The upstream's body ended: its last event, then the translator's check that the stream
+    /// The upstream's body ended: its last event, then the decoder's check that the stream
     /// was complete (a stream cut before its terminal event must not look finished).
     fn end(&mut self) -> Result<(), ProxyError> {
-        let (translator, writer) = (&mut self.translator, &mut self.writer);
-        self.parser
-            .finish(|event| translator.event(&event, writer))?;
-        self.translator.end()?;
+        let (decoder, events) = (&mut self.decoder, &mut self.events);
+        let finished = self
+            .parser
+            .finish(|event| decoder.event(&event, events))
+            .and_then(|()| self.decoder.end(&mut self.events));
+        self.encode();
+        finished?;
         self.done = true;
         self.report_usage();
-        self.writer.done();
+        self.encoder.finish(&mut self.out);
         Ok(())
     }
 }
@@ -570,7 +602,7 @@ impl Stream for Translated {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        // Keep reading until the events so far make a chunk: a read may end mid-event.
+        // Keep reading until the events so far make output: a read may end mid-event.
         while !this.done {
             let fed = if let Some(first) = this.first.take() {
                 this.feed(&first)
@@ -589,17 +621,21 @@ impl Stream for Translated {
                             return Poll::Pending;
                         };
                         ready!(heartbeat.poll_due(cx));
-                        return Poll::Ready(Some(Ok(Bytes::from_static(KEEP_ALIVE_COMMENT))));
+                        // Encoders write whole events: a keep-alive never lands inside one.
+                        let keep_alive = this.encoder.keep_alive();
+                        return Poll::Ready(Some(Ok(Bytes::from_static(keep_alive))));
                     }
                 }
             };
             if let Err(error) = fed {
                 return Poll::Ready(Some(Ok(this.fail(error))));
             }
-            let out = this.writer.take();
-            if !out.is_empty() {
-                return Poll::Ready(Some(Ok(Bytes::from(out))));
+            if !this.out.is_empty() {
+                return Poll::Ready(Some(Ok(Bytes::from(std::mem::take(&mut this.out)))));
             }
+        }
+        if !this.out.is_empty() {
+            return Poll::Ready(Some(Ok(Bytes::from(std::mem::take(&mut this.out)))));
         }
         Poll::Ready(None)
     }

@@ -1,28 +1,17 @@
-//! The `ChatProvider` trait every wire format implements, and the registry of configured
-//! providers and aliases.
+//! The registry of configured providers and aliases: each provider one upstream of a wire
+//! format, where to reach it, and how.
 //!
 //! Adding an OpenAI-compatible provider needs only the providers file. Adding a wire format:
-//! write one module with a type that implements [`ChatProvider`], then add one line to
-//! [`wire_format`].
+//! write one folder under `formats/` with a type that implements [`Upstream`], then add one
+//! line to [`wire_format`].
 
-mod anthropic;
-mod gemini;
-mod openai;
-
-pub use anthropic::Anthropic;
-pub use gemini::Gemini;
-pub use openai::OpenAi;
-
-use actix_web::{
-    http::header::HeaderValue,
-};
+use actix_web::http::header::HeaderValue;
 
 use crate::{
     catalog::ProviderDecl,
-    chat::{ChatRequest, ChatResponse},
-    completions::StreamTranslator,
     config::Config,
     error::ProxyError,
+    formats::{anthropic::Anthropic, gemini::Gemini, openai::OpenAi, Upstream},
 };
 
 /// The providers every proxy knows without a providers file: name, wire format, and whether a
@@ -35,53 +24,21 @@ pub const BUILT_IN: [(&str, &str, bool); 4] = [
 ];
 
 /// Builds a provider of the given wire format. The one line to add for a new format.
-fn wire_format(kind: &str, endpoint: Endpoint, config: &Config) -> Box<dyn ChatProvider> {
+fn wire_format(kind: &str, endpoint: Endpoint, config: &Config) -> Box<dyn Upstream> {
     match kind {
         "openai" => Box::new(OpenAi::new(endpoint)),
-        "anthropic" => Box::new(Anthropic::new(endpoint, config)),
+        "anthropic" => Box::new(Anthropic::new(
+            endpoint,
+            HeaderValue::from_str(&config.anthropic_version)
+                .expect("ANTHROPIC_VERSION is validated at start"),
+            config.anthropic_default_max_tokens,
+        )),
         "gemini" => Box::new(Gemini::new(endpoint)),
         _ => unreachable!("kinds are validated at start: {kind}"),
     }
 }
 
 pub use crate::formats::{Endpoint, UpstreamRequest};
-
-/// One upstream wire format, configured for one provider. Implementations are plain data and
-/// translate with pure functions; all network I/O lives in `upstream`.
-pub trait ChatProvider: Send + Sync {
-    fn endpoint(&self) -> &Endpoint;
-
-    /// Runs once per request, after the body has been validated: builds the upstream call for
-    /// `model`, mapping the caller's key (when there is one) onto this provider's auth. Fails
-    /// only on input this provider cannot express (a 400).
-    fn translate_request(
-        &self,
-        request: &ChatRequest<'_>,
-        model: &str,
-        key: Option<&HeaderValue>,
-    ) -> Result<UpstreamRequest, ProxyError>;
-
-    /// Runs on a 2xx answer to a non-streaming request: the upstream body, normalized.
-    /// `requested_model` is used when the upstream does not name its model.
-    fn translate_response<'a>(
-        &self,
-        body: &'a [u8],
-        requested_model: &'a str,
-    ) -> Result<ChatResponse<'a>, ProxyError>;
-
-    /// Runs when the front door opens a stream: turns this format's events into
-    /// `chat.completion.chunk`s. The default, `None`, means the upstream already speaks them and
-    /// its bytes pass through.
-    fn stream_translator(&self) -> Option<Box<dyn StreamTranslator>> {
-        None
-    }
-
-    /// Whether the upstream speaks OpenAI's Chat Completions, so a front-door body can go to it
-    /// as it came (with its model replaced). Default: no.
-    fn speaks_openai(&self) -> bool {
-        false
-    }
-}
 
 /// A name that stands for a provider and a model.
 #[derive(Debug, Clone)]
@@ -94,7 +51,7 @@ pub struct Alias {
 
 /// The providers and aliases this process serves.
 pub struct Registry {
-    providers: Vec<Box<dyn ChatProvider>>,
+    providers: Vec<Box<dyn Upstream>>,
     aliases: Vec<Alias>,
 }
 
@@ -156,7 +113,7 @@ impl Registry {
         Self { providers, aliases }
     }
 
-    pub fn get(&self, name: &str) -> Option<&dyn ChatProvider> {
+    pub fn get(&self, name: &str) -> Option<&dyn Upstream> {
         self.providers
             .iter()
             .find(|provider| provider.endpoint().name == name)
@@ -182,7 +139,7 @@ impl Registry {
     pub fn resolve<'m>(
         &'m self,
         model: &'m str,
-    ) -> Result<(&'m dyn ChatProvider, &'m str), ProxyError> {
+    ) -> Result<(&'m dyn Upstream, &'m str), ProxyError> {
         if let Some(alias) = self.alias(model) {
             let provider = self
                 .get(alias.provider)
@@ -267,13 +224,6 @@ pub fn check_catalog(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-use crate::formats::secret_header;
-
-/// The error for a 2xx body that does not have the shape a provider documents.
-fn bad_body(provider: &str, why: impl std::fmt::Display) -> ProxyError {
-    ProxyError::BadUpstreamBody(format!("{provider} response {why}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,7 +245,10 @@ mod tests {
         );
         assert!(!registry.get("ollama").unwrap().endpoint().key_required);
         assert!(registry.get("openai").unwrap().endpoint().key_required);
-        assert!(registry.get("ollama").unwrap().speaks_openai());
+        assert_eq!(
+            registry.get("ollama").unwrap().format(),
+            crate::formats::Format::OpenAi
+        );
     }
 
     #[test]
