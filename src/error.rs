@@ -13,7 +13,7 @@ use actix_web::{
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::{catalog::MAX_FALLBACKS, retry::Attempt};
+use crate::config::providers_file::MAX_FALLBACKS;
 
 /// Upstream error bodies that are not JSON are passed on as text, cut at this many bytes.
 const MAX_UPSTREAM_TEXT: usize = 64 * 1024;
@@ -208,7 +208,10 @@ impl ProxyError {
         let body = AnthropicErrorBody {
             kind: "error",
             error: AnthropicError {
-                kind: own.as_deref().filter(|own| own.ends_with("_error")).unwrap_or(kind),
+                kind: own
+                    .as_deref()
+                    .filter(|own| own.ends_with("_error"))
+                    .unwrap_or(kind),
                 message: &message,
                 provider,
                 upstream_status,
@@ -561,6 +564,46 @@ impl ProxyError {
     }
 }
 
+/// One try at one provider, as the caller is told about it. Never holds a key.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Attempt {
+    pub provider: String,
+    pub model: String,
+    /// The upstream's status, when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// What went wrong when it did not answer, or why it was not tried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+impl Attempt {
+    pub fn failed(provider: &str, model: &str, error: &ProxyError) -> Self {
+        let (status, failure) = match error {
+            ProxyError::Upstream { status, .. } => (Some(status.as_u16()), None),
+            ProxyError::Timeout => (None, Some("timeout".to_owned())),
+            ProxyError::Unreachable(_) => (None, Some("connection".to_owned())),
+            ProxyError::StreamEvent(_) => (Some(200), Some("error event".to_owned())),
+            other => (None, Some(other.kind().to_owned())),
+        };
+        Self {
+            provider: provider.to_owned(),
+            model: model.to_owned(),
+            status,
+            failure,
+        }
+    }
+
+    pub fn skipped(provider: &str, model: &str, why: String) -> Self {
+        Self {
+            provider: provider.to_owned(),
+            model: model.to_owned(),
+            status: None,
+            failure: Some(why),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -818,5 +861,30 @@ mod tests {
         );
         let clean = Bytes::from_static(b"nothing here");
         assert_eq!(&redact(clean, b"sk-123")[..], b"nothing here");
+    }
+
+    #[test]
+    fn attempts_say_what_happened_without_a_key() {
+        let error = ProxyError::Upstream {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            body: Default::default(),
+            headers: vec![],
+        };
+        let attempt = Attempt::failed("openai", "gpt", &error);
+        assert_eq!(
+            serde_json::to_value(&attempt).unwrap(),
+            serde_json::json!({"provider": "openai", "model": "gpt", "status": 429})
+        );
+        let attempt = Attempt::failed("openai", "gpt", &ProxyError::Timeout);
+        assert_eq!(attempt.failure.as_deref(), Some("timeout"));
+        let event = Attempt::failed(
+            "openai",
+            "gpt",
+            &ProxyError::StreamEvent(Default::default()),
+        );
+        assert_eq!(
+            (event.status, event.failure.as_deref()),
+            (Some(200), Some("error event"))
+        );
     }
 }

@@ -25,23 +25,14 @@
 //!   the response-head watch under awc that makes it read close-delimited HTTP/1.1 bodies.
 //! - [`error`]: `ProxyError`, the one place that picks an error's status and body.
 
-pub mod app;
-pub mod catalog;
 pub mod config;
-pub mod cors;
 pub mod error;
-pub mod exchange;
 pub mod formats;
-pub mod handlers;
-pub mod http1_head;
+pub mod gateway;
+pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod model;
-pub mod observe;
-pub mod providers;
-pub mod retry;
-pub mod server;
-pub mod sse;
 pub mod upstream;
 pub mod util;
 

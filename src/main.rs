@@ -2,7 +2,7 @@
 
 use std::{net::TcpListener, process::ExitCode};
 
-use llm_proxy::{server, Config};
+use llm_proxy::{http::server, Config};
 
 #[actix_web::main]
 async fn main() -> ExitCode {

@@ -4,7 +4,7 @@
 //! A format's `door` parses a client request in that format into the [`model`](crate::model)
 //! and renders answers, stream events and errors in that format; its `upstream` builds the
 //! upstream request from the model and decodes that format's answers and streams into it.
-//! Adding a format is one folder and one line in [`crate::providers`]'s `wire_format`.
+//! Adding a format is one folder and one line in [`crate::gateway::targets`]'s `wire_format`.
 
 pub mod anthropic;
 pub mod gemini;
@@ -21,7 +21,7 @@ use actix_web::{
 use crate::{
     error::ProxyError,
     model::{Request, Response, StreamEvent, Usage},
-    sse,
+    util::sse,
 };
 
 /// Where and how to reach one configured provider, whatever its wire format.

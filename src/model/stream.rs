@@ -138,17 +138,15 @@ impl Collector {
                 }),
             },
             StreamEvent::ReasoningSignature(signature) => match content.last_mut() {
-                Some(Part::Reasoning { signature: last, .. }) => {
-                    last.get_or_insert_with(String::new).push_str(&signature)
-                }
+                Some(Part::Reasoning {
+                    signature: last, ..
+                }) => last.get_or_insert_with(String::new).push_str(&signature),
                 _ => content.push(Part::Reasoning {
                     text: String::new(),
                     signature: Some(signature),
                 }),
             },
-            StreamEvent::RedactedReasoning(data) => {
-                content.push(Part::RedactedReasoning { data })
-            }
+            StreamEvent::RedactedReasoning(data) => content.push(Part::RedactedReasoning { data }),
             StreamEvent::Stop { reason, native } => {
                 self.response.stop_reason = Some(reason);
                 self.response.native_stop_reason = native;

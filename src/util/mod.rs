@@ -1,3 +1,5 @@
 //! Helpers with no knowledge of providers or formats.
 
 pub mod json;
+pub mod sse;
+pub mod url;

@@ -601,7 +601,7 @@ fn load_stream(n: usize) -> (String, String) {
 async fn the_default_settings_carry_two_thousand_streams_at_once() {
     const STREAMS: usize = 2000;
     // Each stream holds four sockets in this process: the caller's, the proxy's two, the mock's.
-    llm_proxy::server::raise_open_file_limit().expect("the open file limit can be raised");
+    llm_proxy::http::server::raise_open_file_limit().expect("the open file limit can be raised");
     let feeds = Arc::new(Mutex::new(Vec::new()));
     let held = feeds.clone();
     let mock = Mock::start(move |_| {

@@ -307,7 +307,8 @@ pub fn test_workers() -> usize {
 /// Settings for `mock` with a providers file's text applied.
 pub fn config_with_catalog(mock: &Mock, catalog: &str) -> Config {
     Config {
-        catalog: llm_proxy::catalog::Catalog::parse(catalog).expect("a valid providers file"),
+        catalog: llm_proxy::config::providers_file::Catalog::parse(catalog)
+            .expect("a valid providers file"),
         ..config_for(mock)
     }
 }
@@ -316,7 +317,7 @@ pub fn start_proxy(config: Config) -> Proxy {
     config.validate().expect("a valid test configuration");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = llm_proxy::server::build(config, listener).unwrap();
+    let server = llm_proxy::http::server::build(config, listener).unwrap();
     actix_web::rt::spawn(server);
     Proxy { addr }
 }

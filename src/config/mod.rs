@@ -1,5 +1,7 @@
 //! The typed configuration: read from the environment once at start, validated, then immutable.
 
+pub mod providers_file;
+
 use std::{
     fmt,
     path::{Path, PathBuf},
@@ -8,7 +10,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::catalog::Catalog;
+use crate::config::providers_file::Catalog;
 
 /// Everything the proxy can be told. Build it with [`Config::from_env`] in the binary, or with
 /// `Config { .., ..Config::default() }` in tests.
@@ -90,7 +92,7 @@ impl Default for Config {
             max_pending_body_bytes: 256 * 1024 * 1024,
             client_body_timeout: Duration::from_secs(30),
             max_response_bytes: 64 * 1024 * 1024,
-            max_event_bytes: crate::sse::MAX_EVENT_BYTES,
+            max_event_bytes: crate::util::sse::MAX_EVENT_BYTES,
             shutdown_timeout: Duration::from_secs(30),
             max_retries: 2,
             retry_base: Duration::from_millis(200),
@@ -293,9 +295,10 @@ impl Config {
             ("GEMINI_BASE_URL", &self.gemini_base_url),
             ("OLLAMA_BASE_URL", &self.ollama_base_url),
         ] {
-            check_base_url(url).map_err(|why| ConfigError(format!("{name} ({url:?}) {why}")))?;
+            crate::util::url::check_base_url(url)
+                .map_err(|why| ConfigError(format!("{name} ({url:?}) {why}")))?;
         }
-        crate::providers::check_catalog(self).map_err(|why| {
+        providers_file::check_catalog(&self.catalog).map_err(|why| {
             let file = self
                 .providers_file
                 .as_ref()
@@ -341,32 +344,6 @@ fn read_catalog(path: &Path) -> Result<Catalog, ConfigError> {
     let at = |why: String| ConfigError(format!("PROVIDERS_FILE {}: {why}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| at(e.to_string()))?;
     Catalog::parse(&text).map_err(at)
-}
-
-/// A base URL must be absolute http(s) with a host and no query; a trailing slash is allowed.
-/// The error says what is wrong, to follow the URL.
-pub fn check_base_url(value: &str) -> Result<(), &'static str> {
-    let uri: awc::http::Uri = value.parse().map_err(|_| "is not a valid URL")?;
-    match uri.scheme_str() {
-        Some("http" | "https") => {}
-        _ => return Err("must start with http:// or https://"),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err("has no host");
-    }
-    if uri.query().is_some() {
-        return Err("must not have a query string");
-    }
-    Ok(())
-}
-
-/// Joins a base URL and a path, with exactly one slash between them.
-pub fn join_url(base: &str, path: &str) -> String {
-    format!(
-        "{}/{}",
-        base.trim_end_matches('/'),
-        path.trim_start_matches('/')
-    )
 }
 
 #[cfg(test)]
@@ -591,7 +568,7 @@ mod tests {
 
     /// `.env.example`'s `NAME=value` lines.
     fn env_example() -> Vec<(String, String)> {
-        let text = include_str!("../.env.example");
+        let text = include_str!("../../.env.example");
         text.lines()
             .filter(|line| !line.starts_with('#'))
             .filter_map(|line| line.split_once('='))
@@ -608,9 +585,9 @@ mod tests {
 
     #[test]
     fn every_variable_is_in_the_readme_configuration_table() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         let table = &readme[readme.find("## Configuration").unwrap()..];
-        let commented = include_str!("../.env.example")
+        let commented = include_str!("../../.env.example")
             .lines()
             .filter_map(|line| line.strip_prefix("# "))
             .filter_map(|line| line.split_once('='))
@@ -629,11 +606,5 @@ mod tests {
                 "{name} is missing from the README's configuration table"
             );
         }
-    }
-
-    #[test]
-    fn join_url_puts_exactly_one_slash_between() {
-        assert_eq!(join_url("http://h/v1", "chat"), "http://h/v1/chat");
-        assert_eq!(join_url("http://h/v1/", "/chat"), "http://h/v1/chat");
     }
 }

@@ -4,7 +4,7 @@
 use actix_web::http::header::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
-use crate::config::check_base_url;
+use crate::util::url::check_base_url;
 
 /// The wire formats a provider can speak.
 pub const KINDS: [&str; 3] = ["openai", "anthropic", "gemini"];
@@ -16,6 +16,15 @@ pub const MAX_FALLBACKS: usize = 5;
 
 /// Headers that carry a caller's key: a static value there would be a key held by the proxy.
 const AUTH_HEADERS: [&str; 3] = ["authorization", "x-api-key", "x-goog-api-key"];
+
+/// The providers every proxy knows without a providers file: name, wire format, and whether a
+/// key is required. Their base URLs come from `Config`.
+pub const BUILT_IN: [(&str, &str, bool); 4] = [
+    ("openai", "openai", true),
+    ("anthropic", "anthropic", true),
+    ("gemini", "gemini", true),
+    ("ollama", "openai", false),
+];
 
 /// Everything the providers file declares.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -212,6 +221,40 @@ fn optional_string(
     }
 }
 
+/// Checks the providers file against the built-in providers: a new provider needs a kind and
+/// a base URL, an override keeps its kind, an alias names a known provider.
+pub fn check_catalog(catalog: &Catalog) -> Result<(), String> {
+    let built_in = |name: &str| BUILT_IN.iter().find(|(n, _, _)| *n == name);
+    for decl in &catalog.providers {
+        let at = format!("providers.{}", decl.name);
+        match (built_in(&decl.name), &decl.kind) {
+            (Some((_, kind, _)), Some(declared)) if declared != kind => {
+                return Err(format!(
+                "{at}.kind: {declared:?}, but {:?} is built in as {kind:?}; its kind cannot change",
+                decl.name
+            ))
+            }
+            (Some(_), _) => {}
+            (None, None) => return Err(format!("{at}.kind: required for a new provider")),
+            (None, Some(_)) if decl.base_url.is_none() => {
+                return Err(format!("{at}.base_url: required for a new provider"))
+            }
+            (None, Some(_)) => {}
+        }
+    }
+    for alias in &catalog.aliases {
+        let known = built_in(&alias.provider).is_some()
+            || catalog.providers.iter().any(|p| p.name == alias.provider);
+        if !known {
+            return Err(format!(
+                "aliases.{}.provider: {:?} is not a known provider",
+                alias.name, alias.provider
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,6 +372,31 @@ mod tests {
             );
             assert!(err.contains("the proxy holds none"), "{name}: {err}");
             assert!(!err.contains("sk-held"), "the value is never echoed: {err}");
+        }
+    }
+
+    #[test]
+    fn the_file_is_checked_against_the_built_ins() {
+        for (catalog, expected) in [
+            (
+                r#"{"providers": {"groq": {"base_url": "http://x"}}}"#,
+                "providers.groq.kind: required",
+            ),
+            (
+                r#"{"providers": {"groq": {"kind": "openai"}}}"#,
+                "providers.groq.base_url: required",
+            ),
+            (
+                r#"{"providers": {"anthropic": {"kind": "openai"}}}"#,
+                "its kind cannot change",
+            ),
+            (
+                r#"{"aliases": {"fast": {"provider": "nobody", "model": "m"}}}"#,
+                "aliases.fast.provider",
+            ),
+        ] {
+            let err = check_catalog(&Catalog::parse(catalog).unwrap()).unwrap_err();
+            assert!(err.contains(expected), "{catalog}: {err}");
         }
     }
 }

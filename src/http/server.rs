@@ -5,13 +5,13 @@ use std::net::TcpListener;
 use actix_web::{dev::Server, dev::ServerHandle, middleware::from_fn, web, App, HttpServer};
 
 use crate::{
-    app,
     config::Config,
-    cors,
+    gateway::targets::Registry,
+    http::cors,
+    http::observe,
+    http::routes,
     limits::{BodyBudget, RequestLimit, UpstreamSlots},
     metrics::Metrics,
-    observe,
-    providers::Registry,
     upstream,
 };
 
@@ -39,7 +39,7 @@ pub fn build(config: Config, listener: TcpListener) -> std::io::Result<Server> {
                 upstream::connections_per_worker(&config),
                 config.http_pool_timeout,
             )))
-            .configure(|cfg| app::configure(cfg, &registry))
+            .configure(|cfg| routes::configure(cfg, &registry))
     })
     .workers(workers)
     // Small SSE writes to the caller must not wait on Nagle's algorithm.

@@ -8,20 +8,11 @@
 use actix_web::http::header::HeaderValue;
 
 use crate::{
-    catalog::ProviderDecl,
+    config::providers_file::{ProviderDecl, BUILT_IN},
     config::Config,
     error::ProxyError,
     formats::{anthropic::Anthropic, gemini::Gemini, openai::OpenAi, Upstream},
 };
-
-/// The providers every proxy knows without a providers file: name, wire format, and whether a
-/// key is required. Their base URLs come from `Config`.
-pub const BUILT_IN: [(&str, &str, bool); 4] = [
-    ("openai", "openai", true),
-    ("anthropic", "anthropic", true),
-    ("gemini", "gemini", true),
-    ("ollama", "openai", false),
-];
 
 /// Builds a provider of the given wire format. The one line to add for a new format.
 fn wire_format(kind: &str, endpoint: Endpoint, config: &Config) -> Box<dyn Upstream> {
@@ -38,7 +29,7 @@ fn wire_format(kind: &str, endpoint: Endpoint, config: &Config) -> Box<dyn Upstr
     }
 }
 
-pub use crate::formats::{Endpoint, UpstreamRequest};
+pub use crate::formats::Endpoint;
 
 /// A name that stands for a provider and a model.
 #[derive(Debug, Clone)]
@@ -186,48 +177,10 @@ fn apply_override(endpoint: &mut Endpoint, decl: &ProviderDecl) {
     endpoint.headers.extend(decl.headers.iter().cloned());
 }
 
-/// Checks the providers file against the built-in providers: a new provider needs a kind and
-/// a base URL, an override keeps its kind, an alias names a known provider.
-pub fn check_catalog(config: &Config) -> Result<(), String> {
-    let built_in = |name: &str| BUILT_IN.iter().find(|(n, _, _)| *n == name);
-    for decl in &config.catalog.providers {
-        let at = format!("providers.{}", decl.name);
-        match (built_in(&decl.name), &decl.kind) {
-            (Some((_, kind, _)), Some(declared)) if declared != kind => {
-                return Err(format!(
-                "{at}.kind: {declared:?}, but {:?} is built in as {kind:?}; its kind cannot change",
-                decl.name
-            ))
-            }
-            (Some(_), _) => {}
-            (None, None) => return Err(format!("{at}.kind: required for a new provider")),
-            (None, Some(_)) if decl.base_url.is_none() => {
-                return Err(format!("{at}.base_url: required for a new provider"))
-            }
-            (None, Some(_)) => {}
-        }
-    }
-    for alias in &config.catalog.aliases {
-        let known = built_in(&alias.provider).is_some()
-            || config
-                .catalog
-                .providers
-                .iter()
-                .any(|p| p.name == alias.provider);
-        if !known {
-            return Err(format!(
-                "aliases.{}.provider: {:?} is not a known provider",
-                alias.name, alias.provider
-            ));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Catalog;
+    use crate::config::providers_file::Catalog;
 
     fn config(catalog: &str) -> Config {
         Config {
@@ -261,7 +214,7 @@ mod tests {
                   "openai": {"base_url": "http://gateway.internal/v1"}},
                 "aliases": {"fast": {"provider": "groq", "model": "llama-3.1-8b-instant"}}}"#,
         );
-        check_catalog(&config).unwrap();
+        crate::config::providers_file::check_catalog(&config.catalog).unwrap();
         let registry = Registry::new(&config);
         let groq = registry.get("groq").unwrap().endpoint();
         assert!(groq.key_required);
@@ -278,30 +231,5 @@ mod tests {
             (fast.provider, fast.model.as_str()),
             ("groq", "llama-3.1-8b-instant")
         );
-    }
-
-    #[test]
-    fn the_file_is_checked_against_the_built_ins() {
-        for (catalog, expected) in [
-            (
-                r#"{"providers": {"groq": {"base_url": "http://x"}}}"#,
-                "providers.groq.kind: required",
-            ),
-            (
-                r#"{"providers": {"groq": {"kind": "openai"}}}"#,
-                "providers.groq.base_url: required",
-            ),
-            (
-                r#"{"providers": {"anthropic": {"kind": "openai"}}}"#,
-                "its kind cannot change",
-            ),
-            (
-                r#"{"aliases": {"fast": {"provider": "nobody", "model": "m"}}}"#,
-                "aliases.fast.provider",
-            ),
-        ] {
-            let err = check_catalog(&config(catalog)).unwrap_err();
-            assert!(err.contains(expected), "{catalog}: {err}");
-        }
     }
 }

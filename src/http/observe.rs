@@ -2,7 +2,6 @@
 //! writes its line and counts it when the response (for a stream: its last byte) is done.
 
 use std::{
-    cell::Cell,
     pin::Pin,
     rc::Rc,
     sync::atomic::{AtomicU64, Ordering},
@@ -20,9 +19,11 @@ use actix_web::{
 };
 use serde::Serialize;
 
-use crate::{config::Config, model::Usage, limits::RequestLimit, metrics, metrics::Metrics};
-
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use crate::upstream::{
+    report::{Ending, StreamReport},
+    REQUEST_ID,
+};
+use crate::{config::Config, limits::RequestLimit, metrics, metrics::Metrics, model::Usage};
 
 /// The id of the request being served, in its extensions.
 #[derive(Clone, Debug)]
@@ -44,66 +45,6 @@ pub struct AccessInfo {
     pub usage: Option<Usage>,
     /// What a stream reports as it passes: its token counts, and whether the upstream broke it.
     pub stream_report: Option<Rc<StreamReport>>,
-}
-
-/// How a response ended, for the `outcome` of the access log and the metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ending {
-    /// It went out whole, whatever its status.
-    Whole,
-    /// The caller left before its end.
-    ClientClosed,
-    /// The upstream broke a stream after its 200 (a reset, a cut, an error event, an event
-    /// the proxy could not read): it ended with our error event.
-    UpstreamCut,
-    /// The upstream went silent in a stream after its 200, past `HTTP_TIMEOUT_SECONDS`.
-    Timeout,
-}
-
-impl Ending {
-    pub fn label(self) -> &'static str {
-        match self {
-            Ending::Whole => "ok",
-            Ending::ClientClosed => "client_closed",
-            Ending::UpstreamCut => "upstream_cut",
-            Ending::Timeout => "timeout",
-        }
-    }
-}
-
-/// What a stream learns as it passes, shared between the stream and the log: the token counts
-/// it carries, and how the upstream ended it when it broke.
-#[derive(Debug, Default)]
-pub struct StreamReport {
-    input: Cell<Option<u64>>,
-    output: Cell<Option<u64>>,
-    broken: Cell<Option<Ending>>,
-}
-
-impl StreamReport {
-    /// The upstream broke the stream: `UpstreamCut` or `Timeout`.
-    pub fn end(&self, how: Ending) {
-        self.broken.set(Some(how));
-    }
-
-    pub fn input(&self, tokens: u64) {
-        self.input.set(Some(tokens));
-    }
-
-    pub fn output(&self, tokens: u64) {
-        self.output.set(Some(tokens));
-    }
-
-    pub fn usage(&self) -> Option<Usage> {
-        match (self.input.get(), self.output.get()) {
-            (None, None) => None,
-            (input, output) => Some(Usage {
-                input_tokens: input.unwrap_or(0),
-                output_tokens: output.unwrap_or(0),
-                ..Usage::default()
-            }),
-        }
-    }
 }
 
 /// The caller's `X-Request-Id` when it is printable and at most 128 characters; else a new one.
@@ -205,11 +146,7 @@ struct Record {
 impl Record {
     /// How the response ended: the stream's own failure first, then whether it was sent whole.
     fn ending(&self) -> Ending {
-        let broken = self
-            .info
-            .stream_report
-            .as_ref()
-            .and_then(|s| s.broken.get());
+        let broken = self.info.stream_report.as_ref().and_then(|s| s.broken());
         match broken {
             Some(how) => how,
             None if self.ended => Ending::Whole,
@@ -403,22 +340,6 @@ mod tests {
         assert_eq!(route_of("/v1/chat/openai"), "chat");
         assert_eq!(route_of("/v1/chat/anything-a-caller-sends"), "chat");
         assert_eq!(route_of("/wp-admin"), "other");
-    }
-
-    #[test]
-    fn stream_usage_is_reported_once_seen() {
-        let usage = StreamReport::default();
-        assert_eq!(usage.usage(), None);
-        usage.input(7);
-        usage.output(2);
-        assert_eq!(
-            usage.usage(),
-            Some(Usage {
-                input_tokens: 7,
-                output_tokens: 2,
-                ..Usage::default()
-            })
-        );
     }
 
     proptest::proptest! {

@@ -13,15 +13,15 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::{
-    catalog::MAX_FALLBACKS,
+    config::providers_file::MAX_FALLBACKS,
     config::Config,
     error::ProxyError,
-    exchange::{self, Door, Incoming, Outcome, State, Target},
     formats::{anthropic, openai, Format, Upstream},
+    gateway::exchange::{self, Door, Incoming, Outcome, State, Target},
+    gateway::targets::Registry,
+    http::observe::{self, AccessInfo, RequestId},
     limits::{BodyBudget, RequestLimit, RequestPermit, UpstreamSlots},
     metrics::Metrics,
-    observe::{self, AccessInfo, RequestId},
-    providers::Registry,
 };
 
 /// Fields of ours in a door's body, never passed on.
@@ -278,7 +278,15 @@ async fn openai_door(
     let body_fallbacks = body_fallbacks(&body)?;
     let registry = &shared.registry;
     let (provider, model) = registry.resolve(&probe.model)?;
-    let targets = door_targets(request, shared, info, provider, model, &probe.model, &body_fallbacks)?;
+    let targets = door_targets(
+        request,
+        shared,
+        info,
+        provider,
+        model,
+        &probe.model,
+        &body_fallbacks,
+    )?;
     let mut incoming = Incoming::new(Door::OpenAi, &body, &probe.model, probe.stream);
     incoming.include_usage = probe.include_usage;
     incoming.remove = &PROXY_FIELDS;
@@ -300,7 +308,15 @@ async fn anthropic_door(
     info.stream = probe.stream;
     let body_fallbacks = body_fallbacks(&body)?;
     let (provider, model) = resolve_anthropic(&shared.registry, &probe.model)?;
-    let targets = door_targets(request, shared, info, provider, model, &probe.model, &body_fallbacks)?;
+    let targets = door_targets(
+        request,
+        shared,
+        info,
+        provider,
+        model,
+        &probe.model,
+        &body_fallbacks,
+    )?;
     let mut incoming = Incoming::new(Door::Anthropic, &body, &probe.model, probe.stream);
     incoming.query = Some(request.query_string()).filter(|query| !query.is_empty());
     incoming.headers = anthropic_headers(request);
@@ -337,7 +353,15 @@ async fn count_tokens_route(
     incoming.remove = &PROXY_FIELDS;
     let state = shared.state();
     let mut outcome = Outcome::default();
-    let result = exchange::count_tokens(&state, &incoming, provider, model, key.as_ref(), &mut outcome).await;
+    let result = exchange::count_tokens(
+        &state,
+        &incoming,
+        provider,
+        model,
+        key.as_ref(),
+        &mut outcome,
+    )
+    .await;
     let headers = std::mem::take(&mut outcome.upstream_headers);
     record(info, outcome);
     result.map_err(|error| Failure { error, headers })
@@ -349,7 +373,9 @@ fn resolve_anthropic<'r>(
     model: &'r str,
 ) -> Result<(&'r dyn Upstream, &'r str), ProxyError> {
     if registry.alias(model).is_none() && !model.contains('/') {
-        let anthropic = registry.get("anthropic").ok_or_else(|| registry.unknown("anthropic"))?;
+        let anthropic = registry
+            .get("anthropic")
+            .ok_or_else(|| registry.unknown("anthropic"))?;
         return Ok((anthropic, model));
     }
     registry.resolve(model)
@@ -368,7 +394,10 @@ fn anthropic_headers(request: &HttpRequest) -> Vec<(HeaderName, HeaderValue)> {
 
 /// The key for a door's provider: `X-API-Key` or `Authorization: Bearer`, required when the
 /// provider requires one.
-fn door_key(request: &HttpRequest, provider: &dyn Upstream) -> Result<Option<HeaderValue>, ProxyError> {
+fn door_key(
+    request: &HttpRequest,
+    provider: &dyn Upstream,
+) -> Result<Option<HeaderValue>, ProxyError> {
     let key = request_key(request, true);
     if key.is_none() && provider.endpoint().key_required {
         return Err(ProxyError::MissingKey);

@@ -2,7 +2,7 @@
 
 use actix_web::web;
 
-use crate::{handlers, observe, providers::Registry};
+use crate::{gateway::targets::Registry, http::handlers, http::observe};
 
 /// Registers every route. The state it needs is added by the caller, see `server::build`.
 ///

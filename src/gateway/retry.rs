@@ -7,7 +7,6 @@ use std::{
 };
 
 use actix_web::http::{header::HeaderMap, StatusCode};
-use serde::Serialize;
 
 use crate::error::ProxyError;
 
@@ -87,46 +86,6 @@ pub fn random() -> f64 {
         state.set(x);
         (x >> 11) as f64 / (1u64 << 53) as f64
     })
-}
-
-/// One try at one provider, as the caller is told about it. Never holds a key.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Attempt {
-    pub provider: String,
-    pub model: String,
-    /// The upstream's status, when it answered.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
-    /// What went wrong when it did not answer, or why it was not tried.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure: Option<String>,
-}
-
-impl Attempt {
-    pub fn failed(provider: &str, model: &str, error: &ProxyError) -> Self {
-        let (status, failure) = match error {
-            ProxyError::Upstream { status, .. } => (Some(status.as_u16()), None),
-            ProxyError::Timeout => (None, Some("timeout".to_owned())),
-            ProxyError::Unreachable(_) => (None, Some("connection".to_owned())),
-            ProxyError::StreamEvent(_) => (Some(200), Some("error event".to_owned())),
-            other => (None, Some(other.kind().to_owned())),
-        };
-        Self {
-            provider: provider.to_owned(),
-            model: model.to_owned(),
-            status,
-            failure,
-        }
-    }
-
-    pub fn skipped(provider: &str, model: &str, why: String) -> Self {
-        Self {
-            provider: provider.to_owned(),
-            model: model.to_owned(),
-            status: None,
-            failure: Some(why),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -306,30 +265,5 @@ mod tests {
         assert!(numbers.iter().all(|n| (0.0..1.0).contains(n)));
         let mean = numbers.iter().sum::<f64>() / numbers.len() as f64;
         assert!((0.4..0.6).contains(&mean), "{mean}");
-    }
-
-    #[test]
-    fn attempts_say_what_happened_without_a_key() {
-        let error = ProxyError::Upstream {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            body: Default::default(),
-            headers: vec![],
-        };
-        let attempt = Attempt::failed("openai", "gpt", &error);
-        assert_eq!(
-            serde_json::to_value(&attempt).unwrap(),
-            serde_json::json!({"provider": "openai", "model": "gpt", "status": 429})
-        );
-        let attempt = Attempt::failed("openai", "gpt", &ProxyError::Timeout);
-        assert_eq!(attempt.failure.as_deref(), Some("timeout"));
-        let event = Attempt::failed(
-            "openai",
-            "gpt",
-            &ProxyError::StreamEvent(Default::default()),
-        );
-        assert_eq!(
-            (event.status, event.failure.as_deref()),
-            (Some(200), Some("error event"))
-        );
     }
 }

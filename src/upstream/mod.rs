@@ -1,5 +1,8 @@
 //! The only awc code: the pooled client, sending a request, reading or relaying the answer.
 
+pub mod http1_head;
+pub mod report;
+
 use std::{
     convert::Infallible,
     future::Future,
@@ -34,16 +37,19 @@ use awc::{
 use futures_util::{future::MapOk, ready, Stream, StreamExt, TryFutureExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use self::report::{Ending, StreamReport};
 use crate::{
     config::Config,
     error::ProxyError,
     formats::{StreamDecoder, StreamEncoder, UpstreamRequest},
-    http1_head::ResponseHeads,
     limits::Guards,
     model::StreamEvent,
-    observe::{Ending, StreamReport},
-    sse,
+    upstream::http1_head::ResponseHeads,
+    util::sse,
 };
+
+/// Our request id header, sent upstream with every call.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// How long an idle pooled connection is kept when keep-alive is on.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -187,7 +193,7 @@ pub fn is_unreadable_close_delimited(
     headers: &HeaderMap,
     tls: bool,
 ) -> bool {
-    tls && crate::http1_head::status_has_body(status.as_u16())
+    tls && crate::upstream::http1_head::status_has_body(status.as_u16())
         && version == Version::HTTP_11
         && !headers.contains_key(CONTENT_LENGTH)
         && !headers.contains_key(TRANSFER_ENCODING)
@@ -566,7 +572,9 @@ impl Translated {
 
     fn feed(&mut self, chunk: &[u8]) -> Result<(), ProxyError> {
         let (decoder, events) = (&mut self.decoder, &mut self.events);
-        let fed = self.parser.feed(chunk, |event| decoder.event(&event, events));
+        let fed = self
+            .parser
+            .feed(chunk, |event| decoder.event(&event, events));
         self.encode();
         fed?;
         // The parser dropped an event and reads no more: the caller must not get a stream
@@ -924,8 +932,8 @@ mod tests {
     #[test]
     fn token_counts_are_read_from_each_providers_stream() {
         for (stream, input, output) in [
-            (&include_bytes!("../tests/fixtures/anthropic/stream.sse")[..], 25, 15),
-            (&include_bytes!("../tests/fixtures/gemini/stream.sse")[..], 4, 12),
+            (&include_bytes!("../../tests/fixtures/anthropic/stream.sse")[..], 25, 15),
+            (&include_bytes!("../../tests/fixtures/gemini/stream.sse")[..], 4, 12),
             (
                 &b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n"[..],
                 9,

@@ -23,14 +23,17 @@ use serde::Serialize;
 
 use crate::{
     config::Config,
+    error::Attempt,
     error::ProxyError,
     formats::{self, anthropic, openai, Format, PassThrough, StreamEncoder, Upstream},
+    gateway::retry,
     limits::{Guards, RequestPermit, UpstreamSlots},
     metrics::Metrics,
     model::{Request, Response, Usage},
-    observe::{StreamReport, REQUEST_ID},
-    retry::{self, Attempt},
-    upstream::{self, Body, Relay, StreamContext, StreamErrors, Translated},
+    upstream::{
+        self, report::StreamReport, Body, Relay, StreamContext, StreamErrors, Translated,
+        REQUEST_ID,
+    },
 };
 
 const PROXY_PROVIDER: HeaderName = HeaderName::from_static("x-proxy-provider");
@@ -591,10 +594,7 @@ async fn whole_answer_as_stream(
              text/event-stream"
         ))
     };
-    let Some(mut encoder) = incoming
-        .door
-        .encoder(&target.model, incoming.include_usage)
-    else {
+    let Some(mut encoder) = incoming.door.encoder(&target.model, incoming.include_usage) else {
         return Err(not_a_stream());
     };
     let body =

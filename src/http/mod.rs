@@ -1,0 +1,8 @@
+//! actix: the routes, one thin handler per door, the server, and what wraps every request
+//! (request ids, the access log, CORS).
+
+pub mod cors;
+pub mod handlers;
+pub mod observe;
+pub mod routes;
+pub mod server;
