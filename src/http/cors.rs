@@ -30,19 +30,25 @@ const ALLOW_METHODS: &str = "GET, POST, OPTIONS";
 /// How long a browser may cache a preflight answer, in seconds.
 const MAX_AGE: &str = "600";
 /// Request headers a page may send (lowercase), besides `X-API-Key-<Provider>`.
-const ALLOWED_HEADERS: [&str; 6] = [
+const ALLOWED_HEADERS: [&str; 9] = [
     "x-api-key",
     "authorization",
     "content-type",
     "x-request-id",
     "x-fallbacks",
     "x-max-retries",
+    // What Anthropic's SDK sends from a browser, for `/v1/messages`.
+    "anthropic-version",
+    "anthropic-beta",
+    "anthropic-dangerous-direct-browser-access",
 ];
 /// A fallback's key: `X-API-Key-Anthropic` and so on, for any provider name.
 const PROVIDER_KEY_PREFIX: &str = "x-api-key-";
 /// How the allowed request headers are named in a refusal.
 const ALLOWED_HEADERS_TEXT: &str = "X-API-Key, X-API-Key-<Provider>, Authorization, \
-                                    Content-Type, X-Request-Id, X-Fallbacks, X-Max-Retries";
+                                    Content-Type, X-Request-Id, X-Fallbacks, X-Max-Retries, \
+                                    Anthropic-Version, Anthropic-Beta, \
+                                    Anthropic-Dangerous-Direct-Browser-Access";
 /// The response headers a page may read: ours, and the upstream's that we pass on (request ids
 /// and rate limits; see `upstream::is_passed_on`). Browsers do not expand wildcards in this
 /// list when a request carries credentials, so every name is spelled out.

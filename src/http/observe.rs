@@ -72,6 +72,8 @@ fn new_request_id() -> HeaderValue {
 fn route_of(path: &str) -> &'static str {
     match path {
         "/v1/chat/completions" => "completions",
+        "/v1/messages" => "messages",
+        "/v1/messages/count_tokens" => "count_tokens",
         "/v1/models" => "models",
         "/healthz" => "healthz",
         "/metrics" => "metrics",
@@ -337,6 +339,8 @@ mod tests {
     #[test]
     fn routes_are_a_bounded_set() {
         assert_eq!(route_of("/v1/chat/completions"), "completions");
+        assert_eq!(route_of("/v1/messages"), "messages");
+        assert_eq!(route_of("/v1/messages/count_tokens"), "count_tokens");
         assert_eq!(route_of("/v1/chat/openai"), "chat");
         assert_eq!(route_of("/v1/chat/anything-a-caller-sends"), "chat");
         assert_eq!(route_of("/wp-admin"), "other");
