@@ -584,9 +584,9 @@ mod tests {
     }
 
     #[test]
-    fn every_variable_is_in_the_readme_configuration_table() {
-        let readme = include_str!("../../README.md");
-        let table = &readme[readme.find("## Configuration").unwrap()..];
+    fn every_variable_is_in_the_docs_configuration_table() {
+        let page = include_str!("../../docs/configuration.md");
+        let table = &page[page.find("## Environment variables").unwrap()..];
         let commented = include_str!("../../.env.example")
             .lines()
             .filter_map(|line| line.strip_prefix("# "))
@@ -603,7 +603,7 @@ mod tests {
             }
             assert!(
                 table.contains(&format!("| `{name}` |")),
-                "{name} is missing from the README's configuration table"
+                "{name} is missing from the configuration table in docs/configuration.md"
             );
         }
     }

@@ -5,8 +5,8 @@ use serde_json::json;
 
 use crate::common::*;
 
-/// Every metric in the README's table, with its type, is described, and every sample is one of
-/// them: counters end in `_total`, histograms have `_bucket`, `_sum` and `_count`.
+/// Every metric in docs/observability.md's table, with its type, is described, and every sample
+/// is one of them: counters end in `_total`, histograms have `_bucket`, `_sum` and `_count`.
 fn assert_documented_names(text: &str) {
     let documented = [
         ("llm_proxy_requests_total", "counter"),
@@ -19,8 +19,13 @@ fn assert_documented_names(text: &str) {
         ("llm_proxy_upstream_errors_total", "counter"),
         ("llm_proxy_tokens_total", "counter"),
     ];
+    let page = include_str!("../../docs/observability.md");
     let mut samples = Vec::new();
     for (name, kind) in documented {
+        assert!(
+            page.contains(&format!("| `{name}` | {kind} |")),
+            "{name} ({kind}) is missing from the metrics table in docs/observability.md"
+        );
         // OpenMetrics names a counter's family without its `_total`.
         let family = name.strip_suffix("_total").unwrap_or(name);
         assert!(
