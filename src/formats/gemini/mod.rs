@@ -1,1 +1,7 @@
-//! gemini wire format: door and upstream.
+//! The Gemini `generateContent` wire format, as an upstream only: no Gemini door.
+
+pub mod schema;
+pub mod types;
+pub mod upstream;
+
+pub use upstream::Gemini;
