@@ -50,14 +50,12 @@ use super::{
 };
 use crate::{
     error::ProxyError,
-    formats::{bad_body, unsupported, Format, StreamDecoder, Upstream},
+    formats::{bad_body, unsupported, Endpoint, Format, StreamDecoder, Upstream, UpstreamRequest},
     model::{
         Image, Message, Part, Reasoning, Request, Response, ResponseFormat, Role, StopReason,
         StreamEvent, ToolCall, ToolChoice, ToolResult, Usage,
     },
-    providers::{Endpoint, UpstreamRequest},
-    sse,
-    util::json::JsonObject,
+    util::{json::JsonObject, sse},
 };
 
 const API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
