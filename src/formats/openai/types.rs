@@ -155,7 +155,10 @@ mod tests {
 
     #[test]
     fn reasons_outside_openais_vocabulary_become_stop() {
-        assert_eq!(finish_reason(&StopReason::Other("pause_turn".into())), "stop");
+        assert_eq!(
+            finish_reason(&StopReason::Other("pause_turn".into())),
+            "stop"
+        );
         assert_eq!(finish_reason(&StopReason::ContentFilter), "content_filter");
         assert_eq!(stop_reason("function_call", false), StopReason::ToolCalls);
         assert_eq!(stop_reason("stop", true), StopReason::ToolCalls);

@@ -158,7 +158,12 @@ impl Upstream for OpenAi {
                 content.push(Part::text(text));
             }
         }
-        for (i, call) in message.tool_calls.unwrap_or_default().into_iter().enumerate() {
+        for (i, call) in message
+            .tool_calls
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
             let call = call
                 .into_call(i)
                 .ok_or_else(|| bad_body(name, "has a tool call without a function name"))?;
@@ -188,9 +193,8 @@ impl Upstream for OpenAi {
 /// all. A false "yes" (the word inside a message) costs only a rewrite that keeps the body's
 /// meaning; a key spelled with escapes is missed, and would reach the upstream unchanged.
 fn may_hold_key(body: &[u8], name: &str) -> bool {
-    memchr::memmem::find_iter(body, name.as_bytes()).any(|at| {
-        at > 0 && body[at - 1] == b'"' && body.get(at + name.len()) == Some(&b'"')
-    })
+    memchr::memmem::find_iter(body, name.as_bytes())
+        .any(|at| at > 0 && body[at - 1] == b'"' && body.get(at + name.len()) == Some(&b'"'))
 }
 
 /// Builds a header value from a key, marked sensitive so that it is never printed.
@@ -250,7 +254,13 @@ fn request_body(request: &Request, model: &str) -> Result<Vec<u8>, ProxyError> {
     }
     if request.stream {
         put(o, "stream", &true)?;
-        put(o, "stream_options", &StreamOptions { include_usage: true })?;
+        put(
+            o,
+            "stream_options",
+            &StreamOptions {
+                include_usage: true,
+            },
+        )?;
     }
     for (name, value) in &request.extras {
         if !WRITTEN.contains(&name.as_str()) {
@@ -721,7 +731,10 @@ impl StreamDecoder for ChunkDecoder {
             return Ok(());
         }
         let chunk: ChunkIn = serde_json::from_str(data).map_err(|e| {
-            bad_body(self.provider, format_args!("stream has an event that is not a chunk: {e}"))
+            bad_body(
+                self.provider,
+                format_args!("stream has an event that is not a chunk: {e}"),
+            )
         })?;
         if chunk.error.is_some() || event.name == Some("error") {
             return Err(ProxyError::StreamEvent(Bytes::copy_from_slice(
