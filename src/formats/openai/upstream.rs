@@ -730,16 +730,19 @@ impl StreamDecoder for ChunkDecoder {
             self.done = true;
             return Ok(());
         }
+        let failed = || ProxyError::StreamEvent(Bytes::copy_from_slice(data.as_bytes()));
+        // OpenAI sends `{"error": {...}}` as a data event; some servers name the event too.
+        if event.name == Some("error") {
+            return Err(failed());
+        }
         let chunk: ChunkIn = serde_json::from_str(data).map_err(|e| {
             bad_body(
                 self.provider,
                 format_args!("stream has an event that is not a chunk: {e}"),
             )
         })?;
-        if chunk.error.is_some() || event.name == Some("error") {
-            return Err(ProxyError::StreamEvent(Bytes::copy_from_slice(
-                data.as_bytes(),
-            )));
+        if chunk.error.is_some() {
+            return Err(failed());
         }
         let id = chunk.id.as_deref().filter(|id| !id.is_empty());
         let model = chunk.model.as_deref().filter(|model| !model.is_empty());
@@ -864,4 +867,1087 @@ struct FunctionDeltaIn<'a> {
     name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     arguments: Option<Cow<'a, str>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        formats::openai::door,
+        model::{stream::Collector, Effort, Message, Reasoning, StopReason, Tool, ToolResult},
+    };
+    use serde_json::json;
+
+    fn provider() -> OpenAi {
+        OpenAi::new(Endpoint {
+            name: "openai",
+            base_url: "http://upstream.test/v1/".into(),
+            key_required: true,
+            headers: vec![],
+        })
+    }
+
+    fn pass(body: &Bytes, model: &str, remove: &[&str]) -> UpstreamRequest {
+        let request = PassThrough {
+            body,
+            model,
+            stream: false,
+            query: None,
+            headers: &[],
+            remove,
+        };
+        provider()
+            .pass_through(&request, model, Some(&HeaderValue::from_static("sk-test")))
+            .unwrap()
+    }
+
+    fn call(id: &str, name: &str, arguments: &str) -> ToolCall {
+        ToolCall {
+            id: id.into(),
+            name: name.into(),
+            arguments: arguments.into(),
+            cache_control: None,
+        }
+    }
+
+    fn body_of(upstream: &UpstreamRequest) -> Value {
+        serde_json::from_slice(&upstream.body).unwrap()
+    }
+
+    #[test]
+    fn the_body_is_forwarded_as_received_with_a_bearer_token() {
+        let body = Bytes::from_static(
+            br#"{"seed":1,"model":"gpt-4o-mini","messages":[{"role":"user","content":"the fallbacks"}],"logprobs":true}"#,
+        );
+        let upstream = pass(&body, "gpt-4o-mini", &["fallbacks"]);
+        assert_eq!(upstream.url, "http://upstream.test/v1/chat/completions");
+        assert_eq!(upstream.body, body);
+        assert_eq!(upstream.headers.len(), 1);
+        assert_eq!(upstream.headers[0].0, AUTHORIZATION);
+        assert_eq!(upstream.headers[0].1, "Bearer sk-test");
+        assert!(upstream.headers[0].1.is_sensitive());
+        assert_eq!(provider().format(), Format::OpenAi);
+    }
+
+    #[test]
+    fn another_model_rewrites_only_the_model_field_in_place() {
+        let body = Bytes::from_static(
+            br#"{"seed":1,"model":"groq/llama-3.1-8b","messages":[{"role":"user","content":"hi"}]}"#,
+        );
+        let request = PassThrough {
+            body: &body,
+            model: "groq/llama-3.1-8b",
+            stream: false,
+            query: Some("beta=true"),
+            headers: &[],
+            remove: &["fallbacks"],
+        };
+        let upstream = provider()
+            .pass_through(&request, "llama-3.1-8b", None)
+            .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&upstream.body).unwrap(),
+            r#"{"seed":1,"model":"llama-3.1-8b","messages":[{"role":"user","content":"hi"}]}"#
+        );
+        assert!(upstream.headers.is_empty(), "no key, no auth header");
+    }
+
+    #[test]
+    fn the_proxys_own_fields_are_taken_out_even_when_the_model_stays() {
+        let body = Bytes::from_static(
+            br#"{"model":"gpt-4o","fallbacks":["anthropic/claude"],"messages":[{"role":"user","content":"hi"}]}"#,
+        );
+        let upstream = pass(&body, "gpt-4o", &["fallbacks"]);
+        assert_eq!(
+            std::str::from_utf8(&upstream.body).unwrap(),
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#
+        );
+        let not_json = Bytes::from_static(b"[1]");
+        let request = PassThrough {
+            body: &not_json,
+            model: "a/b",
+            stream: false,
+            query: None,
+            headers: &[],
+            remove: &[],
+        };
+        let err = provider().pass_through(&request, "b", None).unwrap_err();
+        assert!(matches!(err, ProxyError::InvalidRequest(_)), "{err:?}");
+    }
+
+    #[test]
+    fn a_field_name_is_found_only_as_a_quoted_string() {
+        assert!(may_hold_key(br#"{"fallbacks":[]}"#, "fallbacks"));
+        assert!(!may_hold_key(br#"{"x":"no fallbacks here"}"#, "fallbacks"));
+        assert!(!may_hold_key(b"fallbacks", "fallbacks"));
+    }
+
+    fn agent_request() -> Request {
+        Request {
+            model: "anthropic-door/claude".into(),
+            system: vec![
+                Part::Text {
+                    text: "You are a coding agent.".into(),
+                    cache_control: Some(json!({"type": "ephemeral"})),
+                },
+                Part::text("Repo: llm-proxy"),
+            ],
+            messages: vec![
+                Message {
+                    role: Role::User,
+                    content: vec![
+                        Part::text("What is in"),
+                        Part::Image {
+                            image: Image::Base64 {
+                                media_type: "image/png",
+                                data: "iVBORw0KGgo=".into(),
+                            },
+                            cache_control: None,
+                        },
+                    ],
+                },
+                Message {
+                    role: Role::Assistant,
+                    content: vec![
+                        Part::Reasoning {
+                            text: "Look first.".into(),
+                            signature: Some("sig".into()),
+                        },
+                        Part::RedactedReasoning {
+                            data: "opaque".into(),
+                        },
+                        Part::ToolCall(call("toolu_1", "read_file", r#"{"path":"a.rs"}"#)),
+                        Part::ToolCall(call("toolu_2", "screenshot", "{}")),
+                    ],
+                },
+                Message {
+                    role: Role::Tool,
+                    content: vec![
+                        Part::ToolResult(ToolResult {
+                            call_id: "toolu_1".into(),
+                            content: vec![Part::text("fn main() {}")],
+                            is_error: false,
+                            cache_control: None,
+                        }),
+                        Part::ToolResult(ToolResult {
+                            call_id: "toolu_2".into(),
+                            content: vec![
+                                Part::text("here"),
+                                Part::Image {
+                                    image: Image::Url {
+                                        url: "https://example.com/s.png".into(),
+                                        media_type: "image/png",
+                                    },
+                                    cache_control: None,
+                                },
+                            ],
+                            is_error: true,
+                            cache_control: None,
+                        }),
+                    ],
+                },
+                Message::text(Role::System, "Be brief."),
+                Message::text(Role::Assistant, "Done."),
+            ],
+            tools: vec![Tool {
+                name: "read_file".into(),
+                description: Some("Reads a file".into()),
+                parameters: json!({"type": "object"}),
+                cache_control: Some(json!({"type": "ephemeral"})),
+            }],
+            tool_choice: Some(ToolChoice::Required),
+            parallel_tool_calls: Some(true),
+            response_format: Some(ResponseFormat::JsonObject),
+            max_tokens: Some(1024),
+            temperature: Some(0.2),
+            top_p: Some(0.95),
+            top_k: Some(40),
+            stop: vec!["END".into()],
+            seed: Some(3),
+            reasoning: Some(Reasoning::Budget(2048)),
+            user: Some("u1".into()),
+            stream: true,
+            include_usage: false,
+            extras: vec![
+                ("metadata".into(), json!({"user_id": "u1"})),
+                ("model".into(), json!("not again")),
+            ],
+            unportable: vec![],
+        }
+    }
+
+    #[test]
+    fn a_request_becomes_a_chat_completions_body_in_a_fixed_order() {
+        let upstream = provider()
+            .translate_request(
+                &agent_request(),
+                "gpt-4o",
+                Some(&HeaderValue::from_static("sk-test")),
+            )
+            .unwrap();
+        assert_eq!(upstream.url, "http://upstream.test/v1/chat/completions");
+        assert_eq!(upstream.headers[0].1, "Bearer sk-test");
+        let body = body_of(&upstream);
+        assert_eq!(
+            body,
+            json!({
+                "model": "gpt-4o",
+                "messages": [
+                    {"role": "system", "content": "You are a coding agent.\n\nRepo: llm-proxy"},
+                    {"role": "user", "content": [
+                        {"type": "text", "text": "What is in"},
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]},
+                    {"role": "assistant", "content": null, "tool_calls": [
+                        {"id": "toolu_1", "type": "function",
+                         "function": {"name": "read_file", "arguments": "{\"path\":\"a.rs\"}"}},
+                        {"id": "toolu_2", "type": "function",
+                         "function": {"name": "screenshot", "arguments": "{}"}}]},
+                    {"role": "tool", "tool_call_id": "toolu_1", "content": "fn main() {}"},
+                    {"role": "tool", "tool_call_id": "toolu_2", "content": "here"},
+                    {"role": "user", "content": [
+                        {"type": "image_url", "image_url": {"url": "https://example.com/s.png"}}]},
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "assistant", "content": "Done."}
+                ],
+                "tools": [{"type": "function", "function": {"name": "read_file",
+                    "description": "Reads a file", "parameters": {"type": "object"}}}],
+                "tool_choice": "required",
+                "parallel_tool_calls": true,
+                "response_format": {"type": "json_object"},
+                "max_tokens": 1024,
+                "temperature": 0.2,
+                "top_p": 0.95,
+                "top_k": 40,
+                "stop": ["END"],
+                "seed": 3,
+                "reasoning_effort": "medium",
+                "user": "u1",
+                "stream": true,
+                "stream_options": {"include_usage": true},
+                "metadata": {"user_id": "u1"}
+            })
+        );
+        let keys = [
+            "model",
+            "messages",
+            "tools",
+            "tool_choice",
+            "parallel_tool_calls",
+            "response_format",
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "top_k",
+            "stop",
+            "seed",
+            "reasoning_effort",
+            "user",
+            "stream",
+            "stream_options",
+            "metadata",
+        ];
+        let written = std::str::from_utf8(&upstream.body).unwrap();
+        let mut positions: Vec<_> = keys
+            .iter()
+            .map(|key| written.find(&format!("\"{key}\":")).unwrap())
+            .collect();
+        let order = positions.clone();
+        positions.sort_unstable();
+        assert_eq!(
+            order, positions,
+            "fields are written in the order of the model"
+        );
+    }
+
+    #[test]
+    fn disabled_reasoning_and_a_plain_call_write_only_what_is_set() {
+        let request = Request {
+            messages: vec![Message::text(Role::User, "hi")],
+            reasoning: Some(Reasoning::Disabled),
+            tool_choice: Some(ToolChoice::Tool("f".into())),
+            response_format: Some(ResponseFormat::JsonSchema {
+                name: "a".into(),
+                description: None,
+                schema: json!({}),
+                strict: None,
+            }),
+            ..Request::default()
+        };
+        let body = body_of(&provider().translate_request(&request, "m", None).unwrap());
+        assert_eq!(
+            body,
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                   "tool_choice": {"type": "function", "function": {"name": "f"}},
+                   "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {}}}})
+        );
+    }
+
+    #[test]
+    fn what_only_another_format_can_express_is_refused_naming_it() {
+        let request = Request {
+            messages: vec![Message::text(Role::User, "hi")],
+            unportable: vec!["tools[0] (web_search_20250305)".into()],
+            ..Request::default()
+        };
+        let err = provider()
+            .translate_request(&request, "m", None)
+            .unwrap_err();
+        assert!(matches!(err, ProxyError::InvalidRequest(_)));
+        assert!(
+            err.to_string()
+                .contains("`tools[0] (web_search_20250305)` cannot be sent to openai"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_completion_is_normalized() {
+        let body = include_bytes!("../../../tests/fixtures/openai/completion.json");
+        let response = provider().translate_response(body, "gpt-4o-mini").unwrap();
+        assert_eq!(
+            response,
+            Response {
+                id: Some("chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT".into()),
+                model: "gpt-4o-mini-2024-07-18".into(),
+                content: vec![Part::text("Hello! How can I help you today?")],
+                stop_reason: Some(StopReason::Stop),
+                native_stop_reason: Some("stop".into()),
+                usage: Some(Usage {
+                    input_tokens: 19,
+                    output_tokens: 9,
+                    ..Usage::default()
+                }),
+            }
+        );
+    }
+
+    #[test]
+    fn a_tool_call_completion_from_openais_reference_is_normalized() {
+        let body = include_bytes!("../../../tests/fixtures/openai/tool_calls.json");
+        let response = provider().translate_response(body, "asked").unwrap();
+        assert_eq!(
+            response,
+            Response {
+                id: Some("chatcmpl-abc123".into()),
+                model: "gpt-4o-mini".into(),
+                content: vec![Part::ToolCall(call(
+                    "call_abc123",
+                    "get_current_weather",
+                    "{\n\"location\": \"Boston, MA\"\n}"
+                ))],
+                stop_reason: Some(StopReason::ToolCalls),
+                native_stop_reason: Some("tool_calls".into()),
+                usage: Some(Usage {
+                    input_tokens: 82,
+                    output_tokens: 17,
+                    ..Usage::default()
+                }),
+            }
+        );
+    }
+
+    #[test]
+    fn reasoning_cached_tokens_and_lenient_shapes_are_read() {
+        let body = br#"{"id":"x","model":"","choices":[{"index":0,"message":{"role":"assistant",
+            "content":[{"type":"thinking","thinking":[]},{"type":"text","text":"It is "},{"type":"text","text":"9.8."}],
+            "reasoning":"Compare tenths.",
+            "tool_calls":[{"type":"function","function":{"name":"f","arguments":{"a":1}}}]},
+            "finish_reason":"stop"}],
+            "usage":{"prompt_tokens":10,"completion_tokens":20,"prompt_tokens_details":{"cached_tokens":8},
+                     "completion_tokens_details":{"reasoning_tokens":15}}}"#;
+        let response = provider().translate_response(body, "asked").unwrap();
+        assert_eq!(
+            response,
+            Response {
+                id: Some("x".into()),
+                model: "asked".into(),
+                content: vec![
+                    Part::Reasoning {
+                        text: "Compare tenths.".into(),
+                        signature: None
+                    },
+                    Part::text("It is 9.8."),
+                    Part::ToolCall(call("call_0", "f", r#"{"a":1}"#)),
+                ],
+                stop_reason: Some(StopReason::ToolCalls),
+                native_stop_reason: Some("stop".into()),
+                usage: Some(Usage {
+                    input_tokens: 10,
+                    output_tokens: 20,
+                    cache_read_tokens: 8,
+                    cache_write_tokens: 0,
+                    reasoning_tokens: 15,
+                }),
+            }
+        );
+    }
+
+    #[test]
+    fn null_content_and_a_missing_finish_reason_are_nothing() {
+        let body = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":null,
+            "tool_calls":[]},"finish_reason":null}]}"#;
+        let response = provider().translate_response(body, "asked-for").unwrap();
+        assert_eq!(
+            response,
+            Response {
+                model: "asked-for".into(),
+                ..Response::default()
+            }
+        );
+    }
+
+    #[test]
+    fn bodies_without_choices_are_bad_gateway() {
+        for body in [
+            &b"{}"[..],
+            br#"{"choices":[]}"#,
+            b"<html>",
+            br#"{"choices":"no"}"#,
+            br#"{"choices":[{"message":{"content":5}}]}"#,
+            br#"{"choices":[{"message":{"tool_calls":[{"id":"c","function":{"arguments":"{}"}}]}}]}"#,
+        ] {
+            let err = provider().translate_response(body, "m").unwrap_err();
+            assert!(matches!(err, ProxyError::BadUpstreamBody(_)), "{err:?}");
+        }
+    }
+
+    /// Runs a whole stream through the decoder, as `upstream` will: every event, then `end`.
+    fn decode(stream: &[u8]) -> Result<Vec<StreamEvent>, ProxyError> {
+        let mut decoder = provider().stream_decoder();
+        let mut events = Vec::new();
+        let mut parser = sse::Parser::default();
+        parser.feed(stream, |event| decoder.event(&event, &mut events))?;
+        parser.finish(|event| decoder.event(&event, &mut events))?;
+        decoder.end(&mut events)?;
+        Ok(events)
+    }
+
+    fn collect(events: Vec<StreamEvent>) -> Response {
+        let mut collector = Collector::default();
+        for event in events {
+            collector.event(event);
+        }
+        collector.finish()
+    }
+
+    #[test]
+    fn openais_text_stream_becomes_events() {
+        let events = decode(include_bytes!("../../../tests/fixtures/openai/stream.sse")).unwrap();
+        assert_eq!(
+            events,
+            [
+                StreamEvent::Start {
+                    id: Some("chatcmpl-AbC123".into()),
+                    model: Some("gpt-4o-mini-2024-07-18".into()),
+                },
+                StreamEvent::Text("¡Hola".into()),
+                StreamEvent::Text("! 👋 ¿Qué tal?".into()),
+                StreamEvent::Stop {
+                    reason: StopReason::Stop,
+                    native: Some("stop".into()),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_parallel_tool_call_stream_keeps_each_call_apart() {
+        let events = decode(include_bytes!(
+            "../../../tests/fixtures/openai/parallel_tool_calls.sse"
+        ))
+        .unwrap();
+        assert_eq!(events.len(), 9, "{events:?}");
+        assert_eq!(
+            events[1],
+            StreamEvent::ToolCallStart {
+                index: 0,
+                id: "call_3ZkXjVwYq1Lm8Rb2Tn5Pc7Ua".into(),
+                name: "get_weather".into(),
+            }
+        );
+        assert_eq!(
+            events[4],
+            StreamEvent::ToolCallStart {
+                index: 1,
+                id: "call_8WbNc2QsYd4Fh6Jk0Lm1Pr3T".into(),
+                name: "get_weather".into(),
+            }
+        );
+        let response = collect(events);
+        assert_eq!(
+            response,
+            Response {
+                id: Some("chatcmpl-BqXk2oYq7yVwJ1fM0cZ3rT8uQnLsA".into()),
+                model: "gpt-4o-2024-08-06".into(),
+                content: vec![
+                    Part::ToolCall(call(
+                        "call_3ZkXjVwYq1Lm8Rb2Tn5Pc7Ua",
+                        "get_weather",
+                        r#"{"location": "Paris, France"}"#
+                    )),
+                    Part::ToolCall(call(
+                        "call_8WbNc2QsYd4Fh6Jk0Lm1Pr3T",
+                        "get_weather",
+                        r#"{"location": "Bogotá, Colombia"}"#
+                    )),
+                ],
+                stop_reason: Some(StopReason::ToolCalls),
+                native_stop_reason: Some("tool_calls".into()),
+                usage: Some(Usage {
+                    input_tokens: 86,
+                    output_tokens: 52,
+                    ..Usage::default()
+                }),
+            }
+        );
+    }
+
+    #[test]
+    fn a_deepseek_reasoning_stream_has_its_usage_before_its_stop() {
+        let events = decode(include_bytes!(
+            "../../../tests/fixtures/openai/deepseek_reasoning.sse"
+        ))
+        .unwrap();
+        let usage = Usage {
+            input_tokens: 18,
+            output_tokens: 61,
+            reasoning_tokens: 55,
+            ..Usage::default()
+        };
+        assert_eq!(
+            events[events.len() - 2..],
+            [
+                StreamEvent::Usage(usage),
+                StreamEvent::Stop {
+                    reason: StopReason::Stop,
+                    native: Some("stop".into())
+                }
+            ]
+        );
+        let response = collect(events);
+        assert_eq!(
+            response.content,
+            [
+                Part::Reasoning {
+                    text: "9.11 has a smaller tenths digit than 9.8.".into(),
+                    signature: None
+                },
+                Part::text("9.8 is greater.")
+            ]
+        );
+        assert_eq!(response.model, "deepseek-reasoner");
+    }
+
+    #[test]
+    fn interleaved_and_late_named_calls_are_numbered_as_they_start() {
+        let stream = concat!(
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":3,\"id\":\"call_a\",\"function\":{\"arguments\":\"{\\\"a\\\"\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":5,\"id\":\"call_b\",\"function\":{\"name\":\"beta\",\"arguments\":\"{\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":3,\"function\":{\"name\":\"alpha\",\"arguments\":\":1}\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":5,\"function\":{\"arguments\":\"}\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"index\":1,\"delta\":{\"content\":\"other choice\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+        );
+        let events = decode(stream.as_bytes()).unwrap();
+        assert_eq!(
+            events,
+            [
+                StreamEvent::Start {
+                    id: None,
+                    model: None
+                },
+                StreamEvent::ToolCallStart {
+                    index: 0,
+                    id: "call_b".into(),
+                    name: "beta".into()
+                },
+                StreamEvent::ToolArguments {
+                    index: 0,
+                    fragment: "{".into()
+                },
+                StreamEvent::ToolCallStart {
+                    index: 1,
+                    id: "call_a".into(),
+                    name: "alpha".into()
+                },
+                StreamEvent::ToolArguments {
+                    index: 1,
+                    fragment: "{\"a\"".into()
+                },
+                StreamEvent::ToolArguments {
+                    index: 1,
+                    fragment: ":1}".into()
+                },
+                StreamEvent::ToolArguments {
+                    index: 0,
+                    fragment: "}".into()
+                },
+                StreamEvent::Stop {
+                    reason: StopReason::ToolCalls,
+                    native: Some("tool_calls".into())
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn calls_without_an_index_are_told_apart_by_their_ids() {
+        let stream = concat!(
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"id\":\"c1\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"id\":\"c2\",\"function\":{\"name\":\"g\",\"arguments\":\"{\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"function\":{\"arguments\":\"}\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let response = collect(decode(stream.as_bytes()).unwrap());
+        assert_eq!(
+            response.content,
+            [
+                Part::ToolCall(call("c1", "f", "{}")),
+                Part::ToolCall(call("c2", "g", "{}"))
+            ]
+        );
+        assert_eq!(
+            response.stop_reason,
+            Some(StopReason::ToolCalls),
+            "stop with calls"
+        );
+    }
+
+    #[test]
+    fn an_error_event_ends_the_stream_with_its_data() {
+        let data = r#"{"error":{"message":"overloaded","type":"server_error","code":null}}"#;
+        let err = decode(
+            format!(
+                "data: {{\"choices\":[{{\"delta\":{{\"content\":\"a\"}}}}]}}\n\ndata: {data}\n\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap_err();
+        match err {
+            ProxyError::StreamEvent(body) => assert_eq!(body, data.as_bytes()),
+            other => panic!("{other:?}"),
+        }
+        let err = decode(b"data: <html>\n\n").unwrap_err();
+        assert!(matches!(err, ProxyError::BadUpstreamBody(_)), "{err:?}");
+        assert!(err
+            .to_string()
+            .contains("openai response stream has an event that is not a chunk"));
+    }
+
+    #[test]
+    fn a_stream_cut_before_its_end_is_an_error() {
+        let err = decode(b"data: {\"id\":\"x\",\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n")
+            .unwrap_err();
+        assert!(matches!(err, ProxyError::Unreachable(_)));
+        assert!(
+            err.to_string()
+                .contains("the openai stream ended before its [DONE]; the answer is incomplete"),
+            "{err}"
+        );
+        let done_only = decode(b"data: [DONE]\n\n").unwrap();
+        assert_eq!(
+            done_only,
+            [
+                StreamEvent::Start {
+                    id: None,
+                    model: None
+                },
+                StreamEvent::Stop {
+                    reason: StopReason::Stop,
+                    native: None
+                }
+            ],
+            "a stream with [DONE] and no finish reason still stops"
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn text() -> impl Strategy<Value = String> {
+            "[a-zA-Z0-9 .,{}\"\\\\é👋\n]{1,16}"
+        }
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                text().prop_map(Value::from),
+            ];
+            leaf.prop_recursive(3, 16, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                    proptest::collection::btree_map("[a-z]{1,6}", inner, 0..4)
+                        .prop_map(|map| Value::Object(map.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn object() -> impl Strategy<Value = Value> {
+            proptest::collection::btree_map("[a-z]{1,6}", json_value(), 0..4)
+                .prop_map(|map| Value::Object(map.into_iter().collect()))
+        }
+
+        fn image() -> impl Strategy<Value = Part> {
+            let media = prop_oneof![
+                Just(("png", "image/png")),
+                Just(("jpg", "image/jpeg")),
+                Just(("gif", "image/gif")),
+                Just(("webp", "image/webp")),
+            ];
+            (media, "[a-z]{1,8}", "[A-Za-z0-9+/]{1,12}=?", any::<bool>()).prop_map(
+                |((extension, media_type), name, data, inline)| Part::Image {
+                    image: if inline {
+                        Image::Base64 { media_type, data }
+                    } else {
+                        Image::Url {
+                            url: format!("https://img.test/{name}.{extension}"),
+                            media_type,
+                        }
+                    },
+                    cache_control: None,
+                },
+            )
+        }
+
+        fn tool_call() -> impl Strategy<Value = ToolCall> {
+            ("call_[a-zA-Z0-9]{1,8}", "[a-z_]{1,10}", ".{0,20}")
+                .prop_map(|(id, name, arguments)| call(&id, &name, &arguments))
+        }
+
+        /// A message as OpenAI writes it, so that it reads back the same: user content of
+        /// one text (a string) or parts, assistant text before its calls, one result per
+        /// tool message, a system message never first.
+        fn message(first: bool) -> impl Strategy<Value = Message> {
+            let user = prop_oneof![
+                text().prop_map(|t| vec![Part::text(t)]),
+                proptest::collection::vec(prop_oneof![text().prop_map(Part::text), image()], 2..4),
+                image().prop_map(|i| vec![i]),
+            ]
+            .prop_map(|content| Message {
+                role: Role::User,
+                content,
+            });
+            let assistant = (
+                proptest::option::of(text()),
+                proptest::collection::vec(tool_call(), 0..3),
+            )
+                .prop_map(|(text, calls)| Message {
+                    role: Role::Assistant,
+                    content: text
+                        .map(Part::text)
+                        .into_iter()
+                        .chain(calls.into_iter().map(Part::ToolCall))
+                        .collect(),
+                });
+            let tool = ("call_[a-z0-9]{1,8}", ".{0,20}").prop_map(|(call_id, text)| Message {
+                role: Role::Tool,
+                content: vec![Part::ToolResult(ToolResult {
+                    call_id,
+                    content: vec![Part::text(text)],
+                    is_error: false,
+                    cache_control: None,
+                })],
+            });
+            let system =
+                proptest::collection::vec(text().prop_map(Part::text), 1..3).prop_map(|content| {
+                    Message {
+                        role: Role::System,
+                        content,
+                    }
+                });
+            if first {
+                prop_oneof![user, assistant, tool].boxed()
+            } else {
+                prop_oneof![user, assistant, tool, system].boxed()
+            }
+        }
+
+        prop_compose! {
+            fn messages()(first in message(true), rest in proptest::collection::vec(message(false), 0..5)) -> Vec<Message> {
+                std::iter::once(first).chain(rest).collect()
+            }
+        }
+
+        fn tool() -> impl Strategy<Value = Tool> {
+            ("[a-z_]{1,10}", proptest::option::of(text()), object()).prop_map(
+                |(name, description, parameters)| Tool {
+                    name,
+                    description,
+                    parameters,
+                    cache_control: None,
+                },
+            )
+        }
+
+        fn tool_choice() -> impl Strategy<Value = ToolChoice> {
+            prop_oneof![
+                Just(ToolChoice::Auto),
+                Just(ToolChoice::None),
+                Just(ToolChoice::Required),
+                "[a-z_]{1,10}".prop_map(ToolChoice::Tool),
+            ]
+        }
+
+        fn response_format() -> impl Strategy<Value = ResponseFormat> {
+            prop_oneof![
+                Just(ResponseFormat::Text),
+                Just(ResponseFormat::JsonObject),
+                (
+                    "[a-z_]{1,10}",
+                    proptest::option::of(text()),
+                    object(),
+                    proptest::option::of(any::<bool>())
+                )
+                    .prop_map(|(name, description, schema, strict)| {
+                        ResponseFormat::JsonSchema {
+                            name,
+                            description,
+                            schema,
+                            strict,
+                        }
+                    }),
+            ]
+        }
+
+        fn effort() -> impl Strategy<Value = Effort> {
+            prop_oneof![
+                Just(Effort::Minimal),
+                Just(Effort::Low),
+                Just(Effort::Medium),
+                Just(Effort::High),
+            ]
+        }
+
+        prop_compose! {
+            /// A request of what OpenAI can express, written the way its parser reads it
+            /// back: a system prompt of one part, no cache markers, usage asked for exactly
+            /// when streaming (the upstream always asks), effort rather than budgets.
+            fn request()(
+                model in "[a-z0-9./-]{1,16}",
+                system in proptest::option::of(text()),
+                messages in messages(),
+                tools in proptest::collection::vec(tool(), 0..3),
+                tool_choice in proptest::option::of(tool_choice()),
+                parallel_tool_calls in proptest::option::of(any::<bool>()),
+                response_format in proptest::option::of(response_format()),
+                max_tokens in proptest::option::of(1u64..1_000_000),
+                // Hundredths: serde_json's default float parser may be off by one unit in
+                // the last place on long fractions, which no sampler notices.
+                temperature in proptest::option::of((0u32..=200).prop_map(|t| f64::from(t) / 100.0)),
+                top_p in proptest::option::of((0u32..=100).prop_map(|p| f64::from(p) / 100.0)),
+                top_k in proptest::option::of(1u64..1000),
+                stop in proptest::collection::vec(text(), 0..3),
+                seed in proptest::option::of(any::<i64>()),
+                reasoning in proptest::option::of(effort().prop_map(Reasoning::Effort)),
+                user in proptest::option::of(text()),
+                stream: bool,
+                extras in proptest::collection::vec(("x_[a-z]{1,6}", json_value()), 0..3),
+            ) -> Request {
+                Request {
+                    model,
+                    system: system.map(Part::text).into_iter().collect(),
+                    messages,
+                    tools,
+                    tool_choice,
+                    parallel_tool_calls,
+                    response_format,
+                    max_tokens,
+                    temperature,
+                    top_p,
+                    top_k,
+                    stop,
+                    seed,
+                    reasoning,
+                    user,
+                    stream,
+                    include_usage: stream,
+                    extras,
+                    unportable: vec![],
+                }
+            }
+        }
+
+        fn stop() -> impl Strategy<Value = StopReason> {
+            prop_oneof![
+                Just(StopReason::Stop),
+                Just(StopReason::Length),
+                Just(StopReason::ToolCalls),
+                Just(StopReason::ContentFilter),
+                "[a-z_]{1,12}".prop_map(StopReason::Other),
+            ]
+        }
+
+        fn usage() -> impl Strategy<Value = Usage> {
+            (
+                0u64..1_000_000,
+                0u64..1_000_000,
+                0u64..1000,
+                0u64..1000,
+                0u64..1000,
+            )
+                .prop_map(|(input, output, cache_read, cache_write, reasoning)| {
+                    Usage {
+                        input_tokens: input,
+                        output_tokens: output,
+                        cache_read_tokens: cache_read,
+                        cache_write_tokens: cache_write,
+                        reasoning_tokens: reasoning,
+                    }
+                })
+        }
+
+        prop_compose! {
+            /// Any answer, in any order, with what OpenAI cannot carry (signatures,
+            /// encrypted reasoning, cache writes) among it.
+            fn response()(
+                id in proptest::option::of("[a-zA-Z0-9_-]{1,16}"),
+                model in "[a-z0-9.-]{1,16}",
+                content in proptest::collection::vec(prop_oneof![
+                    text().prop_map(Part::text),
+                    tool_call().prop_map(Part::ToolCall),
+                    (text(), proptest::option::of("[a-z]{1,6}"))
+                        .prop_map(|(text, signature)| Part::Reasoning { text, signature }),
+                    "[a-z]{1,6}".prop_map(|data| Part::RedactedReasoning { data }),
+                ], 0..6),
+                stop_reason in proptest::option::of(stop()),
+                native in proptest::option::of("[a-z_]{1,12}"),
+                usage in proptest::option::of(usage()),
+            ) -> Response {
+                Response { id, model, content, stop_reason, native_stop_reason: native, usage }
+            }
+        }
+
+        /// What a Chat Completions answer keeps of `response`: reasoning, then the text, then
+        /// the calls; the finish reason it can name, as its native one; no cache writes.
+        fn as_completion(response: &Response) -> Response {
+            let calls: Vec<_> = response.tool_calls().cloned().map(Part::ToolCall).collect();
+            let text = response.text();
+            let content = response
+                .reasoning()
+                .filter(|r| !r.is_empty())
+                .map(|text| Part::Reasoning {
+                    text,
+                    signature: None,
+                })
+                .into_iter()
+                .chain((!text.is_empty()).then(|| Part::text(text)))
+                .chain(calls)
+                .collect();
+            answered(response, content)
+        }
+
+        /// What a chunk stream keeps of `response`: everything in its order but signatures and
+        /// encrypted reasoning, runs of text or reasoning joined; a stop and usage always.
+        fn as_stream(response: &Response) -> Response {
+            let mut content: Vec<Part> = Vec::new();
+            for part in &response.content {
+                match (content.last_mut(), part) {
+                    (
+                        _,
+                        Part::RedactedReasoning { .. } | Part::Image { .. } | Part::ToolResult(_),
+                    ) => {}
+                    (Some(Part::Text { text: last, .. }), Part::Text { text, .. }) => {
+                        last.push_str(text)
+                    }
+                    (Some(Part::Reasoning { text: last, .. }), Part::Reasoning { text, .. }) => {
+                        last.push_str(text)
+                    }
+                    (_, Part::Reasoning { text, .. }) => content.push(Part::Reasoning {
+                        text: text.clone(),
+                        signature: None,
+                    }),
+                    (_, part) => content.push(part.clone()),
+                }
+            }
+            let mut expected = answered(
+                &Response {
+                    stop_reason: Some(response.stop_reason.clone().unwrap_or(StopReason::Stop)),
+                    usage: Some(response.usage.unwrap_or_default()),
+                    ..response.clone()
+                },
+                content,
+            );
+            expected.id = response.id.clone();
+            expected
+        }
+
+        fn answered(response: &Response, content: Vec<Part>) -> Response {
+            let has_calls = response.tool_calls().next().is_some();
+            let native = response
+                .stop_reason
+                .as_ref()
+                .map(super::super::super::types::finish_reason);
+            Response {
+                id: response.id.clone(),
+                model: response.model.clone(),
+                content,
+                stop_reason: native.map(|n| stop_reason(n, has_calls)),
+                native_stop_reason: native.map(str::to_owned),
+                usage: response.usage.map(|usage| Usage {
+                    cache_write_tokens: 0,
+                    ..usage
+                }),
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_events_never_panic_the_decoder(
+                datas in proptest::collection::vec(prop_oneof![
+                    ".{0,40}",
+                    json_value().prop_map(|v| v.to_string()),
+                    Just("[DONE]".to_owned()),
+                    Just(r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"x"}}]}}]}"#.to_owned()),
+                    Just(r#"{"choices":[{"delta":{"tool_calls":[{"function":{"name":"f"}}]},"finish_reason":"stop"}]}"#.to_owned()),
+                ], 0..8),
+            ) {
+                let mut decoder = provider().stream_decoder();
+                let mut out = Vec::new();
+                for data in &datas {
+                    let event = sse::Event { name: None, data: data.as_str().into() };
+                    if decoder.event(&event, &mut out).is_err() {
+                        break;
+                    }
+                }
+                let _ = decoder.end(&mut out);
+            }
+
+            #[test]
+            fn arbitrary_bodies_never_panic_the_response_reader(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+                let _ = provider().translate_response(&bytes, "m");
+            }
+
+            #[test]
+            fn a_request_openai_can_express_reads_back_as_itself(request in request()) {
+                let upstream = provider().translate_request(&request, &request.model, None).unwrap();
+                let parsed = door::parse(&upstream.body).unwrap();
+                prop_assert_eq!(parsed, request);
+            }
+
+            #[test]
+            fn an_answer_survives_a_completion_and_back(response in response()) {
+                let read = provider().translate_response(&door::completion(&response), "asked").unwrap();
+                let mut expected = as_completion(&response);
+                if expected.id.is_none() {
+                    prop_assert!(read.id.as_deref().is_some_and(|id| id.starts_with("chatcmpl-")));
+                    expected.id = read.id.clone();
+                }
+                prop_assert_eq!(read, expected);
+            }
+
+            #[test]
+            fn an_answer_survives_a_chunk_stream_and_back(response in response()) {
+                let read = collect(decode(&door::stream_of(&response, true)).unwrap());
+                let mut expected = as_stream(&response);
+                if expected.id.is_none() {
+                    prop_assert!(read.id.as_deref().is_some_and(|id| id.starts_with("chatcmpl-")));
+                    expected.id = read.id.clone();
+                }
+                prop_assert_eq!(read, expected);
+            }
+        }
+    }
 }
