@@ -1,7 +1,7 @@
-//! The OpenAI Chat Completions door: a client's request into the model, and the model's answers
-//! back out as `chat.completion` bodies and `chat.completion.chunk` streams.
+//! The OpenAI Chat Completions door: requests into the model, answers and chunks out of it.
 //!
-//! The proxy's own path route, `/v1/chat/{provider}`, takes the same body and uses [`parse`].
+//! The proxy's own path route, `/v1/chat/{provider}`, takes the same body and uses [`parse`];
+//! a body bound for an upstream of this format unchanged needs only [`probe`].
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},

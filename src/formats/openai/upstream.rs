@@ -1,6 +1,7 @@
-//! OpenAI Chat Completions upstreams, and every provider that speaks it (Groq, Mistral,
-//! OpenRouter, Ollama, vLLM, DeepSeek...): the model into a request body, the answers and
-//! chunk streams back into the model.
+//! OpenAI-format upstreams: the model into Chat Completions bodies, answers and chunks back.
+//!
+//! Every provider that copies the format (Groq, Mistral, OpenRouter, Ollama, vLLM,
+//! DeepSeek...) is one of these; their small departures are read leniently.
 
 use std::borrow::Cow;
 
@@ -662,12 +663,19 @@ impl ChunkDecoder {
 
     fn tool_call(&mut self, delta: ToolCallDelta<'_>, out: &mut Vec<StreamEvent>) {
         let id = delta.id.as_deref().filter(|id| !id.is_empty());
+        let named = delta
+            .function
+            .as_ref()
+            .and_then(|f| f.name.as_deref())
+            .is_some_and(|name| !name.is_empty());
         let at = match delta.index {
             Some(index) => self.calls.iter().position(|c| c.upstream == Some(index)),
-            // Without an index, a new id is a new call; anything else continues the last one.
+            // Without an index, a new id or a second name is a new call; anything else
+            // continues the last one.
             None => match id {
                 Some(id) if self.calls.iter().all(|c| c.id.as_deref() != Some(id)) => None,
                 Some(id) => self.calls.iter().position(|c| c.id.as_deref() == Some(id)),
+                None if named && self.calls.last().is_some_and(|c| c.ours.is_some()) => None,
                 None => self.calls.len().checked_sub(1),
             },
         };
@@ -1491,11 +1499,12 @@ mod tests {
     }
 
     #[test]
-    fn calls_without_an_index_are_told_apart_by_their_ids() {
+    fn calls_without_an_index_are_told_apart_by_their_ids_and_names() {
         let stream = concat!(
             "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"id\":\"c1\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]}}]}\n\n",
             "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"id\":\"c2\",\"function\":{\"name\":\"g\",\"arguments\":\"{\"}}]}}]}\n\n",
             "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"function\":{\"arguments\":\"}\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"function\":{\"name\":\"h\",\"arguments\":\"[]\"}}]}}]}\n\n",
             "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
             "data: [DONE]\n\n",
         );
@@ -1504,7 +1513,8 @@ mod tests {
             response.content,
             [
                 Part::ToolCall(call("c1", "f", "{}")),
-                Part::ToolCall(call("c2", "g", "{}"))
+                Part::ToolCall(call("c2", "g", "{}")),
+                Part::ToolCall(call("call_2", "h", "[]")),
             ]
         );
         assert_eq!(
@@ -1533,6 +1543,43 @@ mod tests {
         assert!(err
             .to_string()
             .contains("openai response stream has an event that is not a chunk"));
+    }
+
+    #[test]
+    fn a_named_error_event_fails_whatever_its_data() {
+        let mut decoder = provider().stream_decoder();
+        let event = sse::Event {
+            name: Some("error"),
+            data: "upstream overloaded".into(),
+        };
+        let err = decoder.event(&event, &mut Vec::new()).unwrap_err();
+        assert!(matches!(err, ProxyError::StreamEvent(ref body) if body == "upstream overloaded"));
+    }
+
+    #[test]
+    fn reasoning_under_either_name_is_read_once() {
+        let stream = concat!(
+            "data: {\"id\":\"r\",\"model\":\"qwen3\",\"choices\":[{\"delta\":{\"reasoning_content\":\"a\",\"reasoning\":\"a\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"reasoning\":\"b\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":[{\"type\":\"text\",\"text\":\"c\"}]},\"finish_reason\":\"length\"}]}\n\n",
+        );
+        let events = decode(stream.as_bytes()).unwrap();
+        assert_eq!(
+            events,
+            [
+                StreamEvent::Start {
+                    id: Some("r".into()),
+                    model: Some("qwen3".into())
+                },
+                StreamEvent::Reasoning("a".into()),
+                StreamEvent::Reasoning("b".into()),
+                StreamEvent::Text("c".into()),
+                StreamEvent::Stop {
+                    reason: StopReason::Length,
+                    native: Some("length".into())
+                },
+            ]
+        );
     }
 
     #[test]
