@@ -18,14 +18,18 @@ use serde_json::{value::RawValue, Value};
 use super::types::{stop_reason, ToolCallOut, UsageIn};
 use crate::{
     error::ProxyError,
-    formats::{bad_body, body, unsupported, Format, PassThrough, StreamDecoder, Upstream},
+    formats::{
+        bad_body, body, unsupported, Endpoint, Format, PassThrough, StreamDecoder, Upstream,
+        UpstreamRequest,
+    },
     model::{
         Image, Part, Request, Response, ResponseFormat, Role, StreamEvent, ToolCall, ToolChoice,
         Usage,
     },
-    providers::{Endpoint, UpstreamRequest},
-    sse,
-    util::json::{rewrite_object, JsonObject},
+    util::{
+        json::{rewrite_object, JsonObject},
+        sse,
+    },
 };
 
 /// The top-level fields [`OpenAi::translate_request`] writes itself: an extra of the same name
