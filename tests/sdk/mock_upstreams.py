@@ -466,6 +466,10 @@ class AnthropicUpstream(MockUpstream):
             "per minute. For details, refer to: https://docs.claude.com/en/api/rate-limits."),
             {"retry-after": "12", "anthropic-ratelimit-requests-limit": "50"})
 
+    def event_stream(self, model: str) -> str:
+        """The exact text of the stream this mock sends for `model` with its text answer."""
+        return "".join(self._events(model, []))
+
     def answer_overloaded(self) -> None:
         """529: Anthropic's API is temporarily overloaded."""
         self.answer_with(529, _anthropic_error("overloaded_error", "Overloaded"))
