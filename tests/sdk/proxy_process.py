@@ -54,8 +54,14 @@ class ProxyProcess:
         self.port = self._wait_for_port()
 
     @property
+    def origin(self) -> str:
+        """The proxy's root: the `anthropic` SDK and Claude Code add `/v1/messages` to it."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        """The OpenAI-compatible base URL, as the `openai` SDK takes it."""
+        return f"{self.origin}/v1"
 
     @property
     def log(self) -> str:

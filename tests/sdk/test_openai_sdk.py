@@ -15,28 +15,17 @@ from typing import Any
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from mock_upstreams import AnthropicUpstream, GeminiUpstream, MockUpstream, OpenAIUpstream
+import harness
+from harness import KEY, Upstreams
+from mock_upstreams import AnthropicUpstream, MockUpstream
 from proxy_process import ProxyProcess
 
-KEY = "sk-test-5f2c9a1e7b3d4c60"
 HELLO = [{"role": "user", "content": "Say hello"}]
 # A 1x1 transparent PNG.
 PNG_BASE64 = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVO"
               "RK5CYII=")
 PNG_DATA_URL = f"data:image/png;base64,{PNG_BASE64}"
 IMAGE_HTTPS_URL = "https://example.com/images/cat.png"
-
-
-@dataclass
-class Upstreams:
-    openai: OpenAIUpstream
-    groq: OpenAIUpstream
-    anthropic: AnthropicUpstream
-    gemini: GeminiUpstream
-
-    def all(self) -> list[MockUpstream]:
-        return [self.openai, self.groq, self.anthropic, self.gemini]
-
 
 upstreams: Upstreams
 proxy: ProxyProcess
@@ -45,46 +34,13 @@ client: openai.OpenAI
 
 def setUpModule() -> None:
     global upstreams, proxy, client
-    upstreams = Upstreams(
-        openai=OpenAIUpstream(["Hello", " from", " OpenAI!"], prompt_tokens=19,
-                              completion_tokens=9),
-        groq=OpenAIUpstream(["Hi", " from", " Groq."], prompt_tokens=11, completion_tokens=5),
-        anthropic=AnthropicUpstream(["¡Hola", "! 👋 ¿Qué tal?"], prompt_tokens=25,
-                                    completion_tokens=15),
-        gemini=GeminiUpstream(["Hello", " from", " Gemini."], prompt_tokens=8,
-                              completion_tokens=7),
-    )
-    for upstream in upstreams.all():
-        upstream.start()
-        unittest.addModuleCleanup(upstream.stop)
-    proxy = ProxyProcess(
-        env={
-            "OPENAI_BASE_URL": f"{upstreams.openai.origin}/v1",
-            "ANTHROPIC_BASE_URL": f"{upstreams.anthropic.origin}/v1",
-            "GEMINI_BASE_URL": f"{upstreams.gemini.origin}/v1beta",
-            # The SDK must see each upstream error as it came: the proxy does not retry here.
-            "MAX_RETRIES": "0",
-        },
-        providers={
-            "providers": {
-                "groq": {"kind": "openai", "base_url": f"{upstreams.groq.origin}/openai/v1",
-                         "key_required": True, "headers": {"X-Title": "sdk-test"}},
-            },
-            "aliases": {
-                "fast": {"provider": "groq", "model": "llama-3.1-8b-instant"},
-                "smart": {"provider": "anthropic", "model": "claude-3-5-haiku-20241022"},
-            },
-        },
-    )
-    unittest.addModuleCleanup(proxy.stop)
+    upstreams, proxy = harness.start()
     client = openai.OpenAI(base_url=proxy.base_url, api_key=KEY, max_retries=0, timeout=10)
 
 
 def tearDownModule() -> None:
     client.close()
-    code = proxy.stop()
-    if code != 0:
-        raise AssertionError(f"the proxy exited with {code} after SIGTERM:\n{proxy.log}")
+    harness.stop(proxy)
 
 
 @dataclass
@@ -117,8 +73,7 @@ class FrontDoorTestCase(unittest.TestCase):
     maxDiff = None
 
     def setUp(self) -> None:
-        for upstream in upstreams.all():
-            upstream.reset()
+        upstreams.reset()
 
     def ask(self, model: str, messages: list[dict[str, Any]] = HELLO,
             **options: Any) -> ChatCompletion:
