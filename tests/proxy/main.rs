@@ -14,3 +14,4 @@ mod openai;
 mod process;
 mod reliability;
 mod streaming;
+mod tools;

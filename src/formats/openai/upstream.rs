@@ -19,7 +19,7 @@ use super::types::{stop_reason, ToolCallOut, UsageIn};
 use crate::{
     error::ProxyError,
     formats::{
-        bad_body, body, unsupported, Endpoint, Format, PassThrough, StreamDecoder, Upstream,
+        bad_body, body, secret_header, unsupported, Endpoint, Format, PassThrough, StreamDecoder, Upstream,
         UpstreamRequest,
     },
     model::{
@@ -34,7 +34,7 @@ use crate::{
 
 /// The top-level fields [`OpenAi::translate_request`] writes itself: an extra of the same name
 /// (from another door) would repeat it, so it is not copied.
-const WRITTEN: [&str; 16] = [
+const WRITTEN: [&str; 17] = [
     "model",
     "messages",
     "tools",
@@ -42,6 +42,7 @@ const WRITTEN: [&str; 16] = [
     "parallel_tool_calls",
     "response_format",
     "max_tokens",
+    "max_completion_tokens",
     "temperature",
     "top_p",
     "top_k",
@@ -56,12 +57,20 @@ const WRITTEN: [&str; 16] = [
 pub struct OpenAi {
     endpoint: Endpoint,
     url: Uri,
+    /// What the token limit is called: OpenAI itself refuses `max_tokens` for its reasoning
+    /// models (o-series, GPT-5) and takes `max_completion_tokens` for every model; servers
+    /// that speak its format (Ollama, vLLM, Mistral, Groq) all read `max_tokens`.
+    max_tokens_field: &'static str,
 }
 
 impl OpenAi {
     pub fn new(endpoint: Endpoint) -> Self {
         Self {
             url: endpoint.url("chat/completions"),
+            max_tokens_field: match endpoint.name {
+                "openai" => "max_completion_tokens",
+                _ => "max_tokens",
+            },
             endpoint,
         }
     }
@@ -106,7 +115,7 @@ impl Upstream for OpenAi {
                 "only the format it came in can express it",
             ));
         }
-        let out = request_body(request, model)?;
+        let out = request_body(request, model, self.max_tokens_field)?;
         Ok(self.call(body(out), key))
     }
 
@@ -202,19 +211,12 @@ fn may_hold_key(body: &[u8], name: &str) -> bool {
         .any(|at| at > 0 && body[at - 1] == b'"' && body.get(at + name.len()) == Some(&b'"'))
 }
 
-/// Builds a header value from a key, marked sensitive so that it is never printed.
-fn secret_header(prefix: &str, key: &HeaderValue) -> HeaderValue {
-    let mut bytes = Vec::with_capacity(prefix.len() + key.len());
-    bytes.extend_from_slice(prefix.as_bytes());
-    bytes.extend_from_slice(key.as_bytes());
-    let mut value = HeaderValue::from_bytes(&bytes)
-        .expect("a valid header value with an ASCII prefix is valid");
-    value.set_sensitive(true);
-    value
-}
-
 /// The request body, its fields in a fixed order, the extras after them.
-fn request_body(request: &Request, model: &str) -> Result<Vec<u8>, ProxyError> {
+fn request_body(
+    request: &Request,
+    model: &str,
+    max_tokens_field: &str,
+) -> Result<Vec<u8>, ProxyError> {
     let mut out = Vec::with_capacity(1024);
     let mut object = JsonObject::new(&mut out);
     let o = &mut object;
@@ -234,7 +236,7 @@ fn request_body(request: &Request, model: &str) -> Result<Vec<u8>, ProxyError> {
         put(o, "response_format", &ResponseFormatOut::of(format))?;
     }
     if let Some(max_tokens) = request.max_tokens {
-        put(o, "max_tokens", &max_tokens)?;
+        put(o, max_tokens_field, &max_tokens)?;
     }
     if let Some(temperature) = request.temperature {
         put(o, "temperature", &temperature)?;
