@@ -87,7 +87,11 @@ pub fn probe(body: &[u8]) -> Result<Probe, String> {
 /// Parses a Messages request into the model. The error names the field that is wrong.
 pub fn parse(body: &[u8]) -> Result<Request, String> {
     let RawFields(fields) = object(body)?;
-    let mut request = Request::default();
+    let mut request = Request {
+        // Anthropic's streams always carry their token counts, so its callers rely on them.
+        include_usage: true,
+        ..Request::default()
+    };
     let mut model = None;
     let mut messages = false;
     let mut thinking = None;
@@ -683,6 +687,9 @@ fn parse_thinking(value: Option<&RawValue>) -> Result<Reasoning, String> {
                 "budget_tokens",
                 "a positive integer",
             )?;
+            if budget == 0 {
+                return Err("`thinking.budget_tokens` must be a positive integer".into());
+            }
             Ok(Reasoning::Budget(budget))
         }
         "adaptive" => Ok(Reasoning::Adaptive),
@@ -1226,6 +1233,7 @@ mod tests {
         let request = parse(body).unwrap();
         assert_eq!(request.model, "claude-sonnet-4-5-20250929");
         assert!(request.stream);
+        assert!(request.include_usage);
         assert_eq!(request.max_tokens, Some(128000));
         assert_eq!(request.reasoning, Some(Reasoning::Effort(Effort::Medium)));
         assert_eq!(request.system.len(), 2);
@@ -1684,6 +1692,7 @@ mod tests {
             (with(r#""tool_choice":{"type":"auto","disable_parallel_tool_use":1}"#),
              "`tool_choice.disable_parallel_tool_use` must be true or false"),
             (with(r#""thinking":{"type":"enabled"}"#), "`thinking.budget_tokens` is required"),
+            (with(r#""thinking":{"type":"enabled","budget_tokens":0}"#), "`thinking.budget_tokens` must be a positive integer"),
             (with(r#""thinking":{"type":"on"}"#), "`thinking.type` must be one of"),
             (with(r#""thinking":{}"#), "`thinking.type` is required"),
             (with(r#""output_config":{"effort":"huge"}"#), "`output_config.effort` must be one of"),

@@ -2,5 +2,7 @@
 
 pub mod door;
 mod types;
+pub mod upstream;
 
 pub use door::{message, parse, probe, stream_of, EventEncoder, Probe, DROPPED};
+pub use upstream::{Anthropic, STRUCTURED_OUTPUT_TOOL};

@@ -79,7 +79,7 @@ pub fn compact_json(json: &str) -> String {
 
 /// A block's fields, as any block type may have them. Values stay raw: each is read by the
 /// code that knows the block's type, which can say exactly which field is wrong.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 pub struct RawBlock<'a> {
     #[serde(rename = "type", borrow)]
     pub kind: Option<&'a RawValue>,
