@@ -60,7 +60,7 @@ pub struct Probe {
     pub stream: bool,
 }
 
-/// Reads only `model` and `stream`, leaving the rest of the body unread.
+/// Reads only `model` and `stream`; the rest of the body is only checked to be JSON.
 pub fn probe(body: &[u8]) -> Result<Probe, String> {
     let RawFields(fields) = object(body)?;
     let mut model = None;

@@ -69,21 +69,19 @@ impl Anthropic {
             default_max_tokens,
         }
     }
+}
 
-    fn headers(
-        &self,
-        key: Option<&HeaderValue>,
-        version: HeaderValue,
-    ) -> Vec<(HeaderName, HeaderValue)> {
-        let mut headers = Vec::with_capacity(3);
-        if let Some(key) = key {
-            let mut key = key.clone();
-            key.set_sensitive(true);
-            headers.push((API_KEY, key));
-        }
-        headers.push((VERSION, version));
-        headers
+/// The caller's key as `x-api-key` (marked sensitive, so that it is never printed) when there
+/// is one, and the `anthropic-version`.
+fn auth_headers(key: Option<&HeaderValue>, version: HeaderValue) -> Vec<(HeaderName, HeaderValue)> {
+    let mut headers = Vec::with_capacity(3);
+    if let Some(key) = key {
+        let mut key = key.clone();
+        key.set_sensitive(true);
+        headers.push((API_KEY, key));
     }
+    headers.push((VERSION, version));
+    headers
 }
 
 impl Upstream for Anthropic {
@@ -104,7 +102,7 @@ impl Upstream for Anthropic {
         let body = translate_body(request, model, self.default_max_tokens, self.endpoint.name)?;
         Ok(UpstreamRequest {
             url: self.url.clone(),
-            headers: self.headers(key, self.version.clone()),
+            headers: auth_headers(key, self.version.clone()),
             body: Bytes::from(body),
         })
     }
@@ -127,7 +125,7 @@ impl Upstream for Anthropic {
             .iter()
             .find(|(name, _)| *name == VERSION)
             .map_or_else(|| self.version.clone(), |(_, value)| value.clone());
-        let mut headers = self.headers(key, version);
+        let mut headers = auth_headers(key, version);
         headers.extend(
             request
                 .headers
