@@ -12,7 +12,7 @@ use std::{
 use actix_web::{
     body::{BodySize, BoxBody, MessageBody},
     dev::{ServiceRequest, ServiceResponse},
-    http::header::{HeaderName, HeaderValue},
+    http::header::HeaderValue,
     middleware::Next,
     web::{self, Bytes},
     Error, HttpMessage,

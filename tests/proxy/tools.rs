@@ -58,7 +58,10 @@ async fn openai_tool_calls_reach_the_front_door_and_the_path_route() {
     let answer = complete(&proxy, body.clone()).await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     let message = &answer.json()["choices"][0]["message"];
-    assert_eq!(message["tool_calls"][0]["function"]["name"], "get_current_weather");
+    assert_eq!(
+        message["tool_calls"][0]["function"]["name"],
+        "get_current_weather"
+    );
 
     body["model"] = json!("gpt-4o-mini");
     let answer = chat(&proxy, "openai", body).await;
@@ -86,7 +89,11 @@ async fn arguments_that_are_not_json_reach_the_path_route_as_text() {
 
 #[actix_web::test]
 async fn a_tool_loop_reaches_gemini_as_function_calls_and_responses() {
-    let mock = Mock::always(200, "application/json", fixture("gemini/function_call.json"));
+    let mock = Mock::always(
+        200,
+        "application/json",
+        fixture("gemini/function_call.json"),
+    );
     let proxy = start_proxy(config_for(&mock));
     let mut body = second_turn("gemini/gemini-2.5-flash");
     body["tool_choice"] = json!({"type": "function", "function": {"name": "get_weather"}});
@@ -105,12 +112,17 @@ async fn a_tool_loop_reaches_gemini_as_function_calls_and_responses() {
         json!({"name": "get_weather", "args": {"city": "Paris"}})
     );
     let response = &contents[2]["parts"][0]["functionResponse"];
-    assert_eq!(response["name"], "get_weather", "the name is recovered from the call");
+    assert_eq!(
+        response["name"], "get_weather",
+        "the name is recovered from the call"
+    );
     assert!(response["response"].to_string().contains("18°C and sunny"));
     let declaration = &sent["tools"][0]["functionDeclarations"][0];
     assert_eq!(declaration["name"], "get_weather");
     assert!(
-        declaration["parameters"].get("additionalProperties").is_none(),
+        declaration["parameters"]
+            .get("additionalProperties")
+            .is_none(),
         "Gemini refuses additionalProperties: {declaration}"
     );
     assert_eq!(
@@ -153,7 +165,9 @@ async fn gemini_function_calls_stream_as_one_delta_each() {
         assert_eq!(call["index"], index, "{call}");
         assert!(call["id"].is_string() && call["function"]["name"].is_string());
         let arguments = call["function"]["arguments"].as_str().unwrap();
-        assert!(serde_json::from_str::<Value>(arguments).unwrap().is_object());
+        assert!(serde_json::from_str::<Value>(arguments)
+            .unwrap()
+            .is_object());
     }
     let finish = events
         .iter()
@@ -174,8 +188,13 @@ async fn structured_output_reaches_gemini_as_a_response_schema() {
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     let config = &mock.only_request().json()["generationConfig"];
     assert_eq!(config["responseMimeType"], "application/json");
-    assert_eq!(config["responseSchema"]["properties"]["name"]["type"], "string");
-    assert!(config["responseSchema"].get("additionalProperties").is_none());
+    assert_eq!(
+        config["responseSchema"]["properties"]["name"]["type"],
+        "string"
+    );
+    assert!(config["responseSchema"]
+        .get("additionalProperties")
+        .is_none());
 }
 
 #[actix_web::test]
@@ -191,7 +210,9 @@ async fn reasoning_effort_reaches_gemini_as_a_thinking_budget() {
     assert_eq!(thinking["includeThoughts"], true);
     let message = &answer.json()["choices"][0]["message"];
     assert!(
-        message["reasoning_content"].as_str().is_some_and(|r| !r.is_empty()),
+        message["reasoning_content"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
         "thoughts reach reasoning_content: {message}"
     );
     let usage = &answer.json()["usage"];
@@ -206,7 +227,10 @@ async fn what_a_target_cannot_express_is_a_400_naming_the_field_and_provider() {
     body["n"] = json!(3);
     let answer = complete(&proxy, body).await;
     assert_eq!(answer.status, 400, "{:?}", answer.body);
-    let message = answer.json()["error"]["message"].as_str().unwrap().to_owned();
+    let message = answer.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(
         message.contains("`n`") && message.contains("gemini"),
         "{message}"

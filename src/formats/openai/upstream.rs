@@ -19,8 +19,8 @@ use super::types::{stop_reason, ToolCallOut, UsageIn};
 use crate::{
     error::ProxyError,
     formats::{
-        bad_body, body, secret_header, unsupported, Endpoint, Format, PassThrough, StreamDecoder, Upstream,
-        UpstreamRequest,
+        bad_body, body, secret_header, unsupported, Endpoint, Format, PassThrough, StreamDecoder,
+        Upstream, UpstreamRequest,
     },
     model::{
         Image, Part, Request, Response, ResponseFormat, Role, StreamEvent, ToolCall, ToolChoice,
