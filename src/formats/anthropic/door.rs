@@ -805,7 +805,11 @@ fn answer_block(part: &Part) -> Option<BlockOut<'_>> {
 
 /// The answer as Anthropic's `message` object.
 pub fn message(response: &Response) -> Vec<u8> {
-    let id = response.id.clone().unwrap_or_else(message_id);
+    let id = response
+        .id
+        .clone()
+        .filter(|id| id.starts_with("msg_"))
+        .unwrap_or_else(message_id);
     let reason = response.stop_reason.clone().unwrap_or(StopReason::Stop);
     let message = MessageOut {
         id: &id,
@@ -1054,7 +1058,7 @@ impl StreamEncoder for EventEncoder {
         match event {
             StreamEvent::Start { id, model } => {
                 if !self.started {
-                    self.id = id.or(self.id.take());
+                    self.id = id.filter(|id| id.starts_with("msg_")).or(self.id.take());
                     if let Some(model) = model {
                         self.model = model;
                     }

@@ -478,13 +478,23 @@ fn translate_body(
         written: Vec::with_capacity(16),
     };
     body.field("model", &model)?;
-    match system.as_slice() {
-        [] => {}
-        [BlockOut::Text {
-            text,
-            cache_control: None,
-        }] => body.field("system", text)?,
-        blocks => body.field("system", &blocks)?,
+    // Plain text goes as one string, its parts joined by a blank line as the system messages
+    // of other formats read; blocks only when one carries a `cache_control`, which only a
+    // block can.
+    let plain: Option<Vec<&str>> = system
+        .iter()
+        .map(|block| match block {
+            BlockOut::Text {
+                text,
+                cache_control: None,
+            } => Some(*text),
+            _ => None,
+        })
+        .collect();
+    match plain {
+        _ if system.is_empty() => {}
+        Some(texts) => body.field("system", &texts.join("\n\n"))?,
+        None => body.field("system", &system)?,
     }
     body.field("messages", &turns)?;
     body.field("max_tokens", &max_tokens)?;
@@ -1927,6 +1937,12 @@ mod tests {
             fn a_request_survives_becoming_a_body_and_being_parsed(request in any_request()) {
                 let upstream = provider().translate_request(&request, &request.model, None).unwrap();
                 let parsed = door::parse(&upstream.body).unwrap();
+                // A system prompt of plain text parts goes as one string, joined.
+                let mut request = request;
+                let plain = request.system.iter().all(|part| matches!(part, Part::Text { cache_control: None, .. }));
+                if plain && request.system.len() > 1 {
+                    request.system = vec![Part::text(request.system_text())];
+                }
                 prop_assert_eq!(parsed, request);
             }
 

@@ -19,9 +19,11 @@ pub struct Content<'a> {
 pub enum RequestPart<'a> {
     #[serde(rename = "text")]
     Text(&'a str),
-    #[serde(rename = "inlineData", rename_all = "camelCase")]
+    // Images in the snake_case spelling of Google's REST examples, which the proxy has always
+    // sent (the API takes both spellings of every field).
+    #[serde(rename = "inline_data")]
     InlineData { mime_type: &'a str, data: &'a str },
-    #[serde(rename = "fileData", rename_all = "camelCase")]
+    #[serde(rename = "file_data")]
     FileData {
         mime_type: &'a str,
         file_uri: &'a str,

@@ -10,7 +10,7 @@
 //! - The system prompt and every system message, wherever it stands, become one
 //!   `systemInstruction`, joined by a blank line in order: Gemini has no system turn inside
 //!   `contents`, so a system message mid-conversation is hoisted there.
-//! - Images become `inlineData` (base64) or `fileData` (URL) parts.
+//! - Images become `inline_data` (base64) or `file_data` (URL) parts.
 //! - A tool call becomes `functionCall {name, args}`, without our id: Gemini pairs results
 //!   with calls by order and name. A tool result becomes `functionResponse {name, response}`,
 //!   the name found from the call it answers; `response` is the result's text when that is a
@@ -857,8 +857,8 @@ mod tests {
                     {"role": "model", "parts": [{"text": "hello"}]},
                     {"role": "user", "parts": [
                         {"text": "and this?"},
-                        {"inlineData": {"mimeType": "image/webp", "data": "UklGRg=="}},
-                        {"fileData": {"mimeType": "image/png", "fileUri": "https://example.com/a.png?x=1"}},
+                        {"inline_data": {"mime_type": "image/webp", "data": "UklGRg=="}},
+                        {"file_data": {"mime_type": "image/png", "file_uri": "https://example.com/a.png?x=1"}},
                     ]},
                 ],
                 "systemInstruction": {"parts": [{"text": "Be brief.\n\nBe kind."}]},
@@ -1006,7 +1006,7 @@ mod tests {
             sent(&request)["contents"][1]["parts"],
             json!([
                 {"functionResponse": {"name": "screenshot", "response": {"content": "here"}}},
-                {"inlineData": {"mimeType": "image/png", "data": "AA=="}},
+                {"inline_data": {"mime_type": "image/png", "data": "AA=="}},
             ])
         );
     }

@@ -803,6 +803,10 @@ fn media_type_of_extension(extension: &str) -> Result<&'static str, String> {
 }
 
 /// A fresh completion id, unique within the process and across restarts.
+/// What OpenAI's completion ids start with. An upstream's own id of that shape is kept; any
+/// other (Anthropic's `msg_...`) is replaced, so every id the door gives looks like OpenAI's.
+const ID_PREFIX: &str = "chatcmpl-";
+
 pub fn completion_id() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let started = SystemTime::now()
@@ -853,8 +857,8 @@ pub fn completion(response: &Response) -> Vec<u8> {
     let text = response.text();
     let body = Completion {
         id: match &response.id {
-            Some(id) => id.into(),
-            None => completion_id().into(),
+            Some(id) if id.starts_with(ID_PREFIX) => id.into(),
+            _ => completion_id().into(),
         },
         object: "chat.completion",
         created: unix_now(),
@@ -897,6 +901,9 @@ pub struct ChunkEncoder {
     include_usage: bool,
     started: bool,
     usage: Option<Usage>,
+    /// A call's start, held for one event: when its arguments come next (Gemini sends whole
+    /// calls), both go out as one delta, as OpenAI itself sends a complete call.
+    pending_call: Option<(usize, String, String)>,
 }
 
 impl ChunkEncoder {
@@ -909,6 +916,35 @@ impl ChunkEncoder {
             include_usage,
             started: false,
             usage: None,
+            pending_call: None,
+        }
+    }
+
+    /// Writes a call's first delta: its index, id, type and name, and any first arguments.
+    fn call_start(
+        &mut self,
+        (index, id, name): (usize, String, String),
+        arguments: &str,
+        out: &mut Vec<u8>,
+    ) {
+        let delta = Delta {
+            tool_calls: Some([ToolCallDelta {
+                index,
+                id: Some(&id),
+                kind: Some("function"),
+                function: FunctionDelta {
+                    name: Some(&name),
+                    arguments,
+                },
+            }]),
+            ..Delta::default()
+        };
+        self.chunk(delta, None, out);
+    }
+
+    fn flush_call(&mut self, out: &mut Vec<u8>) {
+        if let Some(call) = self.pending_call.take() {
+            self.call_start(call, "", out);
         }
     }
 
@@ -944,10 +980,18 @@ impl ChunkEncoder {
 
 impl StreamEncoder for ChunkEncoder {
     fn event(&mut self, event: StreamEvent, out: &mut Vec<u8>) {
+        if let Some(call) = self.pending_call.take() {
+            match &event {
+                StreamEvent::ToolArguments { index, fragment } if *index == call.0 => {
+                    return self.call_start(call, fragment, out);
+                }
+                _ => self.call_start(call, "", out),
+            }
+        }
         match event {
             StreamEvent::Start { id, model } => {
                 if !self.started {
-                    if let Some(id) = id {
+                    if let Some(id) = id.filter(|id| id.starts_with(ID_PREFIX)) {
                         self.id = id;
                     }
                     if let Some(model) = model {
@@ -979,19 +1023,7 @@ impl StreamEncoder for ChunkEncoder {
             StreamEvent::ToolCallStart { index, id, name } => {
                 self.start(out);
                 // As OpenAI does: the call's id, type and name on its first delta only.
-                let delta = Delta {
-                    tool_calls: Some([ToolCallDelta {
-                        index,
-                        id: Some(&id),
-                        kind: Some("function"),
-                        function: FunctionDelta {
-                            name: Some(&name),
-                            arguments: "",
-                        },
-                    }]),
-                    ..Delta::default()
-                };
-                self.chunk(delta, None, out);
+                self.pending_call = Some((index, id, name));
             }
             StreamEvent::ToolArguments { index, fragment } => {
                 self.start(out);
@@ -1025,6 +1057,7 @@ impl StreamEncoder for ChunkEncoder {
 
     fn finish(&mut self, out: &mut Vec<u8>) {
         self.start(out);
+        self.flush_call(out);
         if self.include_usage {
             // A client that asked for usage gets its chunk even when the upstream sent none.
             let chunk = UsageChunk {
@@ -1041,6 +1074,7 @@ impl StreamEncoder for ChunkEncoder {
     }
 
     fn error(&mut self, error: &ProxyError, provider: &str, out: &mut Vec<u8>) {
+        self.flush_call(out);
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(&error.openai_body(Some(provider)));
         out.extend_from_slice(b"\n\n");
@@ -1782,7 +1816,11 @@ mod tests {
     #[test]
     fn a_completion_carries_tool_calls_reasoning_and_detailed_usage() {
         let body: Value = serde_json::from_slice(&completion(&answer())).unwrap();
-        assert_eq!(body["id"], "msg_01");
+        assert!(
+            body["id"].as_str().unwrap().starts_with("chatcmpl-"),
+            "{}",
+            body["id"]
+        );
         assert_eq!(
             body["choices"][0],
             json!({"index": 0, "message": {"role": "assistant", "content": "Checking.",
@@ -1942,27 +1980,27 @@ mod tests {
                 },
             ],
         );
-        assert_eq!(events.len(), 7, "{events:?}");
-        assert!(events[..6]
+        assert_eq!(events.len(), 6, "{events:?}");
+        assert!(events[..5]
             .iter()
             .all(|e| e["id"] == "chatcmpl-1" && e["model"] == "asked"));
-        let calls: Vec<_> = events[1..5]
+        let calls: Vec<_> = events[1..4]
             .iter()
             .map(|e| e["choices"][0]["delta"]["tool_calls"].clone())
             .collect();
+        // A start followed at once by its arguments goes out as one delta.
         assert_eq!(
             calls,
             [
                 json!([{"index": 0, "id": "call_a", "type": "function",
                         "function": {"name": "read", "arguments": ""}}]),
                 json!([{"index": 1, "id": "call_b", "type": "function",
-                        "function": {"name": "grep", "arguments": ""}}]),
-                json!([{"index": 1, "function": {"arguments": "{\"q\":1}"}}]),
+                        "function": {"name": "grep", "arguments": "{\"q\":1}"}}]),
                 json!([{"index": 0, "function": {"arguments": "{}"}}]),
             ]
         );
-        assert_eq!(events[5]["choices"][0]["finish_reason"], "tool_calls");
-        assert_eq!(events[6], "[DONE]");
+        assert_eq!(events[4]["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(events[5], "[DONE]");
     }
 
     #[test]
@@ -2026,14 +2064,15 @@ mod tests {
                 json!({"reasoning_content": " weather."}),
                 json!({"content": "Checking."}),
                 json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                                       "function": {"name": "get_weather", "arguments": ""}}]}),
-                json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":\"Paris\"}"}}]}),
+                                       "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]}),
                 json!({"tool_calls": [{"index": 1, "id": "call_2", "type": "function",
                                        "function": {"name": "get_time", "arguments": ""}}]}),
                 json!({}),
             ]
         );
-        assert!(events.iter().all(|e| e == "[DONE]" || e["id"] == "msg_01"));
+        let id = &events[0]["id"];
+        assert!(id.as_str().unwrap().starts_with("chatcmpl-"), "{id}");
+        assert!(events.iter().all(|e| e == "[DONE]" || e["id"] == *id));
         assert_eq!(events[events.len() - 2]["usage"]["total_tokens"], 42);
         assert_eq!(events[events.len() - 1], "[DONE]");
     }

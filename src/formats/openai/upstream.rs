@@ -1091,6 +1091,28 @@ mod tests {
     }
 
     #[test]
+    fn openai_itself_gets_max_completion_tokens_and_compatible_servers_max_tokens() {
+        let request = Request {
+            model: "m".into(),
+            messages: vec![Message::text(Role::User, "hi")],
+            max_tokens: Some(7),
+            ..Request::default()
+        };
+        let openai = body_of(&provider().translate_request(&request, "m", None).unwrap());
+        assert_eq!(openai["max_completion_tokens"], 7);
+        assert!(openai.get("max_tokens").is_none());
+        let groq = OpenAi::new(Endpoint {
+            name: "groq",
+            base_url: "http://upstream.test/v1/".into(),
+            key_required: true,
+            headers: vec![],
+        });
+        let groq = body_of(&groq.translate_request(&request, "m", None).unwrap());
+        assert_eq!(groq["max_tokens"], 7);
+        assert!(groq.get("max_completion_tokens").is_none());
+    }
+
+    #[test]
     fn a_request_becomes_a_chat_completions_body_in_a_fixed_order() {
         let upstream = provider()
             .translate_request(
@@ -1128,7 +1150,7 @@ mod tests {
                 "tool_choice": "required",
                 "parallel_tool_calls": true,
                 "response_format": {"type": "json_object"},
-                "max_tokens": 1024,
+                "max_completion_tokens": 1024,
                 "temperature": 0.2,
                 "top_p": 0.95,
                 "top_k": 40,
@@ -1148,7 +1170,7 @@ mod tests {
             "tool_choice",
             "parallel_tool_calls",
             "response_format",
-            "max_tokens",
+            "max_completion_tokens",
             "temperature",
             "top_p",
             "top_k",
@@ -1856,7 +1878,8 @@ mod tests {
             /// Any answer, in any order, with what OpenAI cannot carry (signatures,
             /// encrypted reasoning, cache writes) among it.
             fn response()(
-                id in proptest::option::of("[a-zA-Z0-9_-]{1,16}"),
+                // The door keeps only ids of OpenAI's shape (`chatcmpl-...`).
+                id in proptest::option::of("chatcmpl-[a-zA-Z0-9_-]{1,16}"),
                 model in "[a-z0-9.-]{1,16}",
                 content in proptest::collection::vec(prop_oneof![
                     text().prop_map(Part::text),
