@@ -193,13 +193,17 @@ impl ProxyError {
     pub fn anthropic_body(&self, provider: Option<&str>) -> Vec<u8> {
         let (error, _) = self.unwrap_attempts();
         let message = error.to_string();
+        // Only an error already in Anthropic's shape (an Anthropic upstream's) keeps its type;
+        // another format's types mean other things (OpenAI's 401 is `invalid_request_error`).
         let own = match error {
             Self::Upstream { body, .. } | Self::StreamEvent(body) => {
-                serde_json::from_slice::<UpstreamEnvelope>(body).ok()
+                serde_json::from_slice::<AnthropicEnvelope>(body).ok()
             }
             _ => None,
         };
-        let own = own.and_then(|envelope| envelope.error.kind);
+        let own = own
+            .filter(|envelope| envelope.kind == "error")
+            .and_then(|envelope| envelope.error.kind);
         let kind = match error {
             Self::StreamEvent(_) => "api_error",
             _ => anthropic_error_type(self.status_code()),
@@ -406,6 +410,14 @@ struct AnthropicError<'a> {
     upstream_status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     upstream: Option<UpstreamBody<'a>>,
+}
+
+/// Anthropic's error body: `{"type": "error", "error": {"type", "message"}}`.
+#[derive(serde::Deserialize)]
+struct AnthropicEnvelope {
+    #[serde(rename = "type")]
+    kind: String,
+    error: UpstreamError,
 }
 
 /// The `error` object most providers answer with; each field may be missing.
