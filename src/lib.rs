@@ -1,29 +1,39 @@
 //! llm-proxy: one small, fast HTTP server in front of many LLM providers.
 //!
-//! A caller sends one chat shape to `POST /v1/chat/{provider}` with its own provider key in
-//! `X-API-Key`; the proxy maps the key onto the provider's auth, translates the body, and
-//! answers with one normalized JSON shape, or, with `"stream": true`, passes the upstream's
-//! SSE bytes through unchanged as they arrive. It holds no keys of its own.
+//! Three doors take chat requests with the caller's own provider key: `POST /v1/chat/{provider}`
+//! (one simple OpenAI-style body, one normalized answer, the upstream's stream bytes passed
+//! through), `POST /v1/chat/completions` (OpenAI's Chat Completions) and `POST /v1/messages`
+//! (Anthropic's Messages). Every door parses into one internal chat model and every upstream
+//! is built from it, so tools, tool results, structured output, reasoning and images survive
+//! any door-to-provider pair; when the door and the upstream speak the same format, the body
+//! and the stream bytes go as they came. The proxy holds no keys of its own.
 //!
 //! # Layout
 //!
+//! Each module imports only modules listed before it, so no two import each other.
+//!
+//! - [`util`]: no knowledge of providers: [`util::sse`] (the incremental, bounded event
+//!   parser), [`util::json`] (order-keeping rewrites), [`util::url`].
 //! - [`config`]: the typed configuration, read from the environment once at start;
-//!   [`catalog`]: the providers file it may name.
-//! - [`server`]: the HTTP server, one awc client per worker, graceful stop on signals;
-//!   [`app`]: the routes.
-//! - [`observe`]: request ids, the access log and request metrics around every request;
-//!   [`metrics`]: the counters and histograms behind `GET /metrics`; [`cors`]: browser access.
-//! - [`handlers`]: read the request, work out its targets (provider, fallbacks, keys);
-//!   [`exchange`]: try them with retries and reply in the route's shape; [`retry`]: the retry
-//!   policy; [`limits`]: admission (requests in flight, upstream connections).
-//! - [`chat`]: the caller's request (validated, borrowed from the body) and the normalized
-//!   response; [`completions`]: the OpenAI-compatible front door's shapes.
-//! - [`providers`]: the `ChatProvider` trait, the registry, and one module per wire format:
-//!   pure translation, no I/O.
-//! - [`upstream`]: the only awc code: the client, sending, reading, relaying and translating
-//!   streams; [`sse`]: the incremental event parser translated streams use; [`http1_head`]:
-//!   the response-head watch under awc that makes it read close-delimited HTTP/1.1 bodies.
-//! - [`error`]: `ProxyError`, the one place that picks an error's status and body.
+//!   [`config::providers_file`]: the providers file, the built-in providers, its checks.
+//! - [`model`]: the proxy's own chat model: request, response, stream events, usage.
+//! - [`error`]: `ProxyError`, the one place that picks an error's status and its body in
+//!   each door's shape; [`limits`]: admission (requests in flight, bodies arriving,
+//!   upstream connections).
+//! - [`formats`]: the traits every wire format implements, and one folder per format, each
+//!   speaking it both ways: [`formats::openai`] (door and upstream),
+//!   [`formats::anthropic`] (door and upstream), [`formats::gemini`] (upstream). Pure
+//!   translation, no I/O.
+//! - [`upstream`]: the only awc code: the client and its sockets, sending, reading, relaying
+//!   streams as they came and translating them event by event; [`upstream::report`]: what a
+//!   stream learns as it passes.
+//! - [`metrics`]: the counters and histograms behind `GET /metrics`.
+//! - [`gateway`]: what to call and in what order: [`gateway::targets`] (the registry of
+//!   providers and aliases), [`gateway::retry`] (the policy), [`gateway::exchange`] (the
+//!   doors, and trying each target until one answers in the door's shape).
+//! - [`http`]: actix: [`http::routes`], one thin handler per door in [`http::handlers`],
+//!   [`http::server`], and what wraps every request: [`http::observe`] (request ids, the
+//!   access log) and [`http::cors`].
 
 pub mod config;
 pub mod error;

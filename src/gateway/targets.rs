@@ -3,7 +3,7 @@
 //!
 //! Adding an OpenAI-compatible provider needs only the providers file. Adding a wire format:
 //! write one folder under `formats/` with a type that implements [`Upstream`], then add one
-//! line to [`wire_format`].
+//! line to `wire_format`.
 
 use actix_web::http::header::HeaderValue;
 
