@@ -380,6 +380,30 @@ pub async fn post(proxy: &Proxy, path: &str, key: Option<&str>, body: impl Into<
     }
 }
 
+/// POSTs `body` to `path` with exactly the given headers (no key unless one is among them),
+/// and reads the whole answer.
+pub async fn post_with(
+    proxy: &Proxy,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let mut request = client().post(proxy.url(path));
+    for &header in headers {
+        request = request.insert_header(header);
+    }
+    let mut response = request
+        .send_body(body.into())
+        .await
+        .expect("the proxy answers");
+    let body = read_whole(&mut response).await;
+    Answer {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        body,
+    }
+}
+
 /// POSTs an OpenAI request to the front door with the key as a bearer token, as the SDKs do.
 pub async fn complete(proxy: &Proxy, body: Value) -> Answer {
     let mut response = client()
