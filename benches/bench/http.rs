@@ -13,12 +13,17 @@ use tokio::{
     net::TcpStream,
 };
 
+use crate::mock;
+
 /// The start line and the framing of a request or response.
 pub struct Head {
     /// `POST /path HTTP/1.1` or `HTTP/1.1 200 OK`.
     pub start_line: String,
     pub content_length: Option<usize>,
     pub chunked: bool,
+    /// Whether the request's `X-Request-Id` starts with [`mock::TEXT_STAMPS_ID`]: the caller
+    /// asks the mock for stamps inside the stream's text.
+    pub text_stamps: bool,
 }
 
 impl Head {
@@ -164,6 +169,7 @@ fn parse_head(bytes: &[u8]) -> io::Result<Head> {
         start_line,
         content_length: None,
         chunked: false,
+        text_stamps: false,
     };
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
@@ -174,6 +180,8 @@ fn parse_head(bytes: &[u8]) -> io::Result<Head> {
             head.content_length = Some(value.parse().map_err(|_| invalid("a bad length"))?);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             head.chunked = value.eq_ignore_ascii_case("chunked");
+        } else if name.eq_ignore_ascii_case("x-request-id") {
+            head.text_stamps = value.starts_with(mock::TEXT_STAMPS_ID);
         }
     }
     Ok(head)

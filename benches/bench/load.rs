@@ -16,7 +16,7 @@ use tokio::{sync::mpsc, task::JoinHandle, time::sleep_until};
 
 use crate::{
     http::{self, Conn},
-    mock::{self, Provider},
+    mock::{self, Provider, Stamps},
     procfs::CpuTime,
 };
 
@@ -32,6 +32,8 @@ pub enum Via {
 pub struct Target {
     pub addr: SocketAddr,
     pub via: Via,
+    /// Where the events of its streams carry their sending time.
+    pub stamps: Stamps,
     json: Arc<[u8]>,
     stream: Arc<[u8]>,
 }
@@ -41,8 +43,23 @@ impl Target {
         Target {
             addr,
             via,
+            stamps: Stamps::Comment,
             json: request(addr, provider, via, false).into(),
             stream: request(addr, provider, via, true).into(),
+        }
+    }
+
+    /// Anthropic through the OpenAI door, which the proxy translates both ways: through the
+    /// proxy, `POST /v1/chat/completions` for `anthropic/<model>`; direct, the same Anthropic
+    /// request as [`Target::new`]'s (the proxy's translation of that body is byte for byte the
+    /// same). Both carry an `X-Request-Id` that asks the mock for [`Stamps::Text`].
+    pub fn translated(addr: SocketAddr, via: Via) -> Target {
+        Target {
+            addr,
+            via,
+            stamps: Stamps::Text,
+            json: translated_request(addr, via, false).into(),
+            stream: translated_request(addr, via, true).into(),
         }
     }
 
@@ -97,6 +114,34 @@ fn request(addr: SocketAddr, provider: Provider, via: Via, stream: bool) -> Vec<
     .into_bytes()
 }
 
+/// The bytes of one [`Target::translated`] request.
+fn translated_request(addr: SocketAddr, via: Via, stream: bool) -> Vec<u8> {
+    let stream_field = if stream { r#","stream":true"# } else { "" };
+    let (path, auth, body) = match via {
+        Via::Proxy => (
+            "/v1/chat/completions",
+            "authorization: Bearer sk-bench\r\n",
+            format!(
+                r#"{{"model":"anthropic/claude-3-5-haiku-20241022","messages":[{{"role":"system","content":"Be brief."}},{{"role":"user","content":"Say hello"}}]{stream_field}}}"#
+            ),
+        ),
+        Via::Direct => (
+            "/anthropic/messages",
+            "x-api-key: sk-bench\r\nanthropic-version: 2023-06-01\r\n",
+            format!(
+                r#"{{"model":"claude-3-5-haiku-20241022","system":"Be brief.","messages":[{{"role":"user","content":"Say hello"}}],"max_tokens":1024{stream_field}}}"#
+            ),
+        ),
+    };
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{auth}\
+         x-request-id: {}\r\ncontent-length: {}\r\n\r\n{body}",
+        mock::TEXT_STAMPS_ID,
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// A non-stream answer.
 pub struct Reply {
     pub status: u16,
@@ -129,17 +174,26 @@ pub struct StreamTimes {
     pub transits: Vec<Duration>,
     /// Between the arrivals of two events.
     pub gaps: Vec<Duration>,
+    /// Stamped events read, and how many a whole stream has.
     pub events: usize,
+    pub expected: usize,
 }
 
 impl StreamTimes {
     pub fn complete(&self) -> bool {
-        self.status == 200 && self.events == mock::CHUNKS
+        self.status == 200 && self.events == self.expected
     }
 }
 
-/// Sends one stream request and times its events by the stamps the mock put in them.
-pub async fn call_stream(conn: &mut Conn, request: &[u8]) -> io::Result<StreamTimes> {
+/// Sends one stream request and times its events by the stamps the mock put in them, where
+/// `stamps` says. With [`Stamps::Comment`] every event is stamped and the first, which comes
+/// with the head, is timed only as the first byte; with [`Stamps::Text`] only the text deltas
+/// are, none of them first, and each is timed.
+pub async fn call_stream(
+    conn: &mut Conn,
+    request: &[u8],
+    stamps: Stamps,
+) -> io::Result<StreamTimes> {
     let sent = Instant::now();
     conn.write_all(request).await?;
     let head = conn
@@ -148,7 +202,16 @@ pub async fn call_stream(conn: &mut Conn, request: &[u8]) -> io::Result<StreamTi
         .ok_or(io::ErrorKind::UnexpectedEof)?;
     let mut times = StreamTimes {
         status: head.status(),
+        expected: stamps.per_stream(),
         ..StreamTimes::default()
+    };
+    let find_stamp = match stamps {
+        Stamps::Comment => next_stamp,
+        Stamps::Text => next_text_stamp,
+    };
+    let timed_from = match stamps {
+        Stamps::Comment => 1,
+        Stamps::Text => 0,
     };
     let mut seen = Vec::new();
     let mut scanned = 0;
@@ -158,9 +221,9 @@ pub async fn call_stream(conn: &mut Conn, request: &[u8]) -> io::Result<StreamTi
             times.first_byte = arrived - sent;
         }
         seen.extend_from_slice(data);
-        while let Some((sent_ns, next)) = next_stamp(&seen, scanned) {
+        while let Some((sent_ns, next)) = find_stamp(&seen, scanned) {
             scanned = next;
-            if times.events > 0 {
+            if times.events >= timed_from {
                 let transit = mock::ns_at(arrived).saturating_sub(sent_ns);
                 times.transits.push(Duration::from_nanos(transit));
             }
@@ -179,6 +242,19 @@ fn next_stamp(seen: &[u8], from: usize) -> Option<(u64, usize)> {
     let at = from + http::find(&seen[from..], mock::STAMP)?;
     let digits_at = at + mock::STAMP.len();
     let end = digits_at + seen[digits_at..].iter().position(|&b| b == b'\n')?;
+    let value = std::str::from_utf8(&seen[digits_at..end])
+        .ok()?
+        .parse()
+        .ok()?;
+    Some((value, end))
+}
+
+/// As [`next_stamp`], for a [`mock::TEXT_STAMP`] inside a text: its digits end at the first
+/// byte that is not one.
+fn next_text_stamp(seen: &[u8], from: usize) -> Option<(u64, usize)> {
+    let at = from + http::find(&seen[from..], mock::TEXT_STAMP)?;
+    let digits_at = at + mock::TEXT_STAMP.len();
+    let end = digits_at + seen[digits_at..].iter().position(|b| !b.is_ascii_digit())?;
     let value = std::str::from_utf8(&seen[digits_at..end])
         .ok()?
         .parse()
@@ -294,11 +370,11 @@ pub async fn spawn_workers(
     let mut workers = Vec::with_capacity(connections);
     for mut conn in open_many(target.addr, connections).await? {
         let (request, stop, counters) = (target.request(stream), stop.clone(), counters.clone());
-        let addr = target.addr;
+        let (addr, stamps) = (target.addr, target.stamps);
         workers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let ok = if stream {
-                    call_stream(&mut conn, &request)
+                    call_stream(&mut conn, &request, stamps)
                         .await
                         .is_ok_and(|times| times.complete())
                 } else {
@@ -385,9 +461,9 @@ pub async fn streams(target: &Target, count: usize, spacing: Duration) -> io::Re
         if !spacing.is_zero() {
             sleep_until(start + spacing * i as u32).await;
         }
-        let request = target.request(true);
+        let (request, stamps) = (target.request(true), target.stamps);
         streams.push(tokio::spawn(async move {
-            call_stream(&mut conn, &request).await
+            call_stream(&mut conn, &request, stamps).await
         }));
     }
     let mut run = StreamRun::default();

@@ -8,7 +8,10 @@
 //! - The most non-stream req/s on 64 keep-alive connections (closed loop), and the proxy's CPU
 //!   time per 10,000 requests over that window.
 //! - Streams of 20 events 50 ms apart: the added time to first byte, and the added delay of each
-//!   later event, which is what the gap before it grows by.
+//!   later event, which is what the gap before it grows by; and the proxy's CPU time per stream.
+//! - The same for Anthropic through the OpenAI door (`POST /v1/chat/completions`, model
+//!   `anthropic/<model>`), which translates the request and every event of the answer: streams,
+//!   then non-stream latency one at a time and at 500 req/s.
 //! - 1,000 streams opened at once: time to first byte, whether every one completes, and the
 //!   proxy's resident memory meanwhile.
 //! - The proxy's resident memory idle, then every 3 s through 60 s of mixed load (non-stream
@@ -26,7 +29,8 @@
 //! current-thread tokio runtime, is pinned to another CPU. Both speak a minimal HTTP/1.1 over
 //! loopback keep-alive connections, so that the proxy, not the harness, is what is measured.
 //! The mock stamps every stream event with the time it was written, so each event's transit is
-//! measured on its own. Memory is `VmRSS` from `/proc/<pid>/status`; CPU time is
+//! measured on its own: in an SSE comment, or, for the translated route (which drops comments),
+//! inside each text delta's text, asked for by the request's `X-Request-Id`. Memory is `VmRSS` from `/proc/<pid>/status`; CPU time is
 //! `utime + stime` from `/proc/<pid>/stat` (and, for the shorter latency runs, the nanosecond
 //! run time in `/proc/<pid>/task/*/schedstat`). A shared machine skews every figure, so each
 //! scenario also records how much of each CPU other processes took (from `/proc/stat`).
@@ -80,6 +84,7 @@ use mock::Provider;
 use proxy::{Proxy, Subject};
 use report::{
     ConcurrentStreams, Latency, MaxThroughput, Memory, Results, RssSample, Soak, Streaming,
+    TRANSLATED_ROUTE,
 };
 
 /// The binary under test; cargo builds it before a bench.
@@ -181,9 +186,11 @@ impl Options {
     }
 }
 
-/// One provider, straight to the mock and through the proxy.
+/// One provider, straight to the mock and through the proxy by one route.
 struct Pair {
     provider: Provider,
+    /// The proxy's route: `/v1/chat/<provider>`, or [`TRANSLATED_ROUTE`].
+    route: &'static str,
     direct: Target,
     proxy: Target,
 }
@@ -192,8 +199,31 @@ impl Pair {
     fn new(provider: Provider, mock: std::net::SocketAddr, proxy: &Proxy) -> Pair {
         Pair {
             provider,
+            route: match provider {
+                Provider::OpenAi => "/v1/chat/openai",
+                Provider::Anthropic => "/v1/chat/anthropic",
+            },
             direct: Target::new(mock, provider, Via::Direct),
             proxy: Target::new(proxy.addr, provider, Via::Proxy),
+        }
+    }
+
+    /// Anthropic through the OpenAI door, translated both ways.
+    fn translated(mock: std::net::SocketAddr, proxy: &Proxy) -> Pair {
+        Pair {
+            provider: Provider::Anthropic,
+            route: TRANSLATED_ROUTE,
+            direct: Target::translated(mock, Via::Direct),
+            proxy: Target::translated(proxy.addr, Via::Proxy),
+        }
+    }
+
+    /// How the scenarios name it.
+    fn name(&self) -> String {
+        if self.route == TRANSLATED_ROUTE {
+            format!("{} via {}", self.provider.name(), self.route)
+        } else {
+            self.provider.name().to_owned()
         }
     }
 }
@@ -216,7 +246,15 @@ async fn run(options: Options, machine: Machine, pinning: Pinning) -> io::Result
         Pair::new(Provider::OpenAi, mock, &proxy),
         Pair::new(Provider::Anthropic, mock, &proxy),
     ];
+    // nginx has no OpenAI door.
+    let translated = match subject {
+        Subject::LlmProxy(_) => Some(Pair::translated(mock, &proxy)),
+        Subject::Nginx(_) => None,
+    };
     check_answers(&pairs, subject).await?;
+    if let Some(pair) = &translated {
+        check_translated(pair).await?;
+    }
     if let Some(duration) = options.load_only {
         return load_for_profiling(&pairs, &proxy, duration, options.rate).await;
     }
@@ -224,12 +262,12 @@ async fn run(options: Options, machine: Machine, pinning: Pinning) -> io::Result
     let mut steps = Steps::new(&proxy, &pinning);
     let mut latency = Vec::new();
     for pair in &pairs {
-        let what = format!("one at a time, {}", pair.provider.name());
+        let what = format!("one at a time, {}", pair.name());
         latency.push(steps.run(what, one_at_a_time(pair, &proxy)).await?);
     }
     for (rate, duration) in RATES {
         for pair in &pairs {
-            let what = format!("{rate} req/s, {}", pair.provider.name());
+            let what = format!("{rate} req/s, {}", pair.name());
             latency.push(
                 steps
                     .run(what, at_rate(pair, &proxy, rate, duration))
@@ -248,9 +286,22 @@ async fn run(options: Options, machine: Machine, pinning: Pinning) -> io::Result
     // Right after the closed loop, whose connections the proxy keeps pooled for 15 s: the
     // streams below need fewer, so none waits on a new upstream connection.
     let mut streaming = Vec::new();
-    for pair in &pairs {
-        let what = format!("{STREAMS} streams, {}", pair.provider.name());
-        streaming.push(steps.run(what, streams(pair)).await?);
+    for pair in pairs.iter().chain(&translated) {
+        let what = format!("{STREAMS} streams, {}", pair.name());
+        streaming.push(steps.run(what, streams(pair, &proxy)).await?);
+    }
+    // The translated route's non-stream twin, after its streams (which, like the others, want
+    // the pool the closed loop left).
+    if let Some(pair) = &translated {
+        let what = format!("one at a time, {}", pair.name());
+        latency.push(steps.run(what, one_at_a_time(pair, &proxy)).await?);
+        let (rate, duration) = RATES[0];
+        let what = format!("{rate} req/s, {}", pair.name());
+        latency.push(
+            steps
+                .run(what, at_rate(pair, &proxy, rate, duration))
+                .await?,
+        );
     }
     let what = format!("{} s of mixed load", SOAK.as_secs());
     let soak = steps.run(what, soak(&pairs, &proxy)).await?;
@@ -347,7 +398,7 @@ async fn check_answers(pairs: &[Pair], subject: &Subject) -> io::Result<()> {
         }
         for target in [&pair.direct, &pair.proxy] {
             let mut conn = http::Conn::open(target.addr).await?;
-            let times = load::call_stream(&mut conn, &target.request(true)).await?;
+            let times = load::call_stream(&mut conn, &target.request(true), target.stamps).await?;
             if !times.complete() {
                 return Err(io::Error::other(format!(
                     "a {:?} {} stream ended with status {} after {} events",
@@ -369,11 +420,94 @@ async fn check_answers(pairs: &[Pair], subject: &Subject) -> io::Result<()> {
     Ok(())
 }
 
+/// The translated route answers in OpenAI's shapes, its stream translated from a valid
+/// Anthropic stream (the mock's, with its stamps in the text) without an error; then both
+/// ways of it are warmed as [`check_answers`] warms the others.
+async fn check_translated(pair: &Pair) -> io::Result<()> {
+    let wrong = |what: &str, body: &[u8]| {
+        io::Error::other(format!(
+            "through {}, {what}: {}",
+            pair.route,
+            String::from_utf8_lossy(body)
+        ))
+    };
+    let mut conn = http::Conn::open(pair.proxy.addr).await?;
+    let reply = load::call(&mut conn, &pair.proxy.request(false)).await?;
+    let answer: serde_json::Value = serde_json::from_slice(&reply.body)
+        .map_err(|_| wrong("an answer that is not JSON", &reply.body))?;
+    if reply.status != 200
+        || answer["object"] != "chat.completion"
+        || !answer["choices"][0]["message"]["content"].is_string()
+    {
+        return Err(wrong("not a chat.completion", &reply.body));
+    }
+    let reply = load::call(&mut conn, &pair.proxy.request(true)).await?;
+    if reply.status != 200 {
+        return Err(wrong(&format!("status {}", reply.status), &reply.body));
+    }
+    let text = String::from_utf8_lossy(&reply.body);
+    let events: Vec<&str> = text.split_terminator("\n\n").collect();
+    let Some((&"data: [DONE]", chunks)) = events.split_last() else {
+        return Err(wrong("a stream that does not end in [DONE]", &reply.body));
+    };
+    let mut content = String::new();
+    let mut finish = Vec::new();
+    for event in chunks {
+        let chunk: serde_json::Value = event
+            .strip_prefix("data: ")
+            .and_then(|data| serde_json::from_str(data).ok())
+            .ok_or_else(|| wrong(&format!("an event that is not a chunk: {event:?}"), b""))?;
+        if chunk["object"] != "chat.completion.chunk" {
+            return Err(wrong(&format!("not a chat.completion.chunk: {event}"), b""));
+        }
+        let choice = &chunk["choices"][0];
+        content.push_str(choice["delta"]["content"].as_str().unwrap_or_default());
+        if let Some(reason) = choice["finish_reason"].as_str() {
+            finish.push(reason.to_owned());
+        }
+    }
+    let stamps = content.matches("sent_ns=").count();
+    if stamps != mock::ANTHROPIC_TEXT_DELTAS || finish != ["stop"] {
+        return Err(wrong(
+            &format!("{stamps} stamps in the text and finish reasons {finish:?}"),
+            &reply.body,
+        ));
+    }
+    for target in [&pair.direct, &pair.proxy] {
+        let mut conn = http::Conn::open(target.addr).await?;
+        let times = load::call_stream(&mut conn, &target.request(true), target.stamps).await?;
+        if !times.complete() {
+            return Err(io::Error::other(format!(
+                "a {:?} {} stream ended with status {} after {} stamped events",
+                target.via,
+                pair.name(),
+                times.status,
+                times.events
+            )));
+        }
+        let run = load::one_at_a_time(target, ONE_AT_A_TIME).await?;
+        if run.errors > 0 {
+            return Err(io::Error::other(format!(
+                "{} failed requests while warming up",
+                run.errors
+            )));
+        }
+    }
+    Ok(())
+}
+
 async fn one_at_a_time(pair: &Pair, proxy: &Proxy) -> io::Result<Latency> {
     let direct = load::one_at_a_time(&pair.direct, ONE_AT_A_TIME).await?;
     let (via_proxy, cpu) =
         on_proxy_cpu(proxy, load::one_at_a_time(&pair.proxy, ONE_AT_A_TIME)).await?;
-    Ok(Latency::new(pair.provider, None, &direct, &via_proxy, cpu))
+    Ok(Latency::new(
+        pair.provider,
+        pair.route,
+        None,
+        &direct,
+        &via_proxy,
+        cpu,
+    ))
 }
 
 async fn at_rate(pair: &Pair, proxy: &Proxy, rate: f64, duration: Duration) -> io::Result<Latency> {
@@ -382,6 +516,7 @@ async fn at_rate(pair: &Pair, proxy: &Proxy, rate: f64, duration: Duration) -> i
         on_proxy_cpu(proxy, load::fixed_rate(&pair.proxy, rate, duration)).await?;
     Ok(Latency::new(
         pair.provider,
+        pair.route,
         Some(rate),
         &direct,
         &via_proxy,
@@ -444,15 +579,18 @@ async fn peak_rss(proxy: &Proxy, done: &AtomicBool) -> u64 {
     peak
 }
 
-async fn streams(pair: &Pair) -> io::Result<Streaming> {
+async fn streams(pair: &Pair, proxy: &Proxy) -> io::Result<Streaming> {
     let direct = load::streams(&pair.direct, STREAMS, STREAM_SPACING).await?;
-    let proxy = load::streams(&pair.proxy, STREAMS, STREAM_SPACING).await?;
+    let (via_proxy, cpu) =
+        on_proxy_cpu(proxy, load::streams(&pair.proxy, STREAMS, STREAM_SPACING)).await?;
     Ok(Streaming::new(
         pair.provider,
+        pair.route,
         STREAMS,
         STREAM_SPACING,
         &direct,
-        &proxy,
+        &via_proxy,
+        cpu,
     ))
 }
 

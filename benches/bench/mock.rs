@@ -6,6 +6,11 @@
 //! [`CHUNKS`] events [`CHUNK_INTERVAL`] apart instead, the first with the response head. Each
 //! event opens with an SSE comment, `: sent_ns=<n>`, the moment it was written (see
 //! [`now_ns`]), so that the client can tell how long it took to arrive.
+//!
+//! A stream the proxy translates into another format loses its comments, so an Anthropic
+//! stream asked for with an `X-Request-Id` that starts with [`TEXT_STAMPS_ID`] (which the proxy
+//! passes upstream as it is) has no comments and carries `sent_ns=<n>` inside the text of each
+//! text delta instead: [`Stamps::Text`]. Its events are otherwise the same.
 
 use std::{
     io,
@@ -27,6 +32,32 @@ pub const CHUNKS: usize = 20;
 pub const CHUNK_INTERVAL: Duration = Duration::from_millis(50);
 /// What opens each event, followed by its sending time in nanoseconds.
 pub const STAMP: &[u8] = b": sent_ns=";
+/// With [`Stamps::Text`]: what precedes the sending time inside a text delta's text.
+pub const TEXT_STAMP: &[u8] = b"sent_ns=";
+/// The start of an `X-Request-Id` that asks for [`Stamps::Text`].
+pub const TEXT_STAMPS_ID: &str = "bench-text-stamps";
+/// The text deltas of an Anthropic stream (events 2 to `CHUNKS - 4`).
+pub const ANTHROPIC_TEXT_DELTAS: usize = CHUNKS - 5;
+
+/// Where a stream's events carry the moment they were written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stamps {
+    /// An SSE comment, [`STAMP`], opens every event: a stream the proxy passes through.
+    Comment,
+    /// [`TEXT_STAMP`] inside each text delta's text, no comments: an Anthropic stream the
+    /// proxy translates (which drops comments and keeps the text).
+    Text,
+}
+
+impl Stamps {
+    /// How many stamped events a whole stream has.
+    pub fn per_stream(self) -> usize {
+        match self {
+            Stamps::Comment => CHUNKS,
+            Stamps::Text => ANTHROPIC_TEXT_DELTAS,
+        }
+    }
+}
 
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
@@ -92,7 +123,13 @@ async fn serve(mut conn: Conn) {
         }
         let written = match route(&head.start_line) {
             None => conn.write_all(&NOT_FOUND).await,
-            Some(provider) if wants_stream(&body) => stream(&mut conn, provider).await,
+            Some(provider) if wants_stream(&body) => {
+                let stamps = match (provider, head.text_stamps) {
+                    (Provider::Anthropic, true) => Stamps::Text,
+                    _ => Stamps::Comment,
+                };
+                stream(&mut conn, provider, stamps).await
+            }
             Some(Provider::OpenAi) => conn.write_all(&OPENAI_JSON).await,
             Some(Provider::Anthropic) => conn.write_all(&ANTHROPIC_JSON).await,
         };
@@ -143,7 +180,7 @@ const STREAM_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\
 /// Sends one stream: the head with the first event at once (no timer, which could add a
 /// millisecond), then an event every `CHUNK_INTERVAL`, each stamped just before it is written.
 /// Event `i` is due at `start + i * CHUNK_INTERVAL`, so a late timer does not push the rest back.
-async fn stream(conn: &mut Conn, provider: Provider) -> io::Result<()> {
+async fn stream(conn: &mut Conn, provider: Provider, stamps: Stamps) -> io::Result<()> {
     let start = tokio::time::Instant::now();
     for index in 0..CHUNKS {
         if index > 0 {
@@ -153,7 +190,7 @@ async fn stream(conn: &mut Conn, provider: Provider) -> io::Result<()> {
         if index == 0 {
             out.extend_from_slice(STREAM_HEAD);
         }
-        out.extend_from_slice(&http::chunk(&event(provider, index, now_ns())));
+        out.extend_from_slice(&http::chunk(&event(provider, index, now_ns(), stamps)));
         if index + 1 == CHUNKS {
             out.extend_from_slice(b"0\r\n\r\n");
         }
@@ -162,11 +199,15 @@ async fn stream(conn: &mut Conn, provider: Provider) -> io::Result<()> {
     Ok(())
 }
 
-/// Event `index` of a stream of `CHUNKS` in `provider`'s format, stamped with `sent_ns`.
-fn event(provider: Provider, index: usize, sent_ns: u64) -> Vec<u8> {
+/// Event `index` of a stream of `CHUNKS` in `provider`'s format, stamped with `sent_ns`
+/// where `stamps` says.
+fn event(provider: Provider, index: usize, sent_ns: u64, stamps: Stamps) -> Vec<u8> {
+    if stamps == Stamps::Text {
+        return format!("{}\n\n", anthropic_event(index, Some(sent_ns))).into_bytes();
+    }
     let body = match provider {
         Provider::OpenAi => openai_event(index),
-        Provider::Anthropic => anthropic_event(index),
+        Provider::Anthropic => anthropic_event(index, None),
     };
     let mut event = STAMP.to_vec();
     event.extend_from_slice(format!("{sent_ns}\n{body}\n\n").as_bytes());
@@ -191,8 +232,8 @@ fn openai_event(index: usize) -> String {
 }
 
 /// `message_start`, `content_block_start`, deltas, `content_block_stop`, `message_delta`,
-/// `message_stop`.
-fn anthropic_event(index: usize) -> String {
+/// `message_stop`; with `text_stamp`, each delta's text carries it after its token.
+fn anthropic_event(index: usize, text_stamp: Option<u64>) -> String {
     match index {
         0 => r#"event: message_start
 data: {"type":"message_start","message":{"id":"msg_bench","type":"message","role":"assistant","content":[],"model":"claude-3-5-haiku-20241022","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"output_tokens":1}}}"#.to_owned(),
@@ -204,9 +245,15 @@ data: {"type":"content_block_stop","index":0}"#.to_owned(),
 data: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":15}}"#.to_owned(),
         i if i == CHUNKS - 1 => r#"event: message_stop
 data: {"type":"message_stop"}"#.to_owned(),
-        i => format!(
-            r#"event: content_block_delta
-data: {{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":"token{i} "}}}}"#
-        ),
+        i => {
+            let stamp = match text_stamp {
+                Some(sent_ns) => format!("sent_ns={sent_ns} "),
+                None => String::new(),
+            };
+            format!(
+                r#"event: content_block_delta
+data: {{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":"token{i} {stamp}"}}}}"#
+            )
+        }
     }
 }

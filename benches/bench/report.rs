@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::{
     load::{Run, StreamRun, Throughput},
     machine::{Interference, Machine, Pinning},
-    mock::Provider,
+    mock::{self, Provider},
     stats::{percentiles, Percentiles},
 };
 
@@ -31,6 +31,9 @@ pub const DISTURBED_PCT: f64 = 10.0;
 
 pub const MIB: f64 = 1024.0 * 1024.0;
 
+/// The OpenAI door, which translates for an upstream of another format.
+pub const TRANSLATED_ROUTE: &str = "/v1/chat/completions";
+
 #[derive(Serialize)]
 pub struct Results {
     pub machine: Machine,
@@ -50,6 +53,8 @@ pub struct Results {
 #[derive(Serialize)]
 pub struct Latency {
     pub provider: &'static str,
+    /// The proxy's route: `/v1/chat/<provider>`, or `/v1/chat/completions` (translated).
+    pub route: &'static str,
     pub rate: Option<f64>,
     pub direct: Side,
     pub proxy: Side,
@@ -81,6 +86,7 @@ impl Side {
 impl Latency {
     pub fn new(
         provider: Provider,
+        route: &'static str,
         rate: Option<f64>,
         direct: &Run,
         proxy: &Run,
@@ -90,6 +96,7 @@ impl Latency {
         let (direct, proxy) = (Side::new(direct), Side::new(proxy));
         Latency {
             provider: provider.name(),
+            route,
             rate,
             proxy_cpu_per_request_us: proxy_cpu.as_secs_f64() * 1e6 / requests as f64,
             added_p50_ms: proxy.latency.p50_ms - direct.latency.p50_ms,
@@ -164,27 +171,49 @@ impl StreamSide {
 #[derive(Serialize)]
 pub struct Streaming {
     pub provider: &'static str,
+    /// The proxy's route: `/v1/chat/<provider>` (passed through), or `/v1/chat/completions`
+    /// (translated event by event).
+    pub route: &'static str,
     pub streams: usize,
     pub spacing_ms: f64,
     pub direct: StreamSide,
     pub proxy: StreamSide,
+    /// The proxy's time on a CPU (schedstat) over the proxied run, per stream started, and
+    /// that divided by the upstream's events per stream (so it includes each stream's request).
+    pub proxy_cpu_per_stream_us: f64,
+    pub proxy_cpu_per_event_us: f64,
 }
 
 impl Streaming {
     pub fn new(
         provider: Provider,
+        route: &'static str,
         streams: usize,
         spacing: Duration,
         direct: &StreamRun,
         proxy: &StreamRun,
+        proxy_cpu: Duration,
     ) -> Streaming {
+        let per_stream = proxy_cpu.as_secs_f64() * 1e6 / streams.max(1) as f64;
         Streaming {
             provider: provider.name(),
+            route,
             streams,
             spacing_ms: spacing.as_secs_f64() * 1e3,
             direct: StreamSide::new(direct),
             proxy: StreamSide::new(proxy),
+            proxy_cpu_per_stream_us: per_stream,
+            proxy_cpu_per_event_us: per_stream / mock::CHUNKS as f64,
         }
+    }
+}
+
+/// The name of a row's provider, with the route when the proxy translates.
+fn label(provider: &str, route: &str) -> String {
+    if route == TRANSLATED_ROUTE {
+        format!("{provider} via {route} (translated)")
+    } else {
+        provider.to_owned()
     }
 }
 
@@ -328,7 +357,7 @@ fn latency_row(l: &Latency) -> [String; 6] {
         (String::new(), String::new())
     };
     [
-        format!("Latency p50 / p99, {when}, {}", l.provider),
+        format!("Latency p50 / p99, {when}, {}", label(l.provider, l.route)),
         p50_p99(&l.direct.latency),
         p50_p99(&l.proxy.latency),
         added(l.added_p50_ms, l.added_p99_ms),
@@ -364,7 +393,7 @@ fn throughput_rows(t: &MaxThroughput) -> Vec<[String; 6]> {
 }
 
 fn streaming_rows(s: &Streaming) -> Vec<[String; 6]> {
-    let what = format!("{} streams, {}", s.streams, s.provider);
+    let what = format!("{} streams, {}", s.streams, label(s.provider, s.route));
     vec![
         stream_row(
             format!("Stream time to first byte p50 / p99, {what}"),
@@ -376,6 +405,20 @@ fn streaming_rows(s: &Streaming) -> Vec<[String; 6]> {
             &s.direct.event_transit,
             &s.proxy.event_transit,
         ),
+        [
+            format!(
+                "Proxy CPU time per stream (per upstream event, of {}), {what}",
+                mock::CHUNKS
+            ),
+            "—".into(),
+            format!(
+                "{:.0} µs ({:.1} µs)",
+                s.proxy_cpu_per_stream_us, s.proxy_cpu_per_event_us
+            ),
+            String::new(),
+            String::new(),
+            String::new(),
+        ],
     ]
 }
 
@@ -472,7 +515,10 @@ fn failures(results: &Results) -> Vec<String> {
     for l in &results.latency {
         for (side, errors) in [("direct", l.direct.errors), ("proxy", l.proxy.errors)] {
             if errors > 0 {
-                failures.push(format!("{errors} failed {side} requests ({})", l.provider));
+                failures.push(format!(
+                    "{errors} failed {side} requests ({})",
+                    label(l.provider, l.route)
+                ));
             }
         }
     }
@@ -488,7 +534,9 @@ fn failures(results: &Results) -> Vec<String> {
         if s.direct.failed + s.proxy.failed > 0 {
             failures.push(format!(
                 "streams {}: {} failed direct, {} through the proxy",
-                s.provider, s.direct.failed, s.proxy.failed
+                label(s.provider, s.route),
+                s.direct.failed,
+                s.proxy.failed
             ));
         }
     }
