@@ -4,7 +4,9 @@
 //! A format's `door` parses a client request in that format into the [`model`](crate::model)
 //! and renders answers, stream events and errors in that format; its `upstream` builds the
 //! upstream request from the model and decodes that format's answers and streams into it.
-//! Adding a format is one folder and one line in [`crate::gateway::targets`]'s `wire_format`.
+//! Adding a format is one folder here (with its `pub mod` line and `Format` variant) and its
+//! line in [`crate::gateway::targets`]'s `wire_format` (plus its name in the providers file's
+//! `KINDS`).
 
 pub mod anthropic;
 pub mod gemini;

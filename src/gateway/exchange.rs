@@ -29,7 +29,7 @@ use crate::{
     gateway::retry,
     limits::{Guards, RequestPermit, UpstreamSlots},
     metrics::Metrics,
-    model::{Request, Response, Usage},
+    model::{Part, Request, Response, Usage},
     upstream::{
         self, report::StreamReport, Body, Relay, StreamContext, StreamErrors, Translated,
         REQUEST_ID,
@@ -521,7 +521,7 @@ pub fn normalized(provider: &str, answer: &Response) -> Vec<u8> {
     struct Normalized<'a> {
         provider: &'a str,
         model: &'a str,
-        content: String,
+        content: Cow<'a, str>,
         #[serde(skip_serializing_if = "Vec::is_empty")]
         tool_calls: Vec<Call<'a>>,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -558,7 +558,11 @@ pub fn normalized(provider: &str, answer: &Response) -> Vec<u8> {
     let body = Normalized {
         provider,
         model: &answer.model,
-        content: answer.text(),
+        // One text part, the common answer, is borrowed rather than copied.
+        content: match answer.content.as_slice() {
+            [Part::Text { text, .. }] => Cow::Borrowed(text),
+            _ => Cow::Owned(answer.text()),
+        },
         tool_calls,
         reasoning: answer.reasoning(),
         stop_reason: answer.stop_reason.as_ref().map(|reason| reason.as_str()),

@@ -224,8 +224,9 @@ async fn path_route(
     // Counted once the body is in: slow senders hold no place among requests in flight.
     let permit = shared.limit.try_acquire()?;
     // Every body is checked whatever the provider: the path route's shape is ours.
-    let chat = openai::door::parse(&body).map_err(ProxyError::InvalidRequest)?;
-    let asked = chat.model.clone();
+    let mut chat = openai::door::parse(&body).map_err(ProxyError::InvalidRequest)?;
+    // The model as asked lives here from now on; upstreams get each target's own.
+    let asked = std::mem::take(&mut chat.model);
     info.model = Some(asked.clone());
     info.stream = chat.stream;
     let registry = &shared.registry;

@@ -695,21 +695,33 @@ fn record_usage(data: &str, into: &StreamReport) {
         completion_tokens: Option<u64>,
         input_tokens: Option<u64>,
         output_tokens: Option<u64>,
+        #[serde(default)]
+        cache_read_input_tokens: u64,
+        #[serde(default)]
+        cache_creation_input_tokens: u64,
     }
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct GeminiCounts {
         prompt_token_count: Option<u64>,
         candidates_token_count: Option<u64>,
+        #[serde(default)]
+        thoughts_token_count: u64,
     }
     let Ok(probe) = serde_json::from_str::<Probe>(data) else {
         return;
     };
+    // The counts by the rule of `model::Usage`: input counts every prompt token, cached
+    // ones too (Anthropic reports those apart), output every generated one, thoughts too
+    // (Gemini reports those apart).
     for counts in [probe.usage, probe.message.and_then(|m| m.usage)]
         .into_iter()
         .flatten()
     {
-        if let Some(input) = counts.prompt_tokens.or(counts.input_tokens) {
+        let anthropic_input = counts.input_tokens.map(|uncached| {
+            uncached + counts.cache_read_input_tokens + counts.cache_creation_input_tokens
+        });
+        if let Some(input) = counts.prompt_tokens.or(anthropic_input) {
             into.input(input);
         }
         if let Some(output) = counts.completion_tokens.or(counts.output_tokens) {
@@ -721,7 +733,7 @@ fn record_usage(data: &str, into: &StreamReport) {
             into.input(input);
         }
         if let Some(output) = counts.candidates_token_count {
-            into.output(output);
+            into.output(output + counts.thoughts_token_count);
         }
     }
 }
@@ -934,6 +946,18 @@ mod tests {
         for (stream, input, output) in [
             (&include_bytes!("../../tests/fixtures/anthropic/stream.sse")[..], 25, 15),
             (&include_bytes!("../../tests/fixtures/gemini/stream.sse")[..], 4, 12),
+            // Thoughts count as output, as everywhere else (`model::Usage`).
+            (
+                &include_bytes!("../../tests/fixtures/gemini/thinking_stream.sse")[..],
+                12,
+                14 + 1236,
+            ),
+            // Cached prompt tokens count as input.
+            (
+                &b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":5,\"cache_read_input_tokens\":100,\"cache_creation_input_tokens\":20,\"output_tokens\":1}}}\n\n"[..],
+                125,
+                1,
+            ),
             (
                 &b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n"[..],
                 9,

@@ -146,6 +146,8 @@ pub fn parse(body: &[u8]) -> Result<Request, String> {
                 }
             }
             name if DROPPED.contains(&name) => {}
+            // The proxy's own field (read by the door), never an upstream's.
+            "fallbacks" => {}
             name => {
                 let value: Value = serde_json::from_str(raw.get())
                     .map_err(|e| format!("`{name}` cannot be read: {e}"))?;
@@ -158,8 +160,11 @@ pub fn parse(body: &[u8]) -> Result<Request, String> {
         return Err("`messages` is required".into());
     }
     request.reasoning = match (thinking, effort) {
-        // An effort is how much an adaptive (or unspecified) thinking should think.
-        (None | Some(Reasoning::Adaptive), Some(effort)) => Some(Reasoning::Effort(effort)),
+        // An effort alone says how much to think. Beside adaptive thinking it is Anthropic's
+        // hint for a model that decides for itself, and adaptive is what other formats get:
+        // their own default (Claude Code sends both for every model it does not know, and an
+        // explicit `reasoning_effort` would make OpenAI refuse its non-reasoning models).
+        (None, Some(effort)) => Some(Reasoning::Effort(effort)),
         (thinking, _) => thinking,
     };
     request.response_format = format;
@@ -1241,7 +1246,7 @@ mod tests {
         assert!(request.stream);
         assert!(request.include_usage);
         assert_eq!(request.max_tokens, Some(32000));
-        assert_eq!(request.reasoning, Some(Reasoning::Effort(Effort::High)));
+        assert_eq!(request.reasoning, Some(Reasoning::Adaptive));
         assert_eq!(request.system.len(), 3);
         assert!(request.system[1..].iter().all(
             |part| matches!(part, Part::Text { cache_control, .. } if *cache_control == ephemeral())
@@ -1526,7 +1531,7 @@ mod tests {
             (
                 json!({"type": "adaptive"}),
                 Some("low"),
-                Reasoning::Effort(Effort::Low),
+                Reasoning::Adaptive,
             ),
             (
                 json!({"type": "disabled"}),

@@ -52,6 +52,38 @@ const BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 /// is sent without its reasoning.
 pub const STRUCTURED_OUTPUT_TOOL: &str = "json_tool_call";
 
+/// Whether the request makes the model call a tool (`any` or a named one).
+fn forces_a_tool(request: &Request) -> bool {
+    matches!(
+        request.tool_choice,
+        Some(ToolChoice::Required | ToolChoice::Tool(_))
+    )
+}
+
+/// Whether the last assistant turn, when it called tools, opens with signed thinking, as
+/// Anthropic requires of a tool loop with thinking on.
+fn last_tool_turn_thought(request: &Request) -> bool {
+    let Some(last) = request
+        .messages
+        .iter()
+        .rev()
+        .find(|message| message.role == Role::Assistant)
+    else {
+        return true;
+    };
+    let calls = last.content.iter().any(|p| matches!(p, Part::ToolCall(_)));
+    !calls
+        || matches!(
+            last.content.first(),
+            Some(
+                Part::Reasoning {
+                    signature: Some(_),
+                    ..
+                } | Part::RedactedReasoning { .. }
+            )
+        )
+}
+
 /// Anthropic's minimum thinking budget.
 const MIN_BUDGET: u64 = 1024;
 
@@ -459,6 +491,10 @@ fn translate_body(
 
     let thinking = match structured {
         Some(_) => None,
+        // Anthropic refuses thinking beside a forced tool, and beside a tool loop whose last
+        // assistant turn does not open with its signed thinking (which only an Anthropic
+        // answer has: a loop that began elsewhere goes on without thinking).
+        None if forces_a_tool(request) || !last_tool_turn_thought(request) => None,
         None => request
             .reasoning
             .and_then(|reasoning| reasoning.budget_tokens())
@@ -1180,6 +1216,70 @@ mod tests {
             ..request(hi())
         };
         assert!(sent(&no_tools).get("tool_choice").is_none());
+    }
+
+    #[test]
+    fn thinking_is_left_out_where_anthropic_would_refuse_it() {
+        let call = Part::ToolCall(ToolCall {
+            id: "toolu_1".into(),
+            name: "f".into(),
+            arguments: "{}".into(),
+            cache_control: None,
+        });
+        let result = Message {
+            role: Role::Tool,
+            content: vec![Part::ToolResult(ToolResult {
+                call_id: "toolu_1".into(),
+                content: vec![Part::text("ok")],
+                is_error: false,
+                cache_control: None,
+            })],
+        };
+        let loop_of = |assistant: Vec<Part>| Request {
+            reasoning: Some(Reasoning::Effort(Effort::High)),
+            ..request(vec![
+                Message::text(Role::User, "hi"),
+                Message {
+                    role: Role::Assistant,
+                    content: assistant,
+                },
+                result.clone(),
+            ])
+        };
+        // A loop that began at another provider: no signed thinking to send back.
+        let unsigned = loop_of(vec![
+            Part::Reasoning {
+                text: "hmm".into(),
+                signature: None,
+            },
+            call.clone(),
+        ]);
+        assert!(sent(&unsigned).get("thinking").is_none());
+        // A loop of Anthropic's own keeps thinking.
+        let signed = loop_of(vec![
+            Part::Reasoning {
+                text: "hmm".into(),
+                signature: Some("sig".into()),
+            },
+            call.clone(),
+        ]);
+        assert_eq!(sent(&signed)["thinking"]["budget_tokens"], 4096);
+        // A forced tool leaves no room to think.
+        let forced = Request {
+            tool_choice: Some(ToolChoice::Required),
+            tools: vec![Tool {
+                name: "f".into(),
+                description: None,
+                parameters: json!({"type": "object"}),
+                cache_control: None,
+            }],
+            ..request(vec![Message::text(Role::User, "hi")])
+        };
+        let forced = Request {
+            reasoning: Some(Reasoning::Effort(Effort::Low)),
+            ..forced
+        };
+        assert!(sent(&forced).get("thinking").is_none());
     }
 
     #[test]
@@ -1937,8 +2037,12 @@ mod tests {
             fn a_request_survives_becoming_a_body_and_being_parsed(request in any_request()) {
                 let upstream = provider().translate_request(&request, &request.model, None).unwrap();
                 let parsed = door::parse(&upstream.body).unwrap();
-                // A system prompt of plain text parts goes as one string, joined.
+                // A system prompt of plain text parts goes as one string, joined; thinking
+                // is left out where Anthropic would refuse it.
                 let mut request = request;
+                if forces_a_tool(&request) || !last_tool_turn_thought(&request) {
+                    request.reasoning = request.reasoning.filter(|r| r.budget_tokens().is_none());
+                }
                 let plain = request.system.iter().all(|part| matches!(part, Part::Text { cache_control: None, .. }));
                 if plain && request.system.len() > 1 {
                     request.system = vec![Part::text(request.system_text())];

@@ -497,7 +497,7 @@ fn parse_message(
         #[serde(borrow)]
         reasoning_content: Option<&'a RawValue>,
     }
-    let at = format!("messages[{index}]");
+    let at = At(index);
     let message: RawMessage = serde_json::from_str(value.get()).map_err(|e| {
         if e.is_data() && value.get().starts_with('{') {
             // Every field is taken raw, so an object fails only on a repeated field.
@@ -509,7 +509,16 @@ fn parse_message(
     let role = message
         .role
         .ok_or_else(|| format!("`{at}.role` is required"))?;
-    let speaker = match serde_json::from_str::<String>(role.get()).as_deref() {
+    // Borrowed: a role needs no escapes (one that has them is read as an owned string).
+    let owned;
+    let role = match serde_json::from_str::<&str>(role.get()) {
+        Ok(role) => Ok(role),
+        Err(_) => {
+            owned = serde_json::from_str::<String>(role.get());
+            owned.as_deref().map_err(|_| ())
+        }
+    };
+    let speaker = match role {
         Ok("system" | "developer") => Speaker::System,
         Ok("user") => Speaker::User,
         Ok("assistant") => Speaker::Assistant,
@@ -527,7 +536,7 @@ fn parse_message(
         }
     };
     let content = match message.content {
-        Some(content) => parse_content(&at, content, speaker, unportable)?,
+        Some(content) => parse_content(at, content, speaker, unportable)?,
         None if speaker == Speaker::Assistant => Vec::new(),
         None => return Err(format!("`{at}.content` is required")),
     };
@@ -557,7 +566,7 @@ fn parse_message(
             parts.extend(content);
             if let Some(calls) = message.tool_calls {
                 parts.extend(
-                    parse_tool_calls(&at, calls)?
+                    parse_tool_calls(&at.to_string(), calls)?
                         .into_iter()
                         .map(Part::ToolCall),
                 );
@@ -653,8 +662,18 @@ enum Parsed {
     Unportable(&'static str),
 }
 
+/// Where a message sits, for error messages: written out only when there is one to write.
+#[derive(Clone, Copy)]
+struct At(usize);
+
+impl std::fmt::Display for At {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "messages[{}]", self.0)
+    }
+}
+
 fn parse_content(
-    at: &str,
+    at: At,
     value: &RawValue,
     speaker: Speaker,
     unportable: &mut Vec<String>,

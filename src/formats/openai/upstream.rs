@@ -23,8 +23,8 @@ use crate::{
         Upstream, UpstreamRequest,
     },
     model::{
-        Image, Part, Request, Response, ResponseFormat, Role, StreamEvent, ToolCall, ToolChoice,
-        Usage,
+        Effort, Image, Part, Reasoning, Request, Response, ResponseFormat, Role, StreamEvent,
+        ToolCall, ToolChoice, Usage,
     },
     util::{
         json::{rewrite_object, JsonObject},
@@ -54,23 +54,24 @@ const WRITTEN: [&str; 17] = [
     "stream_options",
 ];
 
+/// The longest `user` OpenAI accepts.
+const MAX_USER_LEN: usize = 64;
+
 pub struct OpenAi {
     endpoint: Endpoint,
     url: Uri,
-    /// What the token limit is called: OpenAI itself refuses `max_tokens` for its reasoning
-    /// models (o-series, GPT-5) and takes `max_completion_tokens` for every model; servers
-    /// that speak its format (Ollama, vLLM, Mistral, Groq) all read `max_tokens`.
-    max_tokens_field: &'static str,
+    /// Whether this is OpenAI itself, which differs from the servers that copy its format:
+    /// it refuses `max_tokens` for its reasoning models (o-series, GPT-5) and takes
+    /// `max_completion_tokens` for every model, where Ollama, vLLM, Mistral and Groq all read
+    /// `max_tokens`; and it refuses `top_k`, which they take.
+    openai_itself: bool,
 }
 
 impl OpenAi {
     pub fn new(endpoint: Endpoint) -> Self {
         Self {
             url: endpoint.url("chat/completions"),
-            max_tokens_field: match endpoint.name {
-                "openai" => "max_completion_tokens",
-                _ => "max_tokens",
-            },
+            openai_itself: endpoint.name == "openai",
             endpoint,
         }
     }
@@ -115,7 +116,7 @@ impl Upstream for OpenAi {
                 "only the format it came in can express it",
             ));
         }
-        let out = request_body(request, model, self.max_tokens_field)?;
+        let out = request_body(request, model, self.openai_itself)?;
         Ok(self.call(body(out), key))
     }
 
@@ -215,7 +216,7 @@ fn may_hold_key(body: &[u8], name: &str) -> bool {
 fn request_body(
     request: &Request,
     model: &str,
-    max_tokens_field: &str,
+    openai_itself: bool,
 ) -> Result<Vec<u8>, ProxyError> {
     let mut out = Vec::with_capacity(1024);
     let mut object = JsonObject::new(&mut out);
@@ -236,7 +237,11 @@ fn request_body(
         put(o, "response_format", &ResponseFormatOut::of(format))?;
     }
     if let Some(max_tokens) = request.max_tokens {
-        put(o, max_tokens_field, &max_tokens)?;
+        let field = match openai_itself {
+            true => "max_completion_tokens",
+            false => "max_tokens",
+        };
+        put(o, field, &max_tokens)?;
     }
     if let Some(temperature) = request.temperature {
         put(o, "temperature", &temperature)?;
@@ -244,7 +249,7 @@ fn request_body(
     if let Some(top_p) = request.top_p {
         put(o, "top_p", &top_p)?;
     }
-    if let Some(top_k) = request.top_k {
+    if let Some(top_k) = request.top_k.filter(|_| !openai_itself) {
         put(o, "top_k", &top_k)?;
     }
     if !request.stop.is_empty() {
@@ -253,10 +258,23 @@ fn request_body(
     if let Some(seed) = request.seed {
         put(o, "seed", &seed)?;
     }
-    if let Some(effort) = request.reasoning.and_then(|r| r.effort()) {
+    // Adaptive thinking leaves the amount to the model: OpenAI's default, which also keeps
+    // its models that do not reason from refusing the field.
+    let effort = match request.reasoning {
+        Some(Reasoning::Effort(effort)) => Some(effort),
+        Some(Reasoning::Budget(budget)) => Some(Effort::of_budget(budget)),
+        Some(Reasoning::Adaptive | Reasoning::Disabled) | None => None,
+    };
+    if let Some(effort) = effort {
         put(o, "reasoning_effort", &effort.as_str())?;
     }
-    if let Some(user) = &request.user {
+    // OpenAI takes at most 64 characters; a longer id (Claude Code's is a JSON object of
+    // about 150) would fail the whole request, so it is left out.
+    if let Some(user) = request
+        .user
+        .as_ref()
+        .filter(|user| user.len() <= MAX_USER_LEN)
+    {
         put(o, "user", user)?;
     }
     if request.stream {
@@ -1091,16 +1109,18 @@ mod tests {
     }
 
     #[test]
-    fn openai_itself_gets_max_completion_tokens_and_compatible_servers_max_tokens() {
+    fn openai_itself_gets_max_completion_tokens_and_no_top_k_and_compatible_servers_both() {
         let request = Request {
             model: "m".into(),
             messages: vec![Message::text(Role::User, "hi")],
             max_tokens: Some(7),
+            top_k: Some(40),
             ..Request::default()
         };
         let openai = body_of(&provider().translate_request(&request, "m", None).unwrap());
         assert_eq!(openai["max_completion_tokens"], 7);
         assert!(openai.get("max_tokens").is_none());
+        assert!(openai.get("top_k").is_none());
         let groq = OpenAi::new(Endpoint {
             name: "groq",
             base_url: "http://upstream.test/v1/".into(),
@@ -1109,6 +1129,7 @@ mod tests {
         });
         let groq = body_of(&groq.translate_request(&request, "m", None).unwrap());
         assert_eq!(groq["max_tokens"], 7);
+        assert_eq!(groq["top_k"], 40);
         assert!(groq.get("max_completion_tokens").is_none());
     }
 
@@ -1153,7 +1174,6 @@ mod tests {
                 "max_completion_tokens": 1024,
                 "temperature": 0.2,
                 "top_p": 0.95,
-                "top_k": 40,
                 "stop": ["END"],
                 "seed": 3,
                 "reasoning_effort": "medium",
@@ -1173,7 +1193,6 @@ mod tests {
             "max_completion_tokens",
             "temperature",
             "top_p",
-            "top_k",
             "stop",
             "seed",
             "reasoning_effort",
@@ -1998,8 +2017,18 @@ mod tests {
 
             #[test]
             fn a_request_openai_can_express_reads_back_as_itself(request in request()) {
-                let upstream = provider().translate_request(&request, &request.model, None).unwrap();
+                // A server of OpenAI's format (OpenAI itself takes no `top_k`).
+                let vllm = OpenAi::new(Endpoint {
+                    name: "vllm",
+                    base_url: "http://upstream.test/v1/".into(),
+                    key_required: false,
+                    headers: vec![],
+                });
+                let upstream = vllm.translate_request(&request, &request.model, None).unwrap();
                 let parsed = door::parse(&upstream.body).unwrap();
+                // A `user` longer than OpenAI's 64 characters is left out.
+                let mut request = request;
+                request.user = request.user.filter(|user| user.len() <= 64);
                 prop_assert_eq!(parsed, request);
             }
 
