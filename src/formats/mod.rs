@@ -198,6 +198,14 @@ pub fn unsupported(provider: &str, field: &str, why: impl std::fmt::Display) -> 
     ProxyError::InvalidRequest(format!("`{field}` cannot be sent to {provider}: {why}"))
 }
 
+/// The error for a translated stream that ended without its format's terminal event, so that a
+/// truncated answer ends with an error event instead of looking complete.
+pub fn ended_early(provider: &str, terminal: &str) -> ProxyError {
+    ProxyError::Unreachable(format!(
+        "the {provider} stream ended before its {terminal}; the answer is incomplete"
+    ))
+}
+
 /// A fresh body of `Bytes`, for an `UpstreamRequest`.
 pub fn body(out: Vec<u8>) -> Bytes {
     Bytes::from(out)

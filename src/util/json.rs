@@ -97,6 +97,56 @@ pub fn rewrite_object(
     Some(out)
 }
 
+/// Whether the JSON object `body` has a top-level field named in `names`. The bytes are
+/// searched first, so a body without the word costs no parse (the hot path: a pass-through body
+/// almost never holds the proxy's own fields); a key spelled with escapes is not found. A body
+/// that is not an object says yes, so the rewrite that follows reports it.
+pub fn has_top_level_key(body: &[u8], names: &[&str]) -> bool {
+    let mentioned = names
+        .iter()
+        .any(|name| memchr::memmem::find(body, name.as_bytes()).is_some());
+    if !mentioned {
+        return false;
+    }
+    match serde_json::from_slice::<RawFields>(body) {
+        Ok(RawFields(fields)) => fields
+            .iter()
+            .any(|(name, _)| names.contains(&name.as_ref())),
+        Err(_) => true,
+    }
+}
+
+/// Any JSON value a few levels deep whose object keys and strings are often the words a
+/// format uses (`keys`, `words`), so that parsers of outside input meet their own shapes in
+/// property tests, not only noise.
+#[cfg(test)]
+pub fn arbitrary_json(
+    keys: &'static [&'static str],
+    words: &'static [&'static str],
+) -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    use serde_json::Value;
+    let key = prop_oneof![
+        proptest::sample::select(keys).prop_map(str::to_owned),
+        "[a-z_]{1,8}",
+    ];
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(|f| serde_json::json!(f)),
+        proptest::sample::select(words).prop_map(Value::from),
+        ".{0,12}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 48, 6, move |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+            proptest::collection::vec((key.clone(), inner), 0..6)
+                .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
+        ]
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +162,21 @@ mod tests {
         let added = rewrite_object(b"{}", &[("max_tokens", 5.into())], &[]).unwrap();
         assert_eq!(added, br#"{"max_tokens":5}"#);
         assert!(rewrite_object(b"[1]", &[], &[]).is_none());
+    }
+
+    #[test]
+    fn only_top_level_keys_count() {
+        let names = ["fallbacks"];
+        assert!(has_top_level_key(
+            br#"{"model":"m","fallbacks":["a"]}"#,
+            &names
+        ));
+        assert!(!has_top_level_key(
+            br#"{"model":"m","messages":[{"content":"fallbacks"}]}"#,
+            &names
+        ));
+        assert!(!has_top_level_key(br#"{"model":"m"}"#, &names));
+        assert!(!has_top_level_key(br#"{"model":"m"}"#, &[]));
     }
 
     proptest::proptest! {

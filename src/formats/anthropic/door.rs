@@ -2129,49 +2129,35 @@ mod tests {
 
         /// Any JSON value, a few levels deep, with the keys a Messages body has among others.
         fn any_json() -> impl Strategy<Value = Value> {
-            let key = prop_oneof![
-                Just("model".to_owned()),
-                Just("messages".to_owned()),
-                Just("role".to_owned()),
-                Just("content".to_owned()),
-                Just("type".to_owned()),
-                Just("text".to_owned()),
-                Just("source".to_owned()),
-                Just("tools".to_owned()),
-                Just("tool_choice".to_owned()),
-                Just("thinking".to_owned()),
-                Just("system".to_owned()),
-                Just("input".to_owned()),
-                Just("output_config".to_owned()),
-                "[a-z_]{1,8}",
-            ];
-            let leaf = prop_oneof![
-                Just(Value::Null),
-                any::<bool>().prop_map(Value::from),
-                any::<i64>().prop_map(Value::from),
-                any::<f64>().prop_map(|f| json!(f)),
-                prop_oneof![
-                    Just("user".to_owned()),
-                    Just("assistant".to_owned()),
-                    Just("system".to_owned()),
-                    Just("text".to_owned()),
-                    Just("image".to_owned()),
-                    Just("tool_use".to_owned()),
-                    Just("tool_result".to_owned()),
-                    Just("thinking".to_owned()),
-                    Just("base64".to_owned()),
-                    Just("enabled".to_owned()),
-                    ".{0,12}",
-                ]
-                .prop_map(Value::from),
-            ];
-            leaf.prop_recursive(4, 48, 6, move |inner| {
-                prop_oneof![
-                    proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
-                    proptest::collection::vec((key.clone(), inner), 0..6)
-                        .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
-                ]
-            })
+            crate::util::json::arbitrary_json(
+                &[
+                    "model",
+                    "messages",
+                    "role",
+                    "content",
+                    "type",
+                    "text",
+                    "source",
+                    "tools",
+                    "tool_choice",
+                    "thinking",
+                    "system",
+                    "input",
+                    "output_config",
+                ],
+                &[
+                    "user",
+                    "assistant",
+                    "system",
+                    "text",
+                    "image",
+                    "tool_use",
+                    "tool_result",
+                    "thinking",
+                    "base64",
+                    "enabled",
+                ],
+            )
         }
 
         proptest! {

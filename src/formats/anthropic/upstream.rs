@@ -28,7 +28,7 @@ use super::types::{compact_json, stop_reason, AnswerBlock, BlockOut, Content, Wi
 use crate::{
     error::ProxyError,
     formats::{
-        bad_body, unsupported, Endpoint, Format, PassThrough, StreamDecoder, Upstream,
+        bad_body, ended_early, unsupported, Endpoint, Format, PassThrough, StreamDecoder, Upstream,
         UpstreamRequest,
     },
     model::{
@@ -36,7 +36,7 @@ use crate::{
         ToolChoice, ToolResult, Usage,
     },
     util::{
-        json::{rewrite_object, JsonObject, RawFields},
+        json::{has_top_level_key, rewrite_object, JsonObject},
         sse,
     },
 };
@@ -169,7 +169,7 @@ impl Upstream for Anthropic {
                 .filter(|(name, _)| *name == BETA)
                 .cloned(),
         );
-        let body = if model == request.model && !has_any(request.body, request.remove) {
+        let body = if model == request.model && !has_top_level_key(request.body, request.remove) {
             request.body.clone()
         } else {
             rewrite_object(request.body, &[("model", model.into())], request.remove)
@@ -256,20 +256,6 @@ fn stop_of(native: &str, only_structured: bool) -> StopReason {
     match stop_reason(native) {
         StopReason::ToolCalls if only_structured => StopReason::Stop,
         reason => reason,
-    }
-}
-
-/// Whether the body has any of these top-level fields.
-fn has_any(body: &[u8], names: &[&str]) -> bool {
-    if names.is_empty() {
-        return false;
-    }
-    match serde_json::from_slice::<RawFields>(body) {
-        Ok(RawFields(fields)) => fields
-            .iter()
-            .any(|(name, _)| names.contains(&name.as_ref())),
-        // Not an object: the rewrite says so.
-        Err(_) => true,
     }
 }
 
@@ -827,10 +813,7 @@ impl StreamDecoder for EventDecoder {
         if self.stopped {
             return Ok(());
         }
-        Err(ProxyError::Unreachable(format!(
-            "the {} stream ended before its message_stop event; the answer is incomplete",
-            self.provider
-        )))
+        Err(ended_early(self.provider, "message_stop event"))
     }
 }
 

@@ -50,7 +50,10 @@ use super::{
 };
 use crate::{
     error::ProxyError,
-    formats::{bad_body, unsupported, Endpoint, Format, StreamDecoder, Upstream, UpstreamRequest},
+    formats::{
+        bad_body, ended_early, unsupported, Endpoint, Format, StreamDecoder, Upstream,
+        UpstreamRequest,
+    },
     model::{
         Image, Message, Part, Reasoning, Request, Response, ResponseFormat, Role, StopReason,
         StreamEvent, ToolCall, ToolChoice, ToolResult, Usage,
@@ -638,10 +641,7 @@ impl StreamDecoder for Decoder {
         if self.finished {
             return Ok(());
         }
-        Err(ProxyError::Unreachable(format!(
-            "the {} stream ended before its finishReason; the answer is incomplete",
-            self.provider
-        )))
+        Err(ended_early(self.provider, "finishReason"))
     }
 }
 

@@ -2102,58 +2102,44 @@ mod tests {
 
         /// Any JSON value, a few levels deep, with the keys a chat body has among others.
         fn any_json() -> impl Strategy<Value = Value> {
-            let key = prop_oneof![
-                Just("model".to_owned()),
-                Just("messages".to_owned()),
-                Just("role".to_owned()),
-                Just("content".to_owned()),
-                Just("type".to_owned()),
-                Just("text".to_owned()),
-                Just("image_url".to_owned()),
-                Just("url".to_owned()),
-                Just("stream".to_owned()),
-                Just("stop".to_owned()),
-                Just("tools".to_owned()),
-                Just("function".to_owned()),
-                Just("name".to_owned()),
-                Just("arguments".to_owned()),
-                Just("tool_calls".to_owned()),
-                Just("tool_call_id".to_owned()),
-                Just("tool_choice".to_owned()),
-                Just("response_format".to_owned()),
-                Just("json_schema".to_owned()),
-                Just("max_tokens".to_owned()),
-                Just("stream_options".to_owned()),
-                "[a-z_]{1,8}",
-            ];
-            let leaf = prop_oneof![
-                Just(Value::Null),
-                any::<bool>().prop_map(Value::from),
-                any::<i64>().prop_map(Value::from),
-                any::<f64>().prop_map(|f| json!(f)),
-                prop_oneof![
-                    Just("user".to_owned()),
-                    Just("system".to_owned()),
-                    Just("assistant".to_owned()),
-                    Just("tool".to_owned()),
-                    Just("function".to_owned()),
-                    Just("text".to_owned()),
-                    Just("image_url".to_owned()),
-                    Just("input_audio".to_owned()),
-                    Just("json_schema".to_owned()),
-                    Just("data:image/png;base64,iVBO".to_owned()),
-                    Just("https://x.test/a.png".to_owned()),
-                    ".{0,12}",
-                ]
-                .prop_map(Value::from),
-            ];
-            leaf.prop_recursive(4, 48, 6, move |inner| {
-                prop_oneof![
-                    proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
-                    proptest::collection::vec((key.clone(), inner), 0..6)
-                        .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
-                ]
-            })
+            crate::util::json::arbitrary_json(
+                &[
+                    "model",
+                    "messages",
+                    "role",
+                    "content",
+                    "type",
+                    "text",
+                    "image_url",
+                    "url",
+                    "stream",
+                    "stop",
+                    "tools",
+                    "function",
+                    "name",
+                    "arguments",
+                    "tool_calls",
+                    "tool_call_id",
+                    "tool_choice",
+                    "response_format",
+                    "json_schema",
+                    "max_tokens",
+                    "stream_options",
+                ],
+                &[
+                    "user",
+                    "system",
+                    "assistant",
+                    "tool",
+                    "function",
+                    "text",
+                    "image_url",
+                    "input_audio",
+                    "json_schema",
+                    "data:image/png;base64,iVBO",
+                    "https://x.test/a.png",
+                ],
+            )
         }
 
         proptest! {
