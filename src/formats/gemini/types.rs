@@ -32,6 +32,21 @@ pub enum RequestPart<'a> {
     FunctionCall { name: &'a str, args: Value },
     #[serde(rename = "functionResponse")]
     FunctionResponse { name: &'a str, response: Value },
+    /// A call with the `thoughtSignature` Gemini 3 requires beside the first call of each
+    /// model turn in a tool loop: `{"functionCall": {...}, "thoughtSignature": "..."}`.
+    #[serde(untagged)]
+    SignedFunctionCall {
+        #[serde(rename = "functionCall")]
+        function_call: FunctionCallOut<'a>,
+        #[serde(rename = "thoughtSignature")]
+        thought_signature: &'a str,
+    },
+}
+
+#[derive(Serialize, Debug)]
+pub struct FunctionCallOut<'a> {
+    pub name: &'a str,
+    pub args: Value,
 }
 
 /// `systemInstruction`: the system prompt as one text part.

@@ -12,7 +12,9 @@
 //!   `contents`, so a system message mid-conversation is hoisted there.
 //! - Images become `inline_data` (base64) or `file_data` (URL) parts.
 //! - A tool call becomes `functionCall {name, args}`, without our id: Gemini pairs results
-//!   with calls by order and name. A tool result becomes `functionResponse {name, response}`,
+//!   with calls by order and name. For Gemini 3 on, the first call of each model turn carries
+//!   Google's documented `skip_thought_signature_validator` as its `thoughtSignature`, the real
+//!   one having no way back through other formats. A tool result becomes `functionResponse {name, response}`,
 //!   the name found from the call it answers; `response` is the result's text when that is a
 //!   JSON object, else `{"content": text}`, or `{"error": text}` for an error. Images in a
 //!   result follow the responses as parts of the same content.
@@ -43,7 +45,7 @@ use serde_json::{Map, Value};
 use super::{
     schema,
     types::{
-        Content, FunctionCallingConfig, FunctionDeclaration, FunctionTools,
+        Content, FunctionCallOut, FunctionCallingConfig, FunctionDeclaration, FunctionTools,
         GenerateContentResponse, RequestPart, ResponsePart, SystemInstruction, TextPart,
         ToolConfig, UsageMetadata,
     },
@@ -62,6 +64,17 @@ use crate::{
 };
 
 const API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
+/// The signature Google documents for a call whose real thought signature is not at hand (a
+/// loop begun at another provider, or carried by a client whose format has no field for it):
+/// Gemini 3 refuses a tool loop's call without one, and skips the check for this one.
+const SKIP_SIGNATURE_CHECK: &str = "skip_thought_signature_validator";
+
+/// Whether `model` checks thought signatures on the calls of a tool loop: every Gemini model
+/// from 3 on (1.x and 2.x do not, and get none).
+fn signs_calls(model: &str) -> bool {
+    let model = model.strip_prefix("models/").unwrap_or(model);
+    model.starts_with("gemini-") && !model.starts_with("gemini-1") && !model.starts_with("gemini-2")
+}
 
 /// A Gemini `generateContent` upstream.
 pub struct Gemini {
@@ -108,7 +121,7 @@ impl Upstream for Gemini {
                 })
                 .into_iter()
                 .collect(),
-            body: translate_body(request)?,
+            body: translate_body(request, signs_calls(model))?,
         })
     }
 
@@ -178,8 +191,8 @@ fn model_path(model: &str, stream: bool) -> Result<String, ProxyError> {
 }
 
 /// Writes the `generateContent` body: our fields translated, the caller's extras as given.
-fn translate_body(request: &Request) -> Result<Bytes, ProxyError> {
-    let (contents, system) = contents(request)?;
+fn translate_body(request: &Request, sign_calls: bool) -> Result<Bytes, ProxyError> {
+    let (contents, system) = contents(request, sign_calls)?;
     let mut out = Vec::with_capacity(256);
     let mut object = JsonObject::new(&mut out);
     let mut written: Vec<&str> = Vec::with_capacity(5);
@@ -231,7 +244,10 @@ fn put<'n>(
 }
 
 /// The messages as `contents`, and the system texts to hoist into `systemInstruction`.
-fn contents(request: &Request) -> Result<(Vec<Content<'_>>, Vec<&str>), ProxyError> {
+fn contents(
+    request: &Request,
+    sign_calls: bool,
+) -> Result<(Vec<Content<'_>>, Vec<&str>), ProxyError> {
     let mut system: Vec<&str> = request
         .system
         .iter()
@@ -254,7 +270,7 @@ fn contents(request: &Request) -> Result<(Vec<Content<'_>>, Vec<&str>), ProxyErr
             }
             continue;
         }
-        let parts = parts(request, index, message)?;
+        let parts = parts(request, index, message, sign_calls)?;
         if parts.is_empty() {
             continue;
         }
@@ -276,13 +292,25 @@ fn parts<'r>(
     request: &'r Request,
     index: usize,
     message: &'r Message,
+    sign_calls: bool,
 ) -> Result<Vec<RequestPart<'r>>, ProxyError> {
     let mut parts = Vec::with_capacity(message.content.len());
+    let mut signed = !sign_calls;
     let mut result_images = Vec::new();
     for part in &message.content {
         match part {
             Part::Text { text, .. } => parts.push(RequestPart::Text(text)),
             Part::Image { image, .. } => parts.push(image_part(image)),
+            Part::ToolCall(call) if !signed => {
+                signed = true;
+                parts.push(RequestPart::SignedFunctionCall {
+                    function_call: FunctionCallOut {
+                        name: &call.name,
+                        args: call.arguments_object(),
+                    },
+                    thought_signature: SKIP_SIGNATURE_CHECK,
+                });
+            }
             Part::ToolCall(call) => parts.push(RequestPart::FunctionCall {
                 name: &call.name,
                 args: call.arguments_object(),
@@ -979,6 +1007,54 @@ mod tests {
                 ]},
             ])
         );
+    }
+
+    #[test]
+    fn gemini_3_gets_the_documented_signature_on_each_turns_first_call() {
+        let turn = |model: &str| {
+            let mut request = request(vec![
+                Message::text(Role::User, "Weather in Paris and Rome?"),
+                message(
+                    Role::Assistant,
+                    vec![
+                        call("call_1", "get_weather", r#"{"city":"Paris"}"#),
+                        call("call_2", "get_weather", r#"{"city":"Rome"}"#),
+                    ],
+                ),
+                message(
+                    Role::Tool,
+                    vec![
+                        result("call_1", "sunny", false),
+                        result("call_2", "rain", false),
+                    ],
+                ),
+            ]);
+            request.model = model.into();
+            sent(&request)["contents"][1]["parts"].clone()
+        };
+        // Parallel calls: only the first carries a signature, as Gemini 3 answers them.
+        assert_eq!(
+            turn("gemini-3-flash-preview"),
+            json!([
+                {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
+                 "thoughtSignature": "skip_thought_signature_validator"},
+                {"functionCall": {"name": "get_weather", "args": {"city": "Rome"}}},
+            ])
+        );
+        assert_eq!(
+            turn("gemini-flash-latest")[0]["thoughtSignature"],
+            SKIP_SIGNATURE_CHECK
+        );
+        for older in [
+            "gemini-2.5-flash",
+            "gemini-1.5-pro",
+            "models/gemini-2.0-flash",
+        ] {
+            assert!(
+                turn(older)[0].get("thoughtSignature").is_none(),
+                "{older} checks no signatures"
+            );
+        }
     }
 
     #[test]
