@@ -533,14 +533,17 @@ fn translate_body(
     if let Some(choice) = &tool_choice {
         body.field("tool_choice", choice)?;
     }
-    if let Some(temperature) = &request.temperature {
-        body.field("temperature", temperature)?;
+    // While thinking, Anthropic refuses any temperature or top_k and a top_p below 0.95:
+    // thinking was asked for, so those samplers give way (documented in docs/tools.md).
+    let thinks = thinking.is_some();
+    if let Some(temperature) = request.temperature.filter(|_| !thinks) {
+        body.field("temperature", &temperature)?;
     }
-    if let Some(top_p) = &request.top_p {
-        body.field("top_p", top_p)?;
+    if let Some(top_p) = request.top_p.filter(|top_p| !thinks || *top_p >= 0.95) {
+        body.field("top_p", &top_p)?;
     }
-    if let Some(top_k) = &request.top_k {
-        body.field("top_k", top_k)?;
+    if let Some(top_k) = request.top_k.filter(|_| !thinks) {
+        body.field("top_k", &top_k)?;
     }
     if !request.stop.is_empty() {
         body.field("stop_sequences", &request.stop)?;
@@ -1199,6 +1202,29 @@ mod tests {
             ..request(hi())
         };
         assert!(sent(&no_tools).get("tool_choice").is_none());
+    }
+
+    #[test]
+    fn samplers_anthropic_refuses_while_thinking_give_way_to_thinking() {
+        let sampled = |reasoning, top_p| Request {
+            reasoning,
+            temperature: Some(0.7),
+            top_p: Some(top_p),
+            top_k: Some(40),
+            ..request(vec![Message::text(Role::User, "hi")])
+        };
+        let thinking = sent(&sampled(Some(Reasoning::Effort(Effort::Low)), 0.9));
+        assert_eq!(thinking["thinking"]["budget_tokens"], 1024);
+        for field in ["temperature", "top_p", "top_k"] {
+            assert!(thinking.get(field).is_none(), "{field}: {thinking}");
+        }
+        let high_top_p = sent(&sampled(Some(Reasoning::Effort(Effort::Low)), 0.97));
+        assert_eq!(high_top_p["top_p"], 0.97);
+        let plain = sent(&sampled(None, 0.9));
+        assert_eq!(
+            (&plain["temperature"], &plain["top_p"], &plain["top_k"]),
+            (&json!(0.7), &json!(0.9), &json!(40))
+        );
     }
 
     #[test]
@@ -2025,6 +2051,12 @@ mod tests {
                 let mut request = request;
                 if forces_a_tool(&request) || !last_tool_turn_thought(&request) {
                     request.reasoning = request.reasoning.filter(|r| r.budget_tokens().is_none());
+                }
+                // Samplers Anthropic refuses while thinking give way to it.
+                if request.reasoning.and_then(|r| r.budget_tokens()).is_some() {
+                    request.temperature = None;
+                    request.top_k = None;
+                    request.top_p = request.top_p.filter(|top_p| *top_p >= 0.95);
                 }
                 let plain = request.system.iter().all(|part| matches!(part, Part::Text { cache_control: None, .. }));
                 if plain && request.system.len() > 1 {
