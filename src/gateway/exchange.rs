@@ -1,5 +1,7 @@
-//! One request's way upstream: its targets (the provider asked for, then its fallbacks), each
-//! tried with retries and backoff, and the reply in the route's shape once one answers.
+//! One request's way upstream: the doors it can come through, its targets (the provider asked
+//! for, then its fallbacks), each tried with retries and backoff, and the reply in the door's
+//! shape once one answers: passed through when the upstream speaks the door's format,
+//! translated through the model when not.
 
 use std::{
     borrow::Cow,

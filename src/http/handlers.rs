@@ -1,5 +1,6 @@
-//! HTTP handlers: read the request, work out its targets (provider, fallbacks, keys), hand
-//! them to `exchange`, and answer errors in the route's shape.
+//! HTTP handlers, one per door (the path route, the OpenAI door, the Anthropic door): read the
+//! request, work out its targets (provider, fallbacks, keys), hand them to `exchange`, and
+//! answer errors in the door's shape.
 
 use std::borrow::Cow;
 

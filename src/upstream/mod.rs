@@ -1,4 +1,5 @@
-//! The only awc code: the pooled client, sending a request, reading or relaying the answer.
+//! The only awc code: the pooled client, sending a request, reading the answer, relaying a
+//! stream as it came or translating it event by event (a format's decoder, a door's encoder).
 
 pub mod http1_head;
 pub mod report;
