@@ -168,6 +168,9 @@ pub struct Tool {
     /// The JSON schema of the arguments.
     pub parameters: Value,
     pub cache_control: Option<Value>,
+    /// Calls must follow the schema exactly (OpenAI's `function.strict`); `None` when the
+    /// caller did not say.
+    pub strict: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -602,7 +602,9 @@ fn parse_tools(
         input_schema: Option<&'a RawValue>,
         #[serde(borrow)]
         cache_control: Option<&'a RawValue>,
-        // `defer_loading`, `input_examples` and `strict` are Anthropic's hints; dropped.
+        #[serde(borrow)]
+        strict: Option<&'a RawValue>,
+        // `defer_loading` and `input_examples` are Anthropic's hints; dropped.
     }
     let raw: Vec<&RawValue> = need(value, "", "tools", "an array of tools")?;
     let mut tools = Vec::with_capacity(raw.len());
@@ -629,6 +631,7 @@ fn parse_tools(
             description: get(tool.description, &at, "description", "a string")?,
             parameters,
             cache_control: object_field(tool.cache_control, &at, "cache_control")?,
+            strict: get(tool.strict, &at, "strict", "true or false")?,
         });
     }
     Ok(tools)

@@ -882,6 +882,7 @@ mod tests {
             description: Some("Does it.".into()),
             parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}}),
             cache_control: None,
+            strict: None,
         }
     }
 
@@ -1281,6 +1282,7 @@ mod tests {
                 description: None,
                 parameters: json!({"type": "object"}),
                 cache_control: None,
+                strict: None,
             }],
             ..request(vec![Message::text(Role::User, "hi")])
         };
@@ -1845,6 +1847,7 @@ mod tests {
                     name,
                     description,
                     cache_control,
+                    strict: None,
                 },
             );
             proptest::collection::vec(tool, 0..3)

@@ -1135,12 +1135,14 @@ mod tests {
                         "$schema": "http://json-schema.org/draft-07/schema#",
                     }),
                     cache_control: None,
+                    strict: None,
                 },
                 Tool {
                     name: "get_time".into(),
                     description: None,
                     parameters: json!({"type": "object", "properties": {}}),
                     cache_control: None,
+                    strict: None,
                 },
             ],
             ..hi()

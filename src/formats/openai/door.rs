@@ -312,8 +312,6 @@ fn parse_tools(value: &RawValue, unportable: &mut Vec<String>) -> Result<Vec<Too
         name: Option<String>,
         description: Option<String>,
         parameters: Option<Value>,
-        // Read so that a wrong type is refused; the model has no place for it.
-        #[allow(dead_code)]
         strict: Option<bool>,
     }
     let tools: Vec<&RawValue> = parse_as(value, "`tools` must be an array of tools")?;
@@ -352,6 +350,7 @@ fn parse_tools(value: &RawValue, unportable: &mut Vec<String>) -> Result<Vec<Too
                 .parameters
                 .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
             cache_control: tool.cache_control,
+            strict: function.strict,
         });
     }
     Ok(out)
@@ -1276,12 +1275,14 @@ mod tests {
                     description: Some("Reads a file".into()),
                     parameters: json!({"type":"object","properties":{"path":{"type":"string"}}}),
                     cache_control: None,
+                    strict: Some(true),
                 },
                 Tool {
                     name: "list_dir".into(),
                     description: None,
                     parameters: json!({"type": "object", "properties": {}}),
                     cache_control: Some(json!({"type": "ephemeral"})),
+                    strict: None,
                 },
             ],
             tool_choice: Some(ToolChoice::Tool("read_file".into())),

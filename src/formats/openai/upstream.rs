@@ -438,6 +438,8 @@ struct FunctionOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     description: Option<&'a str>,
     parameters: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strict: Option<bool>,
 }
 
 impl<'a> ToolOut<'a> {
@@ -448,6 +450,7 @@ impl<'a> ToolOut<'a> {
                 name: &tool.name,
                 description: tool.description.as_deref(),
                 parameters: &tool.parameters,
+                strict: tool.strict,
             },
         }
     }
@@ -1065,6 +1068,7 @@ mod tests {
                 description: Some("Reads a file".into()),
                 parameters: json!({"type": "object"}),
                 cache_control: Some(json!({"type": "ephemeral"})),
+                strict: None,
             }],
             tool_choice: Some(ToolChoice::Required),
             parallel_tool_calls: Some(true),
@@ -1745,14 +1749,19 @@ mod tests {
         }
 
         fn tool() -> impl Strategy<Value = Tool> {
-            ("[a-z_]{1,10}", proptest::option::of(text()), object()).prop_map(
-                |(name, description, parameters)| Tool {
+            (
+                "[a-z_]{1,10}",
+                proptest::option::of(text()),
+                object(),
+                proptest::option::of(any::<bool>()),
+            )
+                .prop_map(|(name, description, parameters, strict)| Tool {
                     name,
                     description,
                     parameters,
                     cache_control: None,
-                },
-            )
+                    strict,
+                })
         }
 
         fn tool_choice() -> impl Strategy<Value = ToolChoice> {
