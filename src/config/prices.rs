@@ -375,6 +375,52 @@ mod tests {
     }
 
     #[test]
+    fn a_price_for_an_unknown_provider_is_refused() {
+        let value: Value =
+            serde_json::from_str(r#"{"grok/x": {"input": 1, "output": 1}}"#).unwrap();
+        let entries = parse(&value, "prices").unwrap();
+        assert_eq!(
+            check_providers(&entries, |name| name == "openai"),
+            Err(r#"prices.grok/x: "grok" is not a known provider"#.into())
+        );
+        assert_eq!(check_providers(&entries, |name| name == "grok"), Ok(()));
+    }
+
+    proptest::proptest! {
+        /// Whatever the providers file holds, its prices parse or are refused with the place
+        /// named; a parsed price is always one that costs a finite amount.
+        #[test]
+        fn any_prices_section_parses_or_names_its_fault(
+            section in crate::util::json::arbitrary_json(
+                &["openai/gpt-4o", "anthropic/claude-3-5-haiku", "input", "output",
+                  "cache_read", "cache_write"],
+                &["1", "openai/x"],
+            )
+        ) {
+            match parse(&section, "prices") {
+                Ok(entries) => {
+                    for entry in entries {
+                        let p = entry.price;
+                        let prices = [Some(p.input), Some(p.output), p.cache_read, p.cache_write];
+                        proptest::prop_assert!(prices
+                            .into_iter()
+                            .flatten()
+                            .all(|usd| (0.0..=1e6).contains(&usd)));
+                    }
+                }
+                Err(error) => proptest::prop_assert!(error.starts_with("prices"), "{}", error),
+            }
+        }
+
+        #[test]
+        fn cutting_a_date_never_panics(model in ".{0,16}") {
+            if let Some(name) = undated(&model) {
+                proptest::prop_assert!(model.starts_with(name) && name.len() < model.len());
+            }
+        }
+    }
+
+    #[test]
     fn only_a_date_at_the_end_is_cut() {
         assert_eq!(undated("gpt-4o-mini-2024-07-18"), Some("gpt-4o-mini"));
         assert_eq!(
