@@ -177,10 +177,11 @@ struct Record {
 /// What an answer cost: its usage priced by the table, as the model the upstream says
 /// answered, else the one asked for. `None` when anything is unknown.
 fn cost_of(prices: Option<&PriceTable>, info: &AccessInfo, usage: Option<&Usage>) -> Option<Cost> {
+    let streamed = info.stream_report.as_ref().and_then(|s| s.answered_model());
     cost::cost_of(
         prices?,
         info.provider?,
-        info.answered_model.as_deref(),
+        info.answered_model.as_deref().or(streamed.as_deref()),
         info.model.as_deref()?,
         usage?,
     )

@@ -566,6 +566,12 @@ impl Translated {
 
     fn encode(&mut self) {
         for event in self.events.drain(..) {
+            if let StreamEvent::Start {
+                model: Some(model), ..
+            } = &event
+            {
+                self.context.report.model_seen(model);
+            }
             self.encoder.event(event, &mut self.out);
         }
     }
@@ -684,10 +690,15 @@ fn record_usage(data: &str, into: &StreamReport) {
         message: Option<Message>,
         #[serde(rename = "usageMetadata")]
         usage_metadata: Option<GeminiCounts>,
+        /// OpenAI's chunks name the model that answered, and Gemini's `modelVersion`.
+        model: Option<String>,
+        #[serde(rename = "modelVersion")]
+        model_version: Option<String>,
     }
     #[derive(serde::Deserialize)]
     struct Message {
         usage: Option<Counts>,
+        model: Option<String>,
     }
     #[derive(serde::Deserialize)]
     struct Counts {
@@ -725,6 +736,11 @@ fn record_usage(data: &str, into: &StreamReport) {
     let Ok(probe) = serde_json::from_str::<Probe>(data) else {
         return;
     };
+    let message_model = probe.message.as_ref().and_then(|m| m.model.as_deref());
+    let named = probe.model.as_deref().or(probe.model_version.as_deref());
+    if let Some(model) = named.or(message_model) {
+        into.model_seen(model);
+    }
     // The counts by the rule of `model::Usage`: input counts every prompt token, cached
     // ones too (Anthropic reports those apart), output every generated one, thoughts too
     // (Gemini reports those apart). A count an event leaves out stays as seen before.
@@ -1036,6 +1052,20 @@ mod tests {
             let mut scanner = UsageScanner::new(usage.clone(), sse::MAX_EVENT_BYTES);
             scanner.scan(stream);
             assert_eq!(usage.usage(), Some(expected));
+        }
+    }
+
+    #[test]
+    fn the_model_a_pass_through_stream_names_is_kept_for_its_price() {
+        for (stream, model) in [
+            (&b"data: {\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3}}\n\n"[..], "gpt-4o-mini-2024-07-18"),
+            (&include_bytes!("../../tests/fixtures/anthropic/stream.sse")[..], "claude-3-5-haiku-20241022"),
+            (&b"data: {\"usageMetadata\":{\"promptTokenCount\":7},\"modelVersion\":\"gemini-2.5-flash\"}\n\n"[..], "gemini-2.5-flash"),
+        ] {
+            let usage = Rc::new(StreamReport::default());
+            let mut scanner = UsageScanner::new(usage.clone(), sse::MAX_EVENT_BYTES);
+            scanner.scan(stream);
+            assert_eq!(usage.answered_model().as_deref(), Some(model));
         }
     }
 

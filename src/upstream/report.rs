@@ -1,7 +1,7 @@
 //! What a stream learns as it passes: its token counts (cached and reasoning ones too), and
 //! how it ended.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use crate::model::Usage;
 
@@ -35,6 +35,8 @@ impl Ending {
 #[derive(Debug, Default)]
 pub struct StreamReport {
     usage: Cell<Option<Usage>>,
+    /// The model the stream says answered, as its first event naming one gave it.
+    model: RefCell<Option<String>>,
     broken: Cell<Option<Ending>>,
 }
 
@@ -56,6 +58,20 @@ impl StreamReport {
     /// How the upstream broke the stream, if it did.
     pub fn broken(&self) -> Option<Ending> {
         self.broken.get()
+    }
+
+    /// The stream names the model answering (priced before the one asked for); the first
+    /// name is kept.
+    pub fn model_seen(&self, model: &str) {
+        let mut seen = self.model.borrow_mut();
+        if seen.is_none() {
+            *seen = Some(model.to_owned());
+        }
+    }
+
+    /// The model the stream said answered, if it named one.
+    pub fn answered_model(&self) -> Option<String> {
+        self.model.borrow().clone()
     }
 
     /// Every count seen so far, cached and reasoning ones too; `None` before any.

@@ -46,13 +46,14 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .map(|value| value.parse().expect("a number"))
 }
 
-/// The metrics once `series` has a sample (a stream is counted when its body is done).
-async fn metrics_once(proxy: &Proxy, series: &str) -> String {
+/// The value of `series` once it is above `floor`, or as it is after 5 s: a stream is
+/// counted when its body is done, a moment after the client read its last byte.
+async fn total_above(proxy: &Proxy, series: &str, floor: f64) -> Option<f64> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let text = metrics_text(proxy).await;
-        if sample(&text, series).is_some() || std::time::Instant::now() > deadline {
-            return text;
+        let total = sample(&metrics_text(proxy).await, series);
+        if total.is_some_and(|usd| usd > floor) || std::time::Instant::now() > deadline {
+            return total;
         }
         actix_web::rt::task::yield_now().await;
     }
@@ -183,8 +184,7 @@ async fn costs_are_counted_after_answers_and_streams_under_the_price_entrys_mode
     let answer = chat(&proxy, "openai", hi("gpt-4o-mini-2024-07-18")).await;
     assert_eq!(answer.status, 200);
     let openai = r#"llm_proxy_cost_usd_total{provider="openai",model="gpt-4o-mini"}"#;
-    let text = metrics_once(&proxy, openai).await;
-    assert_close(sample(&text, openai), 37.0 / 1e6);
+    assert_close(total_above(&proxy, openai, 0.0).await, 37.0 / 1e6);
 
     // A stream passed through (25 in, 15 out), then the same stream translated.
     let anthropic = r#"llm_proxy_cost_usd_total{provider="anthropic",model="claude-3-5-haiku"}"#;
@@ -195,19 +195,30 @@ async fn costs_are_counted_after_answers_and_streams_under_the_price_entrys_mode
         None,
         "a stream's cost is in the log"
     );
-    let text = metrics_once(&proxy, anthropic).await;
-    assert_close(sample(&text, anthropic), 55.0 / 1e6);
+    assert_close(total_above(&proxy, anthropic, 0.0).await, 55.0 / 1e6);
 
     let translated = complete(&proxy, streamed("anthropic/claude-3-5-haiku-20241022")).await;
     assert_eq!(translated.status, 200);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let mut total = None;
-    while std::time::Instant::now() < deadline {
-        total = sample(&metrics_text(&proxy).await, anthropic);
-        if total.is_some_and(|usd| usd > 56.0 / 1e6) {
-            break;
-        }
-        actix_web::rt::task::yield_now().await;
-    }
-    assert_close(total, 110.0 / 1e6);
+    assert_close(
+        total_above(&proxy, anthropic, 56.0 / 1e6).await,
+        110.0 / 1e6,
+    );
+}
+
+#[actix_web::test]
+async fn a_stream_is_priced_as_the_model_it_says_answered() {
+    let mock = Mock::start(|_| Reply::sse(vec![fixture("anthropic/stream.sse")]));
+    let proxy = start_proxy(config_with_catalog(&mock, PRICES));
+    // Asked as a name with no price; the stream's message_start names claude-3-5-haiku-20241022.
+    let passed = chat(&proxy, "anthropic", streamed("house-haiku")).await;
+    assert_eq!(passed.status, 200);
+    let anthropic = r#"llm_proxy_cost_usd_total{provider="anthropic",model="claude-3-5-haiku"}"#;
+    assert_close(total_above(&proxy, anthropic, 0.0).await, 55.0 / 1e6);
+
+    let translated = complete(&proxy, streamed("anthropic/house-haiku")).await;
+    assert_eq!(translated.status, 200);
+    assert_close(
+        total_above(&proxy, anthropic, 56.0 / 1e6).await,
+        110.0 / 1e6,
+    );
 }
