@@ -373,9 +373,29 @@ mod tests {
                 r#"{"aliases": {"fast": {"provider": "nobody", "model": "m"}}}"#,
                 "aliases.fast.provider",
             ),
+            (
+                r#"{"prices": {"nobody/m": {"input": 1, "output": 2}}}"#,
+                r#"prices.nobody/m: "nobody" is not a known provider"#,
+            ),
         ] {
             let err = check_catalog(&Catalog::parse(catalog).unwrap()).unwrap_err();
             assert!(err.contains(expected), "{catalog}: {err}");
         }
+    }
+
+    #[test]
+    fn prices_are_read_for_built_in_and_declared_providers() {
+        let catalog = Catalog::parse(
+            r#"{"providers": {"groq": {"kind": "openai", "base_url": "http://x"}},
+                "prices": {"groq/llama": {"input": 0.5, "output": 1},
+                           "openai/gpt-4o": {"input": 2, "output": 8, "cache_read": 1}}}"#,
+        )
+        .unwrap();
+        check_catalog(&catalog).unwrap();
+        assert_eq!(catalog.prices.len(), 2);
+        assert_eq!(catalog.prices[0].provider, "groq");
+        assert_eq!(catalog.prices[1].price.cache_read, Some(1.0));
+        let err = Catalog::parse(r#"{"prices": {"openai/x": {"input": 1}}}"#).unwrap_err();
+        assert_eq!(err, "prices.openai/x.output: required, a number");
     }
 }
