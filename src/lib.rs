@@ -15,8 +15,10 @@
 //! - [`util`]: no knowledge of providers: [`util::sse`] (the incremental, bounded event
 //!   parser), [`util::json`] (order-keeping rewrites), [`util::url`].
 //! - [`config`]: the typed configuration, read from the environment once at start;
-//!   [`config::providers_file`]: the providers file, the built-in providers, its checks.
-//! - [`model`]: the proxy's own chat model: request, response, stream events, usage.
+//!   [`config::providers_file`]: the providers file, the built-in providers, its checks;
+//!   [`config::prices`]: the price table (shipped in `data/prices.json`, overridden there).
+//! - [`model`]: the proxy's own chat model: request, response, stream events, usage, and
+//!   [`model::cost`], what a usage costs by the price table.
 //! - [`error`]: `ProxyError`, the one place that picks an error's status and its body in
 //!   each door's shape; [`limits`]: admission (requests in flight, bodies arriving,
 //!   upstream connections).

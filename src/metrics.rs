@@ -84,6 +84,12 @@ struct TokenLabels {
     direction: &'static str,
 }
 
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CostLabels {
+    provider: &'static str,
+    model: &'static str,
+}
+
 /// What a failed upstream call counts under: the status it answered with, or how it failed.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 enum UpstreamStatus {
@@ -113,6 +119,7 @@ pub struct Metrics {
     fallbacks: Family<ProviderLabels, Counter>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
+    cost: Family<CostLabels, Counter<f64, AtomicU64>>,
     models: Models,
 }
 
@@ -129,6 +136,7 @@ impl Default for Metrics {
             fallbacks: Family::default(),
             upstream_errors: Family::default(),
             tokens: Family::default(),
+            cost: Family::default(),
             models: Models::default(),
         };
         // The registry holds clones: each metric shares its values with the handle kept here.
@@ -183,6 +191,11 @@ impl Default for Metrics {
             "Tokens reported by upstreams, by provider, model and direction",
             metrics.tokens.clone(),
         );
+        registry.register(
+            "llm_proxy_cost_usd",
+            "Cost of answers in USD by the price table, by provider and the price entry's model",
+            metrics.cost.clone(),
+        );
         metrics
     }
 }
@@ -221,6 +234,14 @@ impl Metrics {
                     .inc_by(tokens);
             }
         }
+    }
+
+    /// An answer with a known cost: `model` is the price table's own name for it, so the
+    /// labels are bounded by the table, not by what callers send.
+    pub fn cost(&self, provider: &'static str, model: &'static str, usd: f64) {
+        self.cost
+            .get_or_create(&CostLabels { provider, model })
+            .inc_by(usd);
     }
 
     /// An upstream answered with its headers this long after the call began.

@@ -1,9 +1,12 @@
 //! The providers file (`PROVIDERS_FILE`): extra providers, overrides of built-in ones, and model
-//! aliases, checked field by field at start.
+//! aliases, prices, checked field by field at start.
 
 use actix_web::http::header::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
+pub use crate::config::fields::is_valid_name;
+use crate::config::fields::{object, only_fields};
+use crate::config::prices::{self, PriceEntry};
 use crate::util::url::check_base_url;
 
 /// The wire formats a provider can speak.
@@ -31,6 +34,8 @@ pub const BUILT_IN: [(&str, &str, bool); 4] = [
 pub struct Catalog {
     pub providers: Vec<ProviderDecl>,
     pub aliases: Vec<AliasDecl>,
+    /// Prices over the shipped table's (see [`prices`]).
+    pub prices: Vec<PriceEntry>,
 }
 
 /// One entry of `providers`: a new provider, or an override of a built-in one (then every
@@ -60,7 +65,7 @@ impl Catalog {
     pub fn parse(text: &str) -> Result<Self, String> {
         let root: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
         let root = object(&root, "the file")?;
-        only_fields(root, "", &["providers", "aliases"])?;
+        only_fields(root, "", &["providers", "aliases", "prices"])?;
         let mut catalog = Catalog::default();
         if let Some(providers) = root.get("providers") {
             for (name, decl) in object(providers, "providers")? {
@@ -71,6 +76,9 @@ impl Catalog {
             for (name, decl) in object(aliases, "aliases")? {
                 catalog.aliases.push(alias(name, decl)?);
             }
+        }
+        if let Some(section) = root.get("prices") {
+            catalog.prices = prices::parse(section, "prices")?;
         }
         Ok(catalog)
     }
@@ -178,37 +186,6 @@ fn alias(name: &str, decl: &Value) -> Result<AliasDecl, String> {
     })
 }
 
-/// Provider names are what appears in `/v1/chat/{provider}` and before the `/` of a model.
-pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
-}
-
-fn object<'v>(value: &'v Value, at: &str) -> Result<&'v Map<String, Value>, String> {
-    value
-        .as_object()
-        .ok_or_else(|| format!("{at}: must be a JSON object"))
-}
-
-fn only_fields(fields: &Map<String, Value>, at: &str, known: &[&str]) -> Result<(), String> {
-    match fields.keys().find(|key| !known.contains(&key.as_str())) {
-        None => Ok(()),
-        Some(unknown) => {
-            let place = if at.is_empty() {
-                unknown.clone()
-            } else {
-                format!("{at}.{unknown}")
-            };
-            Err(format!(
-                "{place}: unknown field; expected one of {}",
-                known.join(", ")
-            ))
-        }
-    }
-}
-
 fn optional_string(
     fields: &Map<String, Value>,
     at: &str,
@@ -252,7 +229,9 @@ pub fn check_catalog(catalog: &Catalog) -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    prices::check_providers(&catalog.prices, |name| {
+        built_in(name).is_some() || catalog.providers.iter().any(|p| p.name == name)
+    })
 }
 
 #[cfg(test)]
@@ -394,9 +373,29 @@ mod tests {
                 r#"{"aliases": {"fast": {"provider": "nobody", "model": "m"}}}"#,
                 "aliases.fast.provider",
             ),
+            (
+                r#"{"prices": {"nobody/m": {"input": 1, "output": 2}}}"#,
+                r#"prices.nobody/m: "nobody" is not a known provider"#,
+            ),
         ] {
             let err = check_catalog(&Catalog::parse(catalog).unwrap()).unwrap_err();
             assert!(err.contains(expected), "{catalog}: {err}");
         }
+    }
+
+    #[test]
+    fn prices_are_read_for_built_in_and_declared_providers() {
+        let catalog = Catalog::parse(
+            r#"{"providers": {"groq": {"kind": "openai", "base_url": "http://x"}},
+                "prices": {"groq/llama": {"input": 0.5, "output": 1},
+                           "openai/gpt-4o": {"input": 2, "output": 8, "cache_read": 1}}}"#,
+        )
+        .unwrap();
+        check_catalog(&catalog).unwrap();
+        assert_eq!(catalog.prices.len(), 2);
+        assert_eq!(catalog.prices[0].provider, "groq");
+        assert_eq!(catalog.prices[1].price.cache_read, Some(1.0));
+        let err = Catalog::parse(r#"{"prices": {"openai/x": {"input": 1}}}"#).unwrap_err();
+        assert_eq!(err, "prices.openai/x.output: required, a number");
     }
 }

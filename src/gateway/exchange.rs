@@ -171,6 +171,9 @@ pub struct Outcome {
     pub upstream_time: Duration,
     /// A non-stream answer's token counts.
     pub usage: Option<Usage>,
+    /// The model a non-stream answer says answered (it may be a dated snapshot of the one
+    /// asked for), which is priced first.
+    pub answered_model: Option<String>,
     /// A stream's token counts and ending, filled in as it passes.
     pub stream_report: Option<Rc<StreamReport>>,
     /// The passed-on headers (rate limits, request ids) of the last upstream answer, for an
@@ -507,6 +510,7 @@ async fn try_once(
         .translate_response(&body, model)
         .map_err(Failed::no_retry)?;
     outcome.usage = answer.usage;
+    outcome.answered_model = Some(answer.model.clone());
     let json = match door {
         // In the door's own format already: passed on as it came.
         Door::OpenAi | Door::Anthropic if same_format => body,

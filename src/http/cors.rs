@@ -53,6 +53,7 @@ const ALLOWED_HEADERS_TEXT: &str = "X-API-Key, X-API-Key-<Provider>, Authorizati
 /// and rate limits; see `upstream::is_passed_on`). Browsers do not expand wildcards in this
 /// list when a request carries credentials, so every name is spelled out.
 const EXPOSE_HEADERS: &str = "X-Request-Id, X-Proxy-Provider, X-Proxy-Model, X-Proxy-Attempts, \
+     X-Proxy-Cost-USD, \
      Retry-After, Retry-After-Ms, Request-Id, X-Upstream-Request-Id, \
      X-RateLimit-Limit-Requests, X-RateLimit-Limit-Tokens, X-RateLimit-Remaining-Requests, \
      X-RateLimit-Remaining-Tokens, X-RateLimit-Reset-Requests, X-RateLimit-Reset-Tokens, \

@@ -39,6 +39,7 @@ fn record(info: &mut AccessInfo, outcome: Outcome) {
     info.attempts = outcome.attempts;
     info.upstream_time = outcome.upstream_time;
     info.usage = outcome.usage;
+    info.answered_model = outcome.answered_model;
     info.stream_report = outcome.stream_report;
 }
 

@@ -12,7 +12,7 @@ use std::{
 use actix_web::{
     body::{BodySize, BoxBody, MessageBody},
     dev::{ServiceRequest, ServiceResponse},
-    http::header::HeaderValue,
+    http::header::{HeaderName, HeaderValue},
     middleware::Next,
     web::{self, Bytes},
     Error, HttpMessage,
@@ -23,7 +23,14 @@ use crate::upstream::{
     report::{Ending, StreamReport},
     REQUEST_ID,
 };
+use crate::{
+    config::prices::PriceTable,
+    model::cost::{self, Cost},
+};
 use crate::{config::Config, limits::RequestLimit, metrics, metrics::Metrics, model::Usage};
+
+/// What a non-stream answer cost, in USD, when its price is known.
+pub const PROXY_COST: HeaderName = HeaderName::from_static("x-proxy-cost-usd");
 
 /// The id of the request being served, in its extensions.
 #[derive(Clone, Debug)]
@@ -43,6 +50,8 @@ pub struct AccessInfo {
     pub handled_at: Option<Instant>,
     /// Token counts of a non-stream answer.
     pub usage: Option<Usage>,
+    /// The model a non-stream answer says answered, priced before `model`.
+    pub answered_model: Option<String>,
     /// What a stream reports as it passes: its token counts, and whether the upstream broke it.
     pub stream_report: Option<Rc<StreamReport>>,
 }
@@ -97,6 +106,7 @@ pub async fn observe(
     let json = request
         .app_data::<web::Data<Config>>()
         .is_some_and(|config| config.log_json);
+    let prices = request.app_data::<web::Data<PriceTable>>().cloned();
     let mut response = next.call(request).await?;
     response.headers_mut().insert(REQUEST_ID, id.clone());
     let info = response
@@ -105,6 +115,20 @@ pub async fn observe(
         .get::<AccessInfo>()
         .cloned()
         .unwrap_or_default();
+    // A stream's cost is known at its end, in the log; an answer's is known now.
+    let answer_cost = match info.stream {
+        true => None,
+        false => cost_of(
+            prices.as_ref().map(|p| p.get_ref()),
+            &info,
+            info.usage.as_ref(),
+        ),
+    };
+    if let Some(cost) = answer_cost {
+        if let Ok(value) = HeaderValue::from_str(&cost::format_usd(cost.usd)) {
+            response.headers_mut().insert(PROXY_COST, value);
+        }
+    }
     // A body with nothing to send may never be polled: it is whole from the start.
     let empty = matches!(
         response.response().body().size(),
@@ -122,6 +146,8 @@ pub async fn observe(
         ended: empty,
         metrics,
         json,
+        prices,
+        answer_cost,
     };
     Ok(response.map_body(|_, body| Observed {
         body: BoxBody::new(body),
@@ -143,6 +169,22 @@ struct Record {
     ended: bool,
     metrics: Option<web::Data<Metrics>>,
     json: bool,
+    prices: Option<web::Data<PriceTable>>,
+    /// A non-stream answer's cost, as its header gave it.
+    answer_cost: Option<Cost>,
+}
+
+/// What an answer cost: its usage priced by the table, as the model the upstream says
+/// answered, else the one asked for. `None` when anything is unknown.
+fn cost_of(prices: Option<&PriceTable>, info: &AccessInfo, usage: Option<&Usage>) -> Option<Cost> {
+    let streamed = info.stream_report.as_ref().and_then(|s| s.answered_model());
+    cost::cost_of(
+        prices?,
+        info.provider?,
+        info.answered_model.as_deref().or(streamed.as_deref()),
+        info.model.as_deref()?,
+        usage?,
+    )
 }
 
 impl Record {
@@ -165,6 +207,13 @@ impl Record {
                 .as_ref()
                 .and_then(|stream| stream.usage())
         });
+        let cost = self.answer_cost.or_else(|| {
+            cost_of(
+                self.prices.as_ref().map(|p| p.get_ref()),
+                &self.info,
+                usage.as_ref(),
+            )
+        });
         let handled = self
             .info
             .handled_at
@@ -181,6 +230,9 @@ impl Record {
                     upstream_time: self.info.upstream_time + duration.saturating_sub(handled),
                     usage,
                 });
+                if let (Some(provider), Some(cost)) = (self.info.provider, cost) {
+                    metrics.cost(provider, cost.model, cost.usd);
+                }
             }
         }
         let line = Line {
@@ -205,6 +257,7 @@ impl Record {
                 .map(|at| millis(at.duration_since(self.started))),
             input_tokens: usage.map(|u| u.input_tokens),
             output_tokens: usage.map(|u| u.output_tokens),
+            cost_usd: cost.map(|c| c.usd),
         };
         if self.json {
             if let Ok(json) = serde_json::to_string(&line) {
@@ -238,6 +291,7 @@ struct Line<'a> {
     ttfb_ms: Option<f64>,
     input_tokens: Option<u64>,
     output_tokens: Option<u64>,
+    cost_usd: Option<f64>,
 }
 
 impl Line<'_> {
@@ -246,7 +300,8 @@ impl Line<'_> {
         let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".into());
         format!(
             "{} {} request_id={} provider={} model={} status={} outcome={} upstream_status={} \
-             attempts={} stream={} duration_ms={} ttfb_ms={} input_tokens={} output_tokens={}",
+             attempts={} stream={} duration_ms={} ttfb_ms={} input_tokens={} output_tokens={} \
+             cost_usd={}",
             self.method,
             self.path,
             self.request_id,
@@ -265,6 +320,7 @@ impl Line<'_> {
             or_dash(self.ttfb_ms.map(|t| t.to_string())),
             or_dash(self.input_tokens.map(|t| t.to_string())),
             or_dash(self.output_tokens.map(|t| t.to_string())),
+            or_dash(self.cost_usd.map(cost::format_usd)),
         )
     }
 }

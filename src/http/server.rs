@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use actix_web::{dev::Server, dev::ServerHandle, middleware::from_fn, web, App, HttpServer};
 
 use crate::{
-    config::Config,
+    config::{prices::PriceTable, Config},
     gateway::targets::Registry,
     http::cors,
     http::observe,
@@ -24,6 +24,8 @@ pub fn build(config: Config, listener: TcpListener) -> std::io::Result<Server> {
     let limit = web::Data::new(RequestLimit::new(config.max_concurrent_requests));
     let budget = web::Data::new(BodyBudget::new(config.max_pending_body_bytes));
     let metrics = web::Data::new(Metrics::default());
+    let prices = PriceTable::new(&config.catalog.prices).map_err(std::io::Error::other)?;
+    let prices = web::Data::new(prices);
     let config = web::Data::new(config);
     let server = HttpServer::new(move || {
         App::new()
@@ -31,6 +33,7 @@ pub fn build(config: Config, listener: TcpListener) -> std::io::Result<Server> {
             .wrap(from_fn(observe::observe))
             .app_data(config.clone())
             .app_data(metrics.clone())
+            .app_data(prices.clone())
             .app_data(registry.clone())
             .app_data(limit.clone())
             .app_data(budget.clone())

@@ -4,6 +4,7 @@
 //! own shapes and these, in both directions, so N formats need N translations, not N×N.
 //! Everything here is plain owned data: translation is pure and testable without a server.
 
+pub mod cost;
 pub mod request;
 pub mod response;
 pub mod stream;

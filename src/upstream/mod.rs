@@ -44,7 +44,7 @@ use crate::{
     error::ProxyError,
     formats::{StreamDecoder, StreamEncoder, UpstreamRequest},
     limits::Guards,
-    model::StreamEvent,
+    model::{StreamEvent, Usage},
     upstream::http1_head::ResponseHeads,
     util::sse,
 };
@@ -548,8 +548,7 @@ impl Translated {
     /// Hands the token counts seen so far to the access log and the metrics.
     fn report_usage(&self) {
         if let Some(usage) = self.encoder.usage() {
-            self.context.report.input(usage.input_tokens);
-            self.context.report.output(usage.output_tokens);
+            self.context.report.usage_seen(&usage);
         }
     }
 
@@ -567,6 +566,12 @@ impl Translated {
 
     fn encode(&mut self) {
         for event in self.events.drain(..) {
+            if let StreamEvent::Start {
+                model: Some(model), ..
+            } = &event
+            {
+                self.context.report.model_seen(model);
+            }
             self.encoder.event(event, &mut self.out);
         }
     }
@@ -685,15 +690,22 @@ fn record_usage(data: &str, into: &StreamReport) {
         message: Option<Message>,
         #[serde(rename = "usageMetadata")]
         usage_metadata: Option<GeminiCounts>,
+        /// OpenAI's chunks name the model that answered, and Gemini's `modelVersion`.
+        model: Option<String>,
+        #[serde(rename = "modelVersion")]
+        model_version: Option<String>,
     }
     #[derive(serde::Deserialize)]
     struct Message {
         usage: Option<Counts>,
+        model: Option<String>,
     }
     #[derive(serde::Deserialize)]
     struct Counts {
         prompt_tokens: Option<u64>,
         completion_tokens: Option<u64>,
+        prompt_tokens_details: Option<PromptDetails>,
+        completion_tokens_details: Option<CompletionDetails>,
         input_tokens: Option<u64>,
         output_tokens: Option<u64>,
         #[serde(default)]
@@ -702,19 +714,36 @@ fn record_usage(data: &str, into: &StreamReport) {
         cache_creation_input_tokens: u64,
     }
     #[derive(serde::Deserialize)]
+    struct PromptDetails {
+        #[serde(default)]
+        cached_tokens: u64,
+    }
+    #[derive(serde::Deserialize)]
+    struct CompletionDetails {
+        #[serde(default)]
+        reasoning_tokens: u64,
+    }
+    #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct GeminiCounts {
         prompt_token_count: Option<u64>,
         candidates_token_count: Option<u64>,
         #[serde(default)]
         thoughts_token_count: u64,
+        #[serde(default)]
+        cached_content_token_count: u64,
     }
     let Ok(probe) = serde_json::from_str::<Probe>(data) else {
         return;
     };
+    let message_model = probe.message.as_ref().and_then(|m| m.model.as_deref());
+    let named = probe.model.as_deref().or(probe.model_version.as_deref());
+    if let Some(model) = named.or(message_model) {
+        into.model_seen(model);
+    }
     // The counts by the rule of `model::Usage`: input counts every prompt token, cached
     // ones too (Anthropic reports those apart), output every generated one, thoughts too
-    // (Gemini reports those apart).
+    // (Gemini reports those apart). A count an event leaves out stays as seen before.
     for counts in [probe.usage, probe.message.and_then(|m| m.usage)]
         .into_iter()
         .flatten()
@@ -722,20 +751,30 @@ fn record_usage(data: &str, into: &StreamReport) {
         let anthropic_input = counts.input_tokens.map(|uncached| {
             uncached + counts.cache_read_input_tokens + counts.cache_creation_input_tokens
         });
-        if let Some(input) = counts.prompt_tokens.or(anthropic_input) {
-            into.input(input);
-        }
-        if let Some(output) = counts.completion_tokens.or(counts.output_tokens) {
-            into.output(output);
-        }
+        let openai_cached = counts.prompt_tokens_details.map_or(0, |d| d.cached_tokens);
+        into.usage_seen(&Usage {
+            input_tokens: counts.prompt_tokens.or(anthropic_input).unwrap_or(0),
+            output_tokens: counts
+                .completion_tokens
+                .or(counts.output_tokens)
+                .unwrap_or(0),
+            cache_read_tokens: openai_cached + counts.cache_read_input_tokens,
+            cache_write_tokens: counts.cache_creation_input_tokens,
+            reasoning_tokens: counts
+                .completion_tokens_details
+                .map_or(0, |d| d.reasoning_tokens),
+        });
     }
     if let Some(counts) = probe.usage_metadata {
-        if let Some(input) = counts.prompt_token_count {
-            into.input(input);
-        }
-        if let Some(output) = counts.candidates_token_count {
-            into.output(output + counts.thoughts_token_count);
-        }
+        into.usage_seen(&Usage {
+            input_tokens: counts.prompt_token_count.unwrap_or(0),
+            output_tokens: counts
+                .candidates_token_count
+                .map_or(0, |output| output + counts.thoughts_token_count),
+            cache_read_tokens: counts.cached_content_token_count,
+            reasoning_tokens: counts.thoughts_token_count,
+            ..Usage::default()
+        });
     }
 }
 
@@ -972,6 +1011,61 @@ mod tests {
             }
             let seen = usage.usage().unwrap();
             assert_eq!((seen.input_tokens, seen.output_tokens), (input, output));
+        }
+    }
+
+    #[test]
+    fn cached_and_reasoning_counts_are_kept_from_pass_through_streams() {
+        for (stream, expected) in [
+            (
+                &b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":2006,\"completion_tokens\":300,\"prompt_tokens_details\":{\"cached_tokens\":1920},\"completion_tokens_details\":{\"reasoning_tokens\":64}}}\n\ndata: [DONE]\n\n"[..],
+                Usage {
+                    input_tokens: 2006,
+                    output_tokens: 300,
+                    cache_read_tokens: 1920,
+                    reasoning_tokens: 64,
+                    ..Usage::default()
+                },
+            ),
+            (
+                &b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":5,\"cache_read_input_tokens\":100,\"cache_creation_input_tokens\":20,\"output_tokens\":1}}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":42}}\n\n"[..],
+                Usage {
+                    input_tokens: 125,
+                    output_tokens: 42,
+                    cache_read_tokens: 100,
+                    cache_write_tokens: 20,
+                    ..Usage::default()
+                },
+            ),
+            (
+                &b"data: {\"usageMetadata\":{\"promptTokenCount\":700,\"candidatesTokenCount\":10,\"thoughtsTokenCount\":5,\"cachedContentTokenCount\":600}}\n\n"[..],
+                Usage {
+                    input_tokens: 700,
+                    output_tokens: 15,
+                    cache_read_tokens: 600,
+                    reasoning_tokens: 5,
+                    ..Usage::default()
+                },
+            ),
+        ] {
+            let usage = Rc::new(StreamReport::default());
+            let mut scanner = UsageScanner::new(usage.clone(), sse::MAX_EVENT_BYTES);
+            scanner.scan(stream);
+            assert_eq!(usage.usage(), Some(expected));
+        }
+    }
+
+    #[test]
+    fn the_model_a_pass_through_stream_names_is_kept_for_its_price() {
+        for (stream, model) in [
+            (&b"data: {\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3}}\n\n"[..], "gpt-4o-mini-2024-07-18"),
+            (&include_bytes!("../../tests/fixtures/anthropic/stream.sse")[..], "claude-3-5-haiku-20241022"),
+            (&b"data: {\"usageMetadata\":{\"promptTokenCount\":7},\"modelVersion\":\"gemini-2.5-flash\"}\n\n"[..], "gemini-2.5-flash"),
+        ] {
+            let usage = Rc::new(StreamReport::default());
+            let mut scanner = UsageScanner::new(usage.clone(), sse::MAX_EVENT_BYTES);
+            scanner.scan(stream);
+            assert_eq!(usage.answered_model().as_deref(), Some(model));
         }
     }
 

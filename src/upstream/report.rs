@@ -1,6 +1,7 @@
-//! What a stream learns as it passes: its token counts, and how it ended.
+//! What a stream learns as it passes: its token counts (cached and reasoning ones too), and
+//! how it ended.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use crate::model::Usage;
 
@@ -33,8 +34,9 @@ impl Ending {
 /// it carries, and how the upstream ended it when it broke.
 #[derive(Debug, Default)]
 pub struct StreamReport {
-    input: Cell<Option<u64>>,
-    output: Cell<Option<u64>>,
+    usage: Cell<Option<Usage>>,
+    /// The model the stream says answered, as its first event naming one gave it.
+    model: RefCell<Option<String>>,
     broken: Cell<Option<Ending>>,
 }
 
@@ -44,12 +46,13 @@ impl StreamReport {
         self.broken.set(Some(how));
     }
 
-    pub fn input(&self, tokens: u64) {
-        self.input.set(Some(tokens));
-    }
-
-    pub fn output(&self, tokens: u64) {
-        self.output.set(Some(tokens));
+    /// Token counts the stream carried: each count given (non-zero) replaces the one seen
+    /// before, as usage arrives in pieces (Anthropic's input in `message_start`, its output
+    /// in `message_delta`).
+    pub fn usage_seen(&self, usage: &Usage) {
+        let mut seen = self.usage.get().unwrap_or_default();
+        seen.merge(usage);
+        self.usage.set(Some(seen));
     }
 
     /// How the upstream broke the stream, if it did.
@@ -57,15 +60,23 @@ impl StreamReport {
         self.broken.get()
     }
 
-    pub fn usage(&self) -> Option<Usage> {
-        match (self.input.get(), self.output.get()) {
-            (None, None) => None,
-            (input, output) => Some(Usage {
-                input_tokens: input.unwrap_or(0),
-                output_tokens: output.unwrap_or(0),
-                ..Usage::default()
-            }),
+    /// The stream names the model answering (priced before the one asked for); the first
+    /// name is kept.
+    pub fn model_seen(&self, model: &str) {
+        let mut seen = self.model.borrow_mut();
+        if seen.is_none() {
+            *seen = Some(model.to_owned());
         }
+    }
+
+    /// The model the stream said answered, if it named one.
+    pub fn answered_model(&self) -> Option<String> {
+        self.model.borrow().clone()
+    }
+
+    /// Every count seen so far, cached and reasoning ones too; `None` before any.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage.get()
     }
 }
 
@@ -77,13 +88,23 @@ mod tests {
     fn stream_usage_is_reported_once_seen() {
         let usage = StreamReport::default();
         assert_eq!(usage.usage(), None);
-        usage.input(7);
-        usage.output(2);
+        usage.usage_seen(&Usage {
+            input_tokens: 7,
+            cache_read_tokens: 5,
+            ..Usage::default()
+        });
+        usage.usage_seen(&Usage {
+            output_tokens: 2,
+            reasoning_tokens: 1,
+            ..Usage::default()
+        });
         assert_eq!(
             usage.usage(),
             Some(Usage {
                 input_tokens: 7,
                 output_tokens: 2,
+                cache_read_tokens: 5,
+                reasoning_tokens: 1,
                 ..Usage::default()
             })
         );

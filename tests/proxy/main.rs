@@ -5,6 +5,7 @@ mod admission;
 mod anthropic;
 mod common;
 mod cors;
+mod cost;
 mod errors;
 mod faults;
 mod front_door;

@@ -18,6 +18,7 @@ fn assert_documented_names(text: &str) {
         ("llm_proxy_fallbacks_total", "counter"),
         ("llm_proxy_upstream_errors_total", "counter"),
         ("llm_proxy_tokens_total", "counter"),
+        ("llm_proxy_cost_usd_total", "counter"),
     ];
     let page = include_str!("../../docs/observability.md");
     let mut samples = Vec::new();

@@ -225,6 +225,8 @@ async fn the_access_log_has_one_line_per_request_and_no_key_or_content() {
         "upstream_status=200",
         "stream=false",
         "duration_ms=",
+        // data/prices.json: 19 × $0.15 + 9 × $0.60 per million.
+        "cost_usd=0.00000825",
     ] {
         assert!(line.contains(field), "{field} in {line}");
     }
@@ -269,6 +271,8 @@ async fn json_logs_are_one_object_per_line_with_the_request_fields() {
     ] {
         assert_eq!(record[field], value, "{field} in {line}");
     }
+    let cost = record["cost_usd"].as_f64().expect("a cost");
+    assert!((cost - 8.25e-6).abs() < 1e-12, "{line}");
     assert!(record["timestamp"].is_string());
     assert!(record["duration_ms"].is_number() && record["ttfb_ms"].is_number());
     process.signal("-TERM");
@@ -282,6 +286,34 @@ async fn json_logs_are_one_object_per_line_with_the_request_fields() {
             "{line}"
         );
     }
+}
+
+#[actix_web::test]
+async fn a_streams_access_line_has_its_cost_once_it_ends() {
+    let mock = Mock::start(|_| Reply::sse(vec![fixture("anthropic/stream.sse")]));
+    let mut process = Process::start(&[("ANTHROPIC_BASE_URL", &mock.base_url())]);
+    let base = process.address();
+    let mut response = client()
+        .post(format!("{base}/v1/chat/anthropic"))
+        .insert_header(("X-API-Key", TEST_KEY))
+        .send_body(streamed("claude-3-5-haiku-20241022").to_string())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("x-proxy-cost-usd").is_none());
+    read_to_end(&mut response).await;
+    let line = process.wait_for_line("/v1/chat/anthropic");
+    // data/prices.json: 25 × $0.80 + 15 × $4 per million, the counts the stream carried.
+    for field in [
+        "stream=true",
+        "input_tokens=25",
+        "output_tokens=15",
+        "cost_usd=0.00008",
+    ] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
+    process.signal("-TERM");
+    assert!(process.exit_within(Duration::from_secs(20)).0.success());
 }
 
 /// Runs the binary, with `vars` too, in front of a stream the upstream cuts after one event,
