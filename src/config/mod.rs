@@ -1,6 +1,7 @@
 //! The typed configuration: read from the environment once at start, validated, then immutable.
 
 pub mod providers_file;
+pub mod routes;
 
 use std::{
     fmt,
@@ -70,6 +71,9 @@ pub struct Config {
     pub catalog: Catalog,
     /// Where the catalog came from, for error messages.
     pub providers_file: Option<PathBuf>,
+    /// Tests only, never read from the environment: the time `routes` time windows see,
+    /// instead of the clock.
+    pub clock_override: Option<std::time::SystemTime>,
 }
 
 impl Default for Config {
@@ -105,6 +109,7 @@ impl Default for Config {
             cors_allow_origins: Vec::new(),
             catalog: Catalog::default(),
             providers_file: None,
+            clock_override: None,
         }
     }
 }
@@ -247,6 +252,7 @@ impl Config {
                 None => Catalog::default(),
             },
             providers_file: env.providers_file.clone(),
+            clock_override: None,
         };
         config.validate()?;
         Ok(config)

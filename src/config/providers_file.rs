@@ -31,6 +31,8 @@ pub const BUILT_IN: [(&str, &str, bool); 4] = [
 pub struct Catalog {
     pub providers: Vec<ProviderDecl>,
     pub aliases: Vec<AliasDecl>,
+    /// `routes`: rules tried in order before a door resolves its model.
+    pub routes: Vec<crate::config::routes::RouteDecl>,
 }
 
 /// One entry of `providers`: a new provider, or an override of a built-in one (then every
@@ -60,7 +62,7 @@ impl Catalog {
     pub fn parse(text: &str) -> Result<Self, String> {
         let root: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
         let root = object(&root, "the file")?;
-        only_fields(root, "", &["providers", "aliases"])?;
+        only_fields(root, "", &["providers", "aliases", "routes"])?;
         let mut catalog = Catalog::default();
         if let Some(providers) = root.get("providers") {
             for (name, decl) in object(providers, "providers")? {
@@ -71,6 +73,9 @@ impl Catalog {
             for (name, decl) in object(aliases, "aliases")? {
                 catalog.aliases.push(alias(name, decl)?);
             }
+        }
+        if let Some(routes) = root.get("routes") {
+            catalog.routes = crate::config::routes::parse(routes)?;
         }
         Ok(catalog)
     }
@@ -252,7 +257,15 @@ pub fn check_catalog(catalog: &Catalog) -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    let providers: Vec<&str> = BUILT_IN
+        .iter()
+        .map(|(name, _, _)| *name)
+        .chain(catalog.providers.iter().map(|p| p.name.as_str()))
+        .collect();
+    let aliases: Vec<&str> = catalog.aliases.iter().map(|a| a.name.as_str()).collect();
+    // TODO(groups): pass the names of the `groups` section once it lands.
+    let groups: &[&str] = &[];
+    crate::config::routes::check(&catalog.routes, &providers, &aliases, groups)
 }
 
 #[cfg(test)]
