@@ -45,6 +45,9 @@ pub struct AccessInfo {
     pub usage: Option<Usage>,
     /// What a stream reports as it passes: its token counts, and whether the upstream broke it.
     pub stream_report: Option<Rc<StreamReport>>,
+    /// The `routes` rule that chose where the request went: its name or `routes[i]`, as sent
+    /// in `X-Proxy-Rule`.
+    pub rule: Option<HeaderValue>,
 }
 
 /// The caller's `X-Request-Id` when it is printable and at most 128 characters; else a new one.
@@ -205,6 +208,7 @@ impl Record {
                 .map(|at| millis(at.duration_since(self.started))),
             input_tokens: usage.map(|u| u.input_tokens),
             output_tokens: usage.map(|u| u.output_tokens),
+            rule: self.info.rule.as_ref().and_then(|rule| rule.to_str().ok()),
         };
         if self.json {
             if let Ok(json) = serde_json::to_string(&line) {
@@ -238,6 +242,7 @@ struct Line<'a> {
     ttfb_ms: Option<f64>,
     input_tokens: Option<u64>,
     output_tokens: Option<u64>,
+    rule: Option<&'a str>,
 }
 
 impl Line<'_> {
@@ -246,7 +251,7 @@ impl Line<'_> {
         let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".into());
         format!(
             "{} {} request_id={} provider={} model={} status={} outcome={} upstream_status={} \
-             attempts={} stream={} duration_ms={} ttfb_ms={} input_tokens={} output_tokens={}",
+             attempts={} stream={} duration_ms={} ttfb_ms={} input_tokens={} output_tokens={}{}",
             self.method,
             self.path,
             self.request_id,
@@ -265,6 +270,13 @@ impl Line<'_> {
             or_dash(self.ttfb_ms.map(|t| t.to_string())),
             or_dash(self.input_tokens.map(|t| t.to_string())),
             or_dash(self.output_tokens.map(|t| t.to_string())),
+            // Only on requests a rule routed, so every other line stays as it was.
+            self.rule.map_or(String::new(), |rule| format!(
+                " rule={}",
+                rule.chars()
+                    .flat_map(char::escape_debug)
+                    .collect::<String>()
+            )),
         )
     }
 }

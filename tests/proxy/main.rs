@@ -14,5 +14,6 @@ mod observability;
 mod openai;
 mod process;
 mod reliability;
+mod rules;
 mod streaming;
 mod tools;
