@@ -349,6 +349,34 @@ mod tests {
     }
 
     #[test]
+    fn the_text_line_names_a_rule_only_when_one_matched() {
+        let line = |rule| Line {
+            request_id: "req_1",
+            method: "POST",
+            path: "/v1/chat/completions",
+            route: "completions",
+            provider: Some("openai"),
+            model: Some("gpt-4o".into()),
+            status: 200,
+            outcome: "ok",
+            upstream_status: Some(200),
+            attempts: 1,
+            stream: false,
+            duration_ms: 1.0,
+            ttfb_ms: None,
+            input_tokens: None,
+            output_tokens: None,
+            rule,
+        };
+        assert!(line(None).text().ends_with("output_tokens=-"));
+        assert!(line(Some("weekend"))
+            .text()
+            .ends_with("output_tokens=- rule=weekend"));
+        let json = serde_json::to_value(line(None)).unwrap();
+        assert_eq!(json["rule"], serde_json::Value::Null);
+    }
+
+    #[test]
     fn routes_are_a_bounded_set() {
         assert_eq!(route_of("/v1/chat/completions"), "completions");
         assert_eq!(route_of("/v1/messages"), "messages");
