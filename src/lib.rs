@@ -13,10 +13,12 @@
 //! Each module imports only modules listed before it, so no two import each other.
 //!
 //! - [`util`]: no knowledge of providers: [`util::sse`] (the incremental, bounded event
-//!   parser), [`util::json`] (order-keeping rewrites), [`util::url`].
+//!   parser), [`util::json`] (order-keeping rewrites), [`util::url`], [`util::glob`],
+//!   [`util::fingerprint`] (the caller's key fingerprint).
 //! - [`config`]: the typed configuration, read from the environment once at start;
 //!   [`config::providers_file`]: the providers file, the built-in providers, its checks;
-//!   [`config::prices`]: the price table (shipped in `data/prices.json`, overridden there).
+//!   [`config::prices`]: the price table (shipped in `data/prices.json`, overridden there);
+//!   [`config::routes`]: its `routes` rules.
 //! - [`model`]: the proxy's own chat model: request, response, stream events, usage, and
 //!   [`model::cost`], what a usage costs by the price table.
 //! - [`error`]: `ProxyError`, the one place that picks an error's status and its body in
@@ -31,8 +33,9 @@
 //!   stream learns as it passes.
 //! - [`metrics`]: the counters and histograms behind `GET /metrics`.
 //! - [`gateway`]: what to call and in what order: [`gateway::targets`] (the registry of
-//!   providers and aliases), [`gateway::retry`] (the policy), [`gateway::exchange`] (the
-//!   doors, and trying each target until one answers in the door's shape).
+//!   providers and aliases), [`gateway::rules`] (the compiled `routes`), [`gateway::retry`]
+//!   (the policy), [`gateway::exchange`] (the doors, and trying each target until one
+//!   answers in the door's shape).
 //! - [`http`]: actix: [`http::routes`], one thin handler per door in [`http::handlers`],
 //!   [`http::server`], and what wraps every request: [`http::observe`] (request ids, the
 //!   access log) and [`http::cors`].

@@ -3,6 +3,7 @@
 pub mod fields;
 pub mod prices;
 pub mod providers_file;
+pub mod routes;
 
 use std::{
     fmt,
@@ -72,6 +73,9 @@ pub struct Config {
     pub catalog: Catalog,
     /// Where the catalog came from, for error messages.
     pub providers_file: Option<PathBuf>,
+    /// Tests only, never read from the environment: the time `routes` time windows see,
+    /// instead of the clock.
+    pub clock_override: Option<std::time::SystemTime>,
 }
 
 impl Default for Config {
@@ -107,6 +111,7 @@ impl Default for Config {
             cors_allow_origins: Vec::new(),
             catalog: Catalog::default(),
             providers_file: None,
+            clock_override: None,
         }
     }
 }
@@ -249,6 +254,7 @@ impl Config {
                 None => Catalog::default(),
             },
             providers_file: env.providers_file.clone(),
+            clock_override: None,
         };
         config.validate()?;
         Ok(config)

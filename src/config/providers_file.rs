@@ -36,6 +36,8 @@ pub struct Catalog {
     pub aliases: Vec<AliasDecl>,
     /// Prices over the shipped table's (see [`prices`]).
     pub prices: Vec<PriceEntry>,
+    /// `routes`: rules tried in order before a door resolves its model.
+    pub routes: Vec<crate::config::routes::RouteDecl>,
 }
 
 /// One entry of `providers`: a new provider, or an override of a built-in one (then every
@@ -65,7 +67,7 @@ impl Catalog {
     pub fn parse(text: &str) -> Result<Self, String> {
         let root: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
         let root = object(&root, "the file")?;
-        only_fields(root, "", &["providers", "aliases", "prices"])?;
+        only_fields(root, "", &["providers", "aliases", "prices", "routes"])?;
         let mut catalog = Catalog::default();
         if let Some(providers) = root.get("providers") {
             for (name, decl) in object(providers, "providers")? {
@@ -79,6 +81,9 @@ impl Catalog {
         }
         if let Some(section) = root.get("prices") {
             catalog.prices = prices::parse(section, "prices")?;
+        }
+        if let Some(routes) = root.get("routes") {
+            catalog.routes = crate::config::routes::parse(routes)?;
         }
         Ok(catalog)
     }
@@ -231,7 +236,16 @@ pub fn check_catalog(catalog: &Catalog) -> Result<(), String> {
     }
     prices::check_providers(&catalog.prices, |name| {
         built_in(name).is_some() || catalog.providers.iter().any(|p| p.name == name)
-    })
+    })?;
+    let providers: Vec<&str> = BUILT_IN
+        .iter()
+        .map(|(name, _, _)| *name)
+        .chain(catalog.providers.iter().map(|p| p.name.as_str()))
+        .collect();
+    let aliases: Vec<&str> = catalog.aliases.iter().map(|a| a.name.as_str()).collect();
+    // TODO(groups): pass the names of the `groups` section once it lands.
+    let groups: &[&str] = &[];
+    crate::config::routes::check(&catalog.routes, &providers, &aliases, groups)
 }
 
 #[cfg(test)]

@@ -19,11 +19,16 @@ use crate::{
     error::ProxyError,
     formats::{anthropic, openai, Format, Upstream},
     gateway::exchange::{self, Door, Incoming, Outcome, State, Target},
+    gateway::rules::{self, Facts, Rules},
     gateway::targets::Registry,
     http::observe::{self, AccessInfo, RequestId},
     limits::{BodyBudget, RequestLimit, RequestPermit, UpstreamSlots},
     metrics::Metrics,
+    util::fingerprint::KeyFingerprint,
 };
+
+/// Names the `routes` rule that chose a request's target.
+const PROXY_RULE: HeaderName = HeaderName::from_static("x-proxy-rule");
 
 /// Fields of ours in a door's body, never passed on.
 const PROXY_FIELDS: [&str; 1] = ["fallbacks"];
@@ -76,6 +81,7 @@ impl Failure {
 pub struct Shared {
     pub config: web::Data<Config>,
     pub registry: web::Data<Registry>,
+    pub rules: web::Data<Rules>,
     pub client: web::Data<Client>,
     pub slots: web::Data<UpstreamSlots>,
     pub limit: web::Data<RequestLimit>,
@@ -96,6 +102,7 @@ impl Shared {
                 .app_data()
                 .cloned()
                 .unwrap_or_else(|| data("Registry")),
+            rules: request.app_data().cloned().unwrap_or_else(|| data("Rules")),
             client: request
                 .app_data()
                 .cloned()
@@ -197,6 +204,9 @@ fn finish(door: Door, result: Result<HttpResponse, Failure>, mut info: AccessInf
             response
         }
     };
+    if let Some(rule) = &info.rule {
+        response.headers_mut().insert(PROXY_RULE, rule.clone());
+    }
     response.extensions_mut().insert(info);
     response
 }
@@ -279,15 +289,16 @@ async fn openai_door(
     info.model = Some(probe.model.clone());
     info.stream = probe.stream;
     let body_fallbacks = body_fallbacks(&body)?;
+    let routed = route(request, shared, &probe.model, &body, info).unwrap_or(&probe.model);
     let registry = &shared.registry;
-    let (provider, model) = registry.resolve(&probe.model)?;
+    let (provider, model) = registry.resolve(routed)?;
     let targets = door_targets(
         request,
         shared,
         info,
         provider,
         model,
-        &probe.model,
+        routed,
         &body_fallbacks,
     )?;
     let mut incoming = Incoming::new(Door::OpenAi, &body, &probe.model, probe.stream);
@@ -310,14 +321,15 @@ async fn anthropic_door(
     info.model = Some(probe.model.clone());
     info.stream = probe.stream;
     let body_fallbacks = body_fallbacks(&body)?;
-    let (provider, model) = resolve_anthropic(&shared.registry, &probe.model)?;
+    let routed = route(request, shared, &probe.model, &body, info).unwrap_or(&probe.model);
+    let (provider, model) = resolve_anthropic(&shared.registry, routed)?;
     let targets = door_targets(
         request,
         shared,
         info,
         provider,
         model,
-        &probe.model,
+        routed,
         &body_fallbacks,
     )?;
     let mut incoming = Incoming::new(Door::Anthropic, &body, &probe.model, probe.stream);
@@ -325,6 +337,41 @@ async fn anthropic_door(
     incoming.headers = anthropic_headers(request);
     incoming.remove = &PROXY_FIELDS;
     run(request, shared, &incoming, &targets, permit, info).await
+}
+
+/// Where the `routes` rules send a door's request, if one matches: the rule's `to` then
+/// stands for the model, and the log and `X-Proxy-Rule` name the rule. Only the two doors
+/// apply rules: the path route names its provider in the path, a promise a rule must not
+/// break; and `count_tokens` counts for the model named.
+fn route<'s>(
+    request: &HttpRequest,
+    shared: &'s Shared,
+    model: &str,
+    body: &[u8],
+    info: &mut AccessInfo,
+) -> Option<&'s str> {
+    let rules: &'s Rules = &shared.rules;
+    if rules.is_empty() {
+        return None;
+    }
+    let fingerprint = rules
+        .needs_key_fingerprint()
+        .then(|| request_key(request, true))
+        .flatten()
+        .map(|key| KeyFingerprint::of(key.as_bytes()));
+    let facts = Facts {
+        model,
+        headers: request.headers(),
+        key_fingerprint: fingerprint.as_ref().map(KeyFingerprint::as_str),
+        prompt_tokens: rules::estimate_prompt_tokens(body.len()),
+        now: shared
+            .config
+            .clock_override
+            .unwrap_or_else(std::time::SystemTime::now),
+    };
+    let matched = rules.route(&facts)?;
+    info.rule = Some(matched.rule.clone());
+    Some(&matched.to)
 }
 
 /// `count_tokens` goes to the provider the model names when it speaks Anthropic's API, once,

@@ -54,6 +54,9 @@ pub struct AccessInfo {
     pub answered_model: Option<String>,
     /// What a stream reports as it passes: its token counts, and whether the upstream broke it.
     pub stream_report: Option<Rc<StreamReport>>,
+    /// The `routes` rule that chose where the request went: its name or `routes[i]`, as sent
+    /// in `X-Proxy-Rule`.
+    pub rule: Option<HeaderValue>,
 }
 
 /// The caller's `X-Request-Id` when it is printable and at most 128 characters; else a new one.
@@ -258,6 +261,7 @@ impl Record {
             input_tokens: usage.map(|u| u.input_tokens),
             output_tokens: usage.map(|u| u.output_tokens),
             cost_usd: cost.map(|c| c.usd),
+            rule: self.info.rule.as_ref().and_then(|rule| rule.to_str().ok()),
         };
         if self.json {
             if let Ok(json) = serde_json::to_string(&line) {
@@ -292,6 +296,7 @@ struct Line<'a> {
     input_tokens: Option<u64>,
     output_tokens: Option<u64>,
     cost_usd: Option<f64>,
+    rule: Option<&'a str>,
 }
 
 impl Line<'_> {
@@ -301,7 +306,7 @@ impl Line<'_> {
         format!(
             "{} {} request_id={} provider={} model={} status={} outcome={} upstream_status={} \
              attempts={} stream={} duration_ms={} ttfb_ms={} input_tokens={} output_tokens={} \
-             cost_usd={}",
+             cost_usd={}{}",
             self.method,
             self.path,
             self.request_id,
@@ -321,6 +326,13 @@ impl Line<'_> {
             or_dash(self.input_tokens.map(|t| t.to_string())),
             or_dash(self.output_tokens.map(|t| t.to_string())),
             or_dash(self.cost_usd.map(cost::format_usd)),
+            // Only on requests a rule routed, so every other line stays as it was.
+            self.rule.map_or(String::new(), |rule| format!(
+                " rule={}",
+                rule.chars()
+                    .flat_map(char::escape_debug)
+                    .collect::<String>()
+            )),
         )
     }
 }
@@ -390,6 +402,35 @@ mod tests {
             assert!(id.to_str().unwrap().starts_with("req_"));
         }
         assert_ne!(request_id(None), request_id(None), "new ids differ");
+    }
+
+    #[test]
+    fn the_text_line_names_a_rule_only_when_one_matched() {
+        let line = |rule| Line {
+            request_id: "req_1",
+            method: "POST",
+            path: "/v1/chat/completions",
+            route: "completions",
+            provider: Some("openai"),
+            model: Some("gpt-4o".into()),
+            status: 200,
+            outcome: "ok",
+            upstream_status: Some(200),
+            attempts: 1,
+            stream: false,
+            duration_ms: 1.0,
+            ttfb_ms: None,
+            input_tokens: None,
+            output_tokens: None,
+            cost_usd: None,
+            rule,
+        };
+        assert!(line(None).text().ends_with("output_tokens=- cost_usd=-"));
+        assert!(line(Some("weekend"))
+            .text()
+            .ends_with("output_tokens=- cost_usd=- rule=weekend"));
+        let json = serde_json::to_value(line(None)).unwrap();
+        assert_eq!(json["rule"], serde_json::Value::Null);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use actix_web::{dev::Server, dev::ServerHandle, middleware::from_fn, web, App, H
 
 use crate::{
     config::{prices::PriceTable, Config},
-    gateway::targets::Registry,
+    gateway::{rules::Rules, targets::Registry},
     http::cors,
     http::observe,
     http::routes,
@@ -21,6 +21,7 @@ pub fn build(config: Config, listener: TcpListener) -> std::io::Result<Server> {
     let workers = config.workers;
     let shutdown_timeout = config.shutdown_timeout.as_secs();
     let registry = web::Data::new(Registry::new(&config));
+    let rules = web::Data::new(Rules::compile(&config.catalog.routes));
     let limit = web::Data::new(RequestLimit::new(config.max_concurrent_requests));
     let budget = web::Data::new(BodyBudget::new(config.max_pending_body_bytes));
     let metrics = web::Data::new(Metrics::default());
@@ -35,6 +36,7 @@ pub fn build(config: Config, listener: TcpListener) -> std::io::Result<Server> {
             .app_data(metrics.clone())
             .app_data(prices.clone())
             .app_data(registry.clone())
+            .app_data(rules.clone())
             .app_data(limit.clone())
             .app_data(budget.clone())
             .app_data(web::Data::new(upstream::client(&config)))

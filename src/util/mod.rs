@@ -1,5 +1,7 @@
 //! Helpers with no knowledge of providers or formats.
 
+pub mod fingerprint;
+pub mod glob;
 pub mod json;
 pub mod sse;
 pub mod url;

@@ -15,5 +15,6 @@ mod observability;
 mod openai;
 mod process;
 mod reliability;
+mod rules;
 mod streaming;
 mod tools;
