@@ -1,5 +1,6 @@
 //! The typed configuration: read from the environment once at start, validated, then immutable.
 
+pub mod groups;
 pub mod providers_file;
 
 use std::{

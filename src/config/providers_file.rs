@@ -1,10 +1,13 @@
-//! The providers file (`PROVIDERS_FILE`): extra providers, overrides of built-in ones, and model
-//! aliases, checked field by field at start.
+//! The providers file (`PROVIDERS_FILE`): extra providers, overrides of built-in ones, model
+//! aliases and groups (see [`super::groups`]), checked field by field at start.
 
 use actix_web::http::header::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
-use crate::util::url::check_base_url;
+use crate::{
+    config::groups::{self, GroupDecl},
+    util::url::check_base_url,
+};
 
 /// The wire formats a provider can speak.
 pub const KINDS: [&str; 3] = ["openai", "anthropic", "gemini"];
@@ -31,6 +34,7 @@ pub const BUILT_IN: [(&str, &str, bool); 4] = [
 pub struct Catalog {
     pub providers: Vec<ProviderDecl>,
     pub aliases: Vec<AliasDecl>,
+    pub groups: Vec<GroupDecl>,
 }
 
 /// One entry of `providers`: a new provider, or an override of a built-in one (then every
@@ -60,7 +64,7 @@ impl Catalog {
     pub fn parse(text: &str) -> Result<Self, String> {
         let root: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
         let root = object(&root, "the file")?;
-        only_fields(root, "", &["providers", "aliases"])?;
+        only_fields(root, "", &["providers", "aliases", "groups"])?;
         let mut catalog = Catalog::default();
         if let Some(providers) = root.get("providers") {
             for (name, decl) in object(providers, "providers")? {
@@ -72,6 +76,11 @@ impl Catalog {
                 catalog.aliases.push(alias(name, decl)?);
             }
         }
+        catalog.groups = root
+            .get("groups")
+            .map(groups::parse)
+            .transpose()?
+            .unwrap_or_default();
         Ok(catalog)
     }
 }
@@ -252,7 +261,11 @@ pub fn check_catalog(catalog: &Catalog) -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    groups::check(
+        &catalog.groups,
+        |name| built_in(name).is_some() || catalog.providers.iter().any(|p| p.name == name),
+        |name| catalog.aliases.iter().any(|alias| alias.name == name),
+    )
 }
 
 #[cfg(test)]
@@ -393,6 +406,15 @@ mod tests {
             (
                 r#"{"aliases": {"fast": {"provider": "nobody", "model": "m"}}}"#,
                 "aliases.fast.provider",
+            ),
+            (
+                r#"{"groups": {"g": {"deployments": [{"provider": "nobody", "model": "m"}]}}}"#,
+                "groups.g.deployments[0].provider",
+            ),
+            (
+                r#"{"aliases": {"fast": {"provider": "openai", "model": "m"}},
+                    "groups": {"fast": {"deployments": [{"provider": "openai", "model": "m"}]}}}"#,
+                "groups.fast: an alias has this name",
             ),
         ] {
             let err = check_catalog(&Catalog::parse(catalog).unwrap()).unwrap_err();
