@@ -3,4 +3,5 @@
 
 pub mod exchange;
 pub mod retry;
+pub mod routing;
 pub mod targets;
