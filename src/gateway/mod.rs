@@ -2,6 +2,7 @@
 //! exchange that tries them and answers in the door's shape.
 
 pub mod exchange;
+pub mod health;
 pub mod retry;
 pub mod routing;
 pub mod targets;
