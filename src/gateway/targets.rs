@@ -1,5 +1,5 @@
-//! The registry of configured providers and aliases: each provider one upstream of a wire
-//! format, where to reach it, and how.
+//! The registry of configured providers, aliases and groups: each provider one upstream of a
+//! wire format, where to reach it, and how; each group its deployments and their health.
 //!
 //! Adding an OpenAI-compatible provider needs only the providers file. Adding a wire format:
 //! write one folder under `formats/` with a type that implements [`Upstream`], then add one
@@ -8,10 +8,12 @@
 use actix_web::http::header::HeaderValue;
 
 use crate::{
+    config::groups::GroupDecl,
     config::providers_file::{ProviderDecl, BUILT_IN},
     config::Config,
     error::ProxyError,
     formats::{anthropic::Anthropic, gemini::Gemini, openai::OpenAi, Upstream},
+    gateway::health::{self, Clock},
 };
 
 /// Builds a provider of the given wire format. The one line to add for a new format.
@@ -40,10 +42,25 @@ pub struct Alias {
     pub fallbacks: Vec<String>,
 }
 
-/// The providers and aliases this process serves.
+/// A name that stands for several deployments, chosen per request by its strategy.
+pub struct Group {
+    pub decl: GroupDecl,
+    /// Parallel to `decl.deployments`: an upstream of its own for a deployment with a
+    /// `base_url`, else `None` for its provider's.
+    own_upstreams: Vec<Option<Box<dyn Upstream>>>,
+    /// Parallel to `decl.deployments`: `provider/model`, for headers and metrics.
+    pub labels: Vec<String>,
+    /// Shared by every worker.
+    pub health: health::Group,
+}
+
+/// The providers, aliases and groups this process serves.
 pub struct Registry {
     providers: Vec<Box<dyn Upstream>>,
     aliases: Vec<Alias>,
+    groups: Vec<Group>,
+    /// The time health state is kept in.
+    pub clock: Clock,
 }
 
 impl Registry {
@@ -82,6 +99,39 @@ impl Registry {
                 )),
             }
         }
+        let groups = config
+            .catalog
+            .groups
+            .iter()
+            .map(|decl| {
+                let own_upstreams = decl
+                    .deployments
+                    .iter()
+                    .map(|deployment| {
+                        let url = deployment.base_url.as_ref()?;
+                        let (kind, endpoint) = declared
+                            .iter()
+                            .find(|(_, e)| e.name == deployment.provider)
+                            .expect("groups name known providers");
+                        let endpoint = Endpoint {
+                            base_url: url.clone(),
+                            ..endpoint.clone()
+                        };
+                        Some(wire_format(kind, endpoint, config))
+                    })
+                    .collect();
+                Group {
+                    labels: decl
+                        .deployments
+                        .iter()
+                        .map(|d| format!("{}/{}", d.provider, d.model))
+                        .collect(),
+                    health: health::Group::new(decl.deployments.len()),
+                    decl: decl.clone(),
+                    own_upstreams,
+                }
+            })
+            .collect();
         let providers: Vec<_> = declared
             .into_iter()
             .map(|(kind, endpoint)| wire_format(kind, endpoint, config))
@@ -101,7 +151,30 @@ impl Registry {
                 fallbacks: alias.fallbacks.clone(),
             })
             .collect();
-        Self { providers, aliases }
+        Self {
+            providers,
+            aliases,
+            groups,
+            clock: Clock::start(),
+        }
+    }
+
+    pub fn group(&self, name: &str) -> Option<&Group> {
+        self.groups.iter().find(|group| group.decl.name == name)
+    }
+
+    pub fn groups(&self) -> &[Group] {
+        &self.groups
+    }
+
+    /// The upstream a group's deployment `index` goes to.
+    pub fn deployment<'r>(&'r self, group: &'r Group, index: usize) -> &'r dyn Upstream {
+        match &group.own_upstreams[index] {
+            Some(own) => own.as_ref(),
+            None => self
+                .get(&group.decl.deployments[index].provider)
+                .expect("groups name known providers"),
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&dyn Upstream> {
