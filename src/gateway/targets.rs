@@ -8,7 +8,7 @@
 use actix_web::http::header::HeaderValue;
 
 use crate::{
-    config::groups::GroupDecl,
+    config::groups::{Capabilities, DeploymentDecl, GroupDecl, Strategy},
     config::providers_file::{ProviderDecl, BUILT_IN},
     config::Config,
     error::ProxyError,
@@ -52,6 +52,47 @@ pub struct Group {
     pub labels: Vec<String>,
     /// Shared by every worker.
     pub health: health::Group,
+    /// An alias is a one-deployment group with the alias's fallbacks; a declared group has
+    /// none of its own.
+    pub alias_fallbacks: Option<Vec<String>>,
+}
+
+impl Group {
+    fn new(decl: GroupDecl, own_upstreams: Vec<Option<Box<dyn Upstream>>>) -> Self {
+        Self {
+            labels: decl
+                .deployments
+                .iter()
+                .map(|d| format!("{}/{}", d.provider, d.model))
+                .collect(),
+            health: health::Group::new(decl.deployments.len()),
+            decl,
+            own_upstreams,
+            alias_fallbacks: None,
+        }
+    }
+
+    /// The one-deployment group an alias stands for.
+    fn of_alias(alias: &Alias) -> Self {
+        let decl = GroupDecl {
+            name: alias.name.clone(),
+            strategy: Strategy::Ordered,
+            sticky: None,
+            deployments: vec![DeploymentDecl {
+                provider: alias.provider.to_owned(),
+                model: alias.model.clone(),
+                base_url: None,
+                weight: 1.0,
+                context: None,
+                capabilities: Capabilities::ALL,
+                price: None,
+            }],
+        };
+        Self {
+            alias_fallbacks: Some(alias.fallbacks.clone()),
+            ..Self::new(decl, vec![None])
+        }
+    }
 }
 
 /// The providers, aliases and groups this process serves.
@@ -99,7 +140,7 @@ impl Registry {
                 )),
             }
         }
-        let groups = config
+        let mut groups: Vec<Group> = config
             .catalog
             .groups
             .iter()
@@ -120,16 +161,7 @@ impl Registry {
                         Some(wire_format(kind, endpoint, config))
                     })
                     .collect();
-                Group {
-                    labels: decl
-                        .deployments
-                        .iter()
-                        .map(|d| format!("{}/{}", d.provider, d.model))
-                        .collect(),
-                    health: health::Group::new(decl.deployments.len()),
-                    decl: decl.clone(),
-                    own_upstreams,
-                }
+                Group::new(decl.clone(), own_upstreams)
             })
             .collect();
         let providers: Vec<_> = declared
@@ -150,7 +182,8 @@ impl Registry {
                 model: alias.model.clone(),
                 fallbacks: alias.fallbacks.clone(),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        groups.extend(aliases.iter().map(Group::of_alias));
         Self {
             providers,
             aliases,
@@ -163,6 +196,7 @@ impl Registry {
         self.groups.iter().find(|group| group.decl.name == name)
     }
 
+    /// The declared groups, then one per alias.
     pub fn groups(&self) -> &[Group] {
         &self.groups
     }

@@ -449,10 +449,10 @@ fn door_targets<'r>(
     targets(registry, request, primary, &fallbacks, key.as_ref())
 }
 
-/// A door's targets for a group: its deployments in the order its strategy picks, each with
-/// `X-API-Key-<Provider>`, or else the caller's key when of the provider of the group's first
-/// deployment (a key never goes to another provider than its own); then the request's
-/// fallbacks. Without a key for any deployment, the request is refused as without a key.
+/// A door's targets for a group (an alias is a one-deployment group): its deployments in the
+/// order its strategy picks, each with the caller's key when of the provider of the group's
+/// first deployment, else `X-API-Key-<Provider>` (a key never goes to another provider than
+/// its own); then the request's fallbacks, or else an alias's. Without a key for any deployment, the request is refused as without a key.
 fn group_targets<'r>(
     request: &'r HttpRequest,
     shared: &'r Shared,
@@ -466,8 +466,11 @@ fn group_targets<'r>(
     let primary = group.decl.deployments[0].provider.as_str();
     let key_of = |upstream: &dyn Upstream| {
         let name = upstream.endpoint().name;
-        let key = header_key(request, &format!("x-api-key-{name}"))
-            .or_else(|| caller_key.clone().filter(|_| name == primary));
+        let own = || header_key(request, &format!("x-api-key-{name}"));
+        let key = match name == primary {
+            true => caller_key.clone().or_else(own),
+            false => own(),
+        };
         match key_for(upstream, key) {
             None if upstream.endpoint().key_required => Err(format!(
                 "skipped: no key (send it in X-API-Key-{})",
@@ -484,6 +487,9 @@ fn group_targets<'r>(
     info.provider = deployments.first().map(|t| t.upstream.endpoint().name);
     let mut fallbacks = header_fallbacks(request)?;
     fallbacks.extend(body_fallbacks.iter().map(String::as_str));
+    if fallbacks.is_empty() {
+        fallbacks.extend(group.alias_fallbacks.iter().flatten().map(String::as_str));
+    }
     if fallbacks.is_empty() {
         return Ok(deployments);
     }
@@ -540,7 +546,11 @@ fn models_body(registry: &Registry) -> Vec<u8> {
         created: 0,
         owned_by: alias.provider,
     });
-    let groups = registry.groups().iter().map(|group| Model {
+    let groups = registry
+        .groups()
+        .iter()
+        .filter(|group| group.alias_fallbacks.is_none());
+    let groups = groups.map(|group| Model {
         id: group.decl.name.as_str().into(),
         object: "model",
         created: 0,

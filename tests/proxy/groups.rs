@@ -247,3 +247,29 @@ async fn models_lists_the_groups() {
         .collect();
     assert!(ids.contains(&"g".to_owned()), "{ids:?}");
 }
+
+#[actix_web::test]
+async fn an_alias_answers_as_a_one_deployment_group() {
+    let mock = ok();
+    let proxy = start_proxy(config_with_catalog(
+        &mock,
+        r#"{"aliases": {"fast": {"provider": "openai", "model": "gpt-4o-mini"}}}"#,
+    ));
+    let answer = complete(&proxy, hi("fast")).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("x-proxy-group"), Some("fast"));
+    assert_eq!(
+        answer.header("x-proxy-deployment"),
+        Some("openai/gpt-4o-mini")
+    );
+    assert_eq!(mock.only_request().json()["model"], "gpt-4o-mini");
+    let mut response = client().get(proxy.url("/v1/models")).send().await.unwrap();
+    let list: serde_json::Value = response.json().await.unwrap();
+    let fast = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["id"] == "fast")
+        .count();
+    assert_eq!(fast, 1, "listed once, as the alias it is");
+}
