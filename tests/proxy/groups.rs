@@ -273,3 +273,88 @@ async fn an_alias_answers_as_a_one_deployment_group() {
         .count();
     assert_eq!(fast, 1, "listed once, as the alias it is");
 }
+
+#[actix_web::test]
+async fn latency_moves_traffic_to_the_faster_deployment_and_back_when_they_swap() {
+    let swapped = Arc::new(AtomicBool::new(false));
+    let mock = |fast_first: bool| {
+        let swapped = swapped.clone();
+        Mock::start(move |_| {
+            let fast = fast_first != swapped.load(Ordering::SeqCst);
+            let wait = Duration::from_millis(if fast { 20 } else { 200 });
+            Reply::After(
+                wait,
+                Box::new(Reply::json(200, fixture("openai/completion.json"))),
+            )
+        })
+    };
+    let (fast, slow) = (mock(true), mock(false));
+    let proxy = start_proxy(config_with_catalog(
+        &fast,
+        &catalog("latency", "", &[(&slow, 1.0), (&fast, 1.0)]),
+    ));
+    let run = |expected: &'static str| {
+        let proxy = &proxy;
+        async move {
+            let mut on_expected = 0;
+            for _ in 0..200 {
+                let answer = complete(proxy, hi("g")).await;
+                assert_eq!(answer.status, 200);
+                on_expected += usize::from(answer.header("x-proxy-deployment") == Some(expected));
+            }
+            on_expected
+        }
+    };
+    let first = run("openai/m1").await;
+    assert!(first >= 180, "{first} of 200 on the 20 ms deployment");
+    swapped.store(true, Ordering::SeqCst);
+    let second = run("openai/m0").await;
+    assert!(second >= 180, "{second} of 200 after the swap");
+}
+
+#[actix_web::test]
+async fn cost_picks_the_cheapest_deployment_that_can_serve_the_request() {
+    let (small, no_tools, middle, dear) = (ok(), ok(), ok(), ok());
+    let text = format!(
+        r#"{{"groups": {{"g": {{"strategy": "cost", "deployments": [
+             {{"provider": "openai", "model": "dear", "base_url": "{}",
+               "price": {{"input": 5, "output": 15}}}},
+             {{"provider": "openai", "model": "small", "base_url": "{}", "context": 1000,
+               "price": {{"input": 0.01, "output": 0.01}}}},
+             {{"provider": "openai", "model": "no-tools", "base_url": "{}",
+               "capabilities": ["images", "json_schema"],
+               "price": {{"input": 0.02, "output": 0.02}}}},
+             {{"provider": "openai", "model": "middle", "base_url": "{}",
+               "price": {{"input": 0.5, "output": 1.5}}}}]}}}}}}"#,
+        dear.base_url(),
+        small.base_url(),
+        no_tools.base_url(),
+        middle.base_url()
+    );
+    let proxy = start_proxy(config_with_catalog(&dear, &text));
+    let deployment = |body: serde_json::Value| {
+        let proxy = &proxy;
+        async move {
+            let answer = complete(proxy, body).await;
+            assert_eq!(answer.status, 200, "{:?}", answer.body);
+            answer.header("x-proxy-deployment").unwrap().to_owned()
+        }
+    };
+    assert_eq!(deployment(hi("g")).await, "openai/small");
+    let long = serde_json::json!({"model": "g",
+        "messages": [{"role": "user", "content": "x".repeat(8000)}]});
+    assert_eq!(
+        deployment(long).await,
+        "openai/no-tools",
+        "too long for `small`"
+    );
+    let tools = serde_json::json!({"model": "g",
+        "messages": [{"role": "user", "content": "x".repeat(8000)}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]});
+    assert_eq!(
+        deployment(tools).await,
+        "openai/middle",
+        "`no-tools` lacks tools"
+    );
+    assert!(dear.requests().is_empty());
+}
