@@ -509,6 +509,43 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn every_order_lists_distinct_deployments_and_never_none(
+            strategy in proptest::sample::select(vec![
+                Strategy::Weighted, Strategy::RoundRobin, Strategy::LeastBusy,
+                Strategy::Latency, Strategy::Cost, Strategy::Ordered,
+            ]),
+            seen in proptest::collection::vec(
+                (proptest::option::of(0u64..100), 0u64..5, proptest::option::of(0.0f64..2.0)),
+                1..8,
+            ),
+            seed: u64,
+            ticket: u64,
+        ) {
+            let weights: Vec<(&str, f64)> = seen.iter().map(|_| ("m", 1.0)).collect();
+            let group = group(strategy, &weights);
+            let observed: Vec<Observed> = seen
+                .iter()
+                .map(|&(ejected, in_flight, ttfb)| Observed {
+                    ejected_at: ejected.map(Duration::from_secs),
+                    in_flight,
+                    ttfb,
+                })
+                .collect();
+            let mut p = pick(seed);
+            p.ticket = ticket;
+            let order = order(&group, &observed, &Needs::default(), &mut p);
+            proptest::prop_assert!(!order.is_empty());
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            proptest::prop_assert_eq!(sorted.len(), order.len());
+            let healthy = observed.iter().filter(|o| o.ejected_at.is_none()).count();
+            proptest::prop_assert_eq!(order.len(), healthy.max(1));
+        }
+    }
+
     #[test]
     fn the_rng_is_deterministic_per_seed_and_in_range() {
         let mut a = Rng::new(9);

@@ -127,4 +127,20 @@ mod tests {
         let needs = super::needs(text, group);
         assert!(!needs.tools && !needs.json_schema && !needs.images);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_body_gives_needs_without_panicking(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..400),
+            max in proptest::option::of(0u64..u64::MAX),
+        ) {
+            let registry = registry();
+            let group = registry.group("g").unwrap();
+            let _ = needs(&body, group);
+            let json = serde_json::json!({"model": "g", "max_tokens": max, "tools": []});
+            let needs = needs(json.to_string().as_bytes(), group);
+            proptest::prop_assert_eq!(needs.max_tokens, max);
+            proptest::prop_assert!(needs.tools);
+        }
+    }
 }
