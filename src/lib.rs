@@ -33,9 +33,11 @@
 //!   stream learns as it passes.
 //! - [`metrics`]: the counters and histograms behind `GET /metrics`.
 //! - [`gateway`]: what to call and in what order: [`gateway::targets`] (the registry of
-//!   providers and aliases), [`gateway::rules`] (the compiled `routes`), [`gateway::retry`]
-//!   (the policy), [`gateway::exchange`] (the doors, and trying each target until one
-//!   answers in the door's shape).
+//!   providers, aliases and groups), [`gateway::rules`] (the compiled `routes`),
+//!   [`gateway::routing`] (the order to try a group's deployments in), [`gateway::health`]
+//!   (ejection and latency per deployment), [`gateway::retry`] (the policy),
+//!   [`gateway::exchange`] (the doors, and trying each target until one answers in the door's
+//!   shape).
 //! - [`http`]: actix: [`http::routes`], one thin handler per door in [`http::handlers`],
 //!   [`http::server`], and what wraps every request: [`http::observe`] (request ids, the
 //!   access log) and [`http::cors`].

@@ -294,6 +294,60 @@ impl Metrics {
     }
 }
 
+/// One group's deployment as the health gauges show it.
+pub struct DeploymentRow<'a> {
+    pub group: &'a str,
+    /// `provider/model`.
+    pub deployment: &'a str,
+    pub up: bool,
+    /// The peak-EWMA of its time to first byte, once measured.
+    pub ttfb_ewma: Option<f64>,
+}
+
+/// The deployment gauges (`llm_proxy_deployment_up`, `llm_proxy_deployment_ttfb_ewma_seconds`)
+/// as OpenMetrics families, read from the health state at the moment of the scrape; to go
+/// before the text's `# EOF`. Both families are described even without groups.
+pub fn deployment_families<'a>(rows: impl Iterator<Item = DeploymentRow<'a>> + Clone) -> String {
+    use std::fmt::Write;
+    // Operators name groups and models: escaped as OpenMetrics label values are.
+    let escape = |value: &str| {
+        value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let mut out = String::new();
+    out.push_str(
+        "# HELP llm_proxy_deployment_up Whether a group's deployment takes requests (0 while ejected).\n\
+         # TYPE llm_proxy_deployment_up gauge\n",
+    );
+    for row in rows.clone() {
+        let _ = writeln!(
+            out,
+            "llm_proxy_deployment_up{{group=\"{}\",deployment=\"{}\"}} {}",
+            escape(row.group),
+            escape(row.deployment),
+            u8::from(row.up)
+        );
+    }
+    out.push_str(
+        "# HELP llm_proxy_deployment_ttfb_ewma_seconds Peak-EWMA of a deployment's time to first byte.\n\
+         # TYPE llm_proxy_deployment_ttfb_ewma_seconds gauge\n\
+         # UNIT llm_proxy_deployment_ttfb_ewma_seconds seconds\n",
+    );
+    for row in rows {
+        if let Some(seconds) = row.ttfb_ewma {
+            let _ = writeln!(
+                out,
+                "llm_proxy_deployment_ttfb_ewma_seconds{{group=\"{}\",deployment=\"{}\"}} {seconds}",
+                escape(row.group),
+                escape(row.deployment),
+            );
+        }
+    }
+    out
+}
+
 fn status_class(status: u16) -> &'static str {
     match status {
         100..=199 => "1xx",

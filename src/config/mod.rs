@@ -1,6 +1,7 @@
 //! The typed configuration: read from the environment once at start, validated, then immutable.
 
 pub mod fields;
+pub mod groups;
 pub mod prices;
 pub mod providers_file;
 pub mod routes;

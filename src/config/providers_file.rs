@@ -1,5 +1,5 @@
-//! The providers file (`PROVIDERS_FILE`): extra providers, overrides of built-in ones, and model
-//! aliases, prices, checked field by field at start.
+//! The providers file (`PROVIDERS_FILE`): extra providers, overrides of built-in ones, model
+//! aliases, groups (see [`super::groups`]), prices and routes, checked field by field at start.
 
 use actix_web::http::header::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
@@ -7,7 +7,10 @@ use serde_json::{Map, Value};
 pub use crate::config::fields::is_valid_name;
 use crate::config::fields::{object, only_fields};
 use crate::config::prices::{self, PriceEntry};
-use crate::util::url::check_base_url;
+use crate::{
+    config::groups::{self, GroupDecl},
+    util::url::check_base_url,
+};
 
 /// The wire formats a provider can speak.
 pub const KINDS: [&str; 3] = ["openai", "anthropic", "gemini"];
@@ -34,6 +37,7 @@ pub const BUILT_IN: [(&str, &str, bool); 4] = [
 pub struct Catalog {
     pub providers: Vec<ProviderDecl>,
     pub aliases: Vec<AliasDecl>,
+    pub groups: Vec<GroupDecl>,
     /// Prices over the shipped table's (see [`prices`]).
     pub prices: Vec<PriceEntry>,
     /// `routes`: rules tried in order before a door resolves its model.
@@ -67,7 +71,11 @@ impl Catalog {
     pub fn parse(text: &str) -> Result<Self, String> {
         let root: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
         let root = object(&root, "the file")?;
-        only_fields(root, "", &["providers", "aliases", "prices", "routes"])?;
+        only_fields(
+            root,
+            "",
+            &["providers", "aliases", "groups", "prices", "routes"],
+        )?;
         let mut catalog = Catalog::default();
         if let Some(providers) = root.get("providers") {
             for (name, decl) in object(providers, "providers")? {
@@ -79,6 +87,11 @@ impl Catalog {
                 catalog.aliases.push(alias(name, decl)?);
             }
         }
+        catalog.groups = root
+            .get("groups")
+            .map(groups::parse)
+            .transpose()?
+            .unwrap_or_default();
         if let Some(section) = root.get("prices") {
             catalog.prices = prices::parse(section, "prices")?;
         }
@@ -237,15 +250,19 @@ pub fn check_catalog(catalog: &Catalog) -> Result<(), String> {
     prices::check_providers(&catalog.prices, |name| {
         built_in(name).is_some() || catalog.providers.iter().any(|p| p.name == name)
     })?;
+    groups::check(
+        &catalog.groups,
+        |name| built_in(name).is_some() || catalog.providers.iter().any(|p| p.name == name),
+        |name| catalog.aliases.iter().any(|alias| alias.name == name),
+    )?;
     let providers: Vec<&str> = BUILT_IN
         .iter()
         .map(|(name, _, _)| *name)
         .chain(catalog.providers.iter().map(|p| p.name.as_str()))
         .collect();
     let aliases: Vec<&str> = catalog.aliases.iter().map(|a| a.name.as_str()).collect();
-    // TODO(groups): pass the names of the `groups` section once it lands.
-    let groups: &[&str] = &[];
-    crate::config::routes::check(&catalog.routes, &providers, &aliases, groups)
+    let groups: Vec<&str> = catalog.groups.iter().map(|g| g.name.as_str()).collect();
+    crate::config::routes::check(&catalog.routes, &providers, &aliases, &groups)
 }
 
 #[cfg(test)]
@@ -390,6 +407,15 @@ mod tests {
             (
                 r#"{"prices": {"nobody/m": {"input": 1, "output": 2}}}"#,
                 r#"prices.nobody/m: "nobody" is not a known provider"#,
+            ),
+            (
+                r#"{"groups": {"g": {"deployments": [{"provider": "nobody", "model": "m"}]}}}"#,
+                "groups.g.deployments[0].provider",
+            ),
+            (
+                r#"{"aliases": {"fast": {"provider": "openai", "model": "m"}},
+                    "groups": {"fast": {"deployments": [{"provider": "openai", "model": "m"}]}}}"#,
+                "groups.fast: an alias has this name",
             ),
         ] {
             let err = check_catalog(&Catalog::parse(catalog).unwrap()).unwrap_err();

@@ -28,6 +28,7 @@ use crate::{
     error::Attempt,
     error::ProxyError,
     formats::{self, anthropic, openai, Format, PassThrough, StreamEncoder, Upstream},
+    gateway::health::{Clock, Deployment, Verdict},
     gateway::retry,
     limits::{Guards, RequestPermit, UpstreamSlots},
     metrics::Metrics,
@@ -41,6 +42,8 @@ use crate::{
 const PROXY_PROVIDER: HeaderName = HeaderName::from_static("x-proxy-provider");
 const PROXY_MODEL: HeaderName = HeaderName::from_static("x-proxy-model");
 const PROXY_ATTEMPTS: HeaderName = HeaderName::from_static("x-proxy-attempts");
+const PROXY_GROUP: HeaderName = HeaderName::from_static("x-proxy-group");
+const PROXY_DEPLOYMENT: HeaderName = HeaderName::from_static("x-proxy-deployment");
 
 /// The ways in, each answering in its own shapes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -158,6 +161,18 @@ pub struct Target<'r> {
     pub upstream: &'r dyn Upstream,
     pub model: Cow<'r, str>,
     pub key: Result<Option<HeaderValue>, String>,
+    /// A group's deployment: its attempts count toward its health and latency.
+    pub tracked: Option<Tracked<'r>>,
+}
+
+/// A group's deployment, as a target sees it.
+#[derive(Clone, Copy)]
+pub struct Tracked<'r> {
+    pub group: &'r str,
+    /// `provider/model`.
+    pub deployment: &'r str,
+    pub health: &'r Deployment,
+    pub clock: &'r Clock,
 }
 
 /// What the access log learns: who answered, after how many upstream calls.
@@ -169,6 +184,8 @@ pub struct Outcome {
     pub attempts: u32,
     /// Time spent in upstream calls before the reply was handed over.
     pub upstream_time: Duration,
+    /// The last attempt's time to its answer's head.
+    pub first_byte: Option<Duration>,
     /// A non-stream answer's token counts.
     pub usage: Option<Usage>,
     /// The model a non-stream answer says answered (it may be a dated snapshot of the one
@@ -211,8 +228,9 @@ impl Failed {
 /// Retried: failures before any byte reached the caller that may pass (see
 /// [`retry::is_retryable`]), as long as no 2xx head has arrived. A target is left for the next
 /// when its retries are spent, or when the upstream asks to wait longer than
-/// `RETRY_MAX_WAIT_SECONDS`. Any other failure is answered at once. Nothing here is shared
-/// between requests: one caller's failures never change how another's requests are treated.
+/// `RETRY_MAX_WAIT_SECONDS`. Any other failure is answered at once. Only a group's
+/// deployments share anything between requests: each attempt on one reports to its health
+/// and latency state (see [`crate::gateway::health`] for why a caller's own 4xx never counts).
 pub async fn run(
     state: &State<'_>,
     incoming: &Incoming<'_>,
@@ -245,7 +263,14 @@ pub async fn run(
             outcome.provider = Some(endpoint.name);
             outcome.model = Some(target.model.clone().into_owned());
             outcome.upstream_headers.clear();
+            outcome.first_byte = None;
+            // Counted in flight until the answer's head (a stream's first event) is in.
+            let in_flight = target.tracked.map(|t| t.health.start(t.clock.now()));
             let result = try_once(state, incoming, target, key, &mut permit, outcome).await;
+            if let Some(tracked) = target.tracked {
+                report(tracked, &result, outcome.first_byte);
+            }
+            drop(in_flight);
             let Failed {
                 error,
                 retry: retryable,
@@ -257,6 +282,9 @@ pub async fn run(
                         &target.model,
                         outcome.attempts,
                     );
+                    if let Some(tracked) = target.tracked {
+                        label_deployment(&mut response, tracked);
+                    }
                     return Ok(response);
                 }
                 Err(failed) => failed,
@@ -333,6 +361,37 @@ pub fn label(response: &mut HttpResponse, provider: &str, model: &str, attempts:
     headers.insert(PROXY_ATTEMPTS, HeaderValue::from(attempts));
 }
 
+/// What an attempt on a group's deployment says about its health, and its time to first byte
+/// when it answered 2xx (a fast error must not make a failing deployment look fast).
+fn report(
+    tracked: Tracked<'_>,
+    result: &Result<HttpResponse, Failed>,
+    first_byte: Option<Duration>,
+) {
+    let now = tracked.clock.now();
+    let verdict = match result {
+        Ok(_) => {
+            if let Some(ttfb) = first_byte {
+                tracked.health.sample_ttfb(ttfb, now);
+            }
+            Verdict::Success
+        }
+        Err(failed) => Verdict::of(&failed.error),
+    };
+    tracked.health.record(verdict, now);
+}
+
+/// Which group and deployment answered.
+fn label_deployment(response: &mut HttpResponse, tracked: Tracked<'_>) {
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(tracked.group) {
+        headers.insert(PROXY_GROUP, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(tracked.deployment) {
+        headers.insert(PROXY_DEPLOYMENT, value);
+    }
+}
+
 /// The upstream call for one target: the body as it came when the upstream speaks the door's
 /// format, else the request in the model translated into the upstream's.
 fn upstream_request(
@@ -396,6 +455,7 @@ async fn try_once(
     let sent = Instant::now();
     let response = upstream::send(state.client, upstream_request, config.http_timeout).await;
     let response = response.inspect_err(|_| outcome.upstream_time += sent.elapsed())?;
+    outcome.first_byte = Some(sent.elapsed());
     state
         .metrics
         .upstream_first_byte(endpoint.name, sent.elapsed());

@@ -1,5 +1,5 @@
-//! The registry of configured providers and aliases: each provider one upstream of a wire
-//! format, where to reach it, and how.
+//! The registry of configured providers, aliases and groups: each provider one upstream of a
+//! wire format, where to reach it, and how; each group its deployments and their health.
 //!
 //! Adding an OpenAI-compatible provider needs only the providers file. Adding a wire format:
 //! write one folder under `formats/` with a type that implements [`Upstream`], then add one
@@ -8,10 +8,12 @@
 use actix_web::http::header::HeaderValue;
 
 use crate::{
+    config::groups::{Capabilities, DeploymentDecl, GroupDecl, Strategy},
     config::providers_file::{ProviderDecl, BUILT_IN},
     config::Config,
     error::ProxyError,
     formats::{anthropic::Anthropic, gemini::Gemini, openai::OpenAi, Upstream},
+    gateway::health::{self, Clock},
 };
 
 /// Builds a provider of the given wire format. The one line to add for a new format.
@@ -40,10 +42,66 @@ pub struct Alias {
     pub fallbacks: Vec<String>,
 }
 
-/// The providers and aliases this process serves.
+/// A name that stands for several deployments, chosen per request by its strategy.
+pub struct Group {
+    pub decl: GroupDecl,
+    /// Parallel to `decl.deployments`: an upstream of its own for a deployment with a
+    /// `base_url`, else `None` for its provider's.
+    own_upstreams: Vec<Option<Box<dyn Upstream>>>,
+    /// Parallel to `decl.deployments`: `provider/model`, for headers and metrics.
+    pub labels: Vec<String>,
+    /// Shared by every worker.
+    pub health: health::Group,
+    /// An alias is a one-deployment group with the alias's fallbacks; a declared group has
+    /// none of its own.
+    pub alias_fallbacks: Option<Vec<String>>,
+}
+
+impl Group {
+    fn new(decl: GroupDecl, own_upstreams: Vec<Option<Box<dyn Upstream>>>) -> Self {
+        Self {
+            labels: decl
+                .deployments
+                .iter()
+                .map(|d| format!("{}/{}", d.provider, d.model))
+                .collect(),
+            health: health::Group::new(decl.deployments.len()),
+            decl,
+            own_upstreams,
+            alias_fallbacks: None,
+        }
+    }
+
+    /// The one-deployment group an alias stands for.
+    fn of_alias(alias: &Alias) -> Self {
+        let decl = GroupDecl {
+            name: alias.name.clone(),
+            strategy: Strategy::Ordered,
+            sticky: None,
+            deployments: vec![DeploymentDecl {
+                provider: alias.provider.to_owned(),
+                model: alias.model.clone(),
+                base_url: None,
+                weight: 1.0,
+                context: None,
+                capabilities: Capabilities::ALL,
+                price: None,
+            }],
+        };
+        Self {
+            alias_fallbacks: Some(alias.fallbacks.clone()),
+            ..Self::new(decl, vec![None])
+        }
+    }
+}
+
+/// The providers, aliases and groups this process serves.
 pub struct Registry {
     providers: Vec<Box<dyn Upstream>>,
     aliases: Vec<Alias>,
+    groups: Vec<Group>,
+    /// The time health state is kept in.
+    pub clock: Clock,
 }
 
 impl Registry {
@@ -82,6 +140,30 @@ impl Registry {
                 )),
             }
         }
+        let mut groups: Vec<Group> = config
+            .catalog
+            .groups
+            .iter()
+            .map(|decl| {
+                let own_upstreams = decl
+                    .deployments
+                    .iter()
+                    .map(|deployment| {
+                        let url = deployment.base_url.as_ref()?;
+                        let (kind, endpoint) = declared
+                            .iter()
+                            .find(|(_, e)| e.name == deployment.provider)
+                            .expect("groups name known providers");
+                        let endpoint = Endpoint {
+                            base_url: url.clone(),
+                            ..endpoint.clone()
+                        };
+                        Some(wire_format(kind, endpoint, config))
+                    })
+                    .collect();
+                Group::new(decl.clone(), own_upstreams)
+            })
+            .collect();
         let providers: Vec<_> = declared
             .into_iter()
             .map(|(kind, endpoint)| wire_format(kind, endpoint, config))
@@ -100,8 +182,33 @@ impl Registry {
                 model: alias.model.clone(),
                 fallbacks: alias.fallbacks.clone(),
             })
-            .collect();
-        Self { providers, aliases }
+            .collect::<Vec<_>>();
+        groups.extend(aliases.iter().map(Group::of_alias));
+        Self {
+            providers,
+            aliases,
+            groups,
+            clock: Clock::start(),
+        }
+    }
+
+    pub fn group(&self, name: &str) -> Option<&Group> {
+        self.groups.iter().find(|group| group.decl.name == name)
+    }
+
+    /// The declared groups, then one per alias.
+    pub fn groups(&self) -> &[Group] {
+        &self.groups
+    }
+
+    /// The upstream a group's deployment `index` goes to.
+    pub fn deployment<'r>(&'r self, group: &'r Group, index: usize) -> &'r dyn Upstream {
+        match &group.own_upstreams[index] {
+            Some(own) => own.as_ref(),
+            None => self
+                .get(&group.decl.deployments[index].provider)
+                .expect("groups name known providers"),
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&dyn Upstream> {

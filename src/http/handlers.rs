@@ -20,7 +20,8 @@ use crate::{
     formats::{anthropic, openai, Format, Upstream},
     gateway::exchange::{self, Door, Incoming, Outcome, State, Target},
     gateway::rules::{self, Facts, Rules},
-    gateway::targets::Registry,
+    gateway::targets::{Group, Registry},
+    http::group_door,
     http::observe::{self, AccessInfo, RequestId},
     limits::{BodyBudget, RequestLimit, RequestPermit, UpstreamSlots},
     metrics::Metrics,
@@ -266,6 +267,7 @@ async fn path_route(
         upstream: provider,
         model: Cow::Borrowed(model),
         key: Ok(key.clone()),
+        tracked: None,
     };
     let targets = targets(registry, request, primary, &fallbacks, key.as_ref())?;
     let stream = chat.stream;
@@ -289,18 +291,23 @@ async fn openai_door(
     info.model = Some(probe.model.clone());
     info.stream = probe.stream;
     let body_fallbacks = body_fallbacks(&body)?;
-    let routed = route(request, shared, &probe.model, &body, info).unwrap_or(&probe.model);
     let registry = &shared.registry;
-    let (provider, model) = registry.resolve(routed)?;
-    let targets = door_targets(
-        request,
-        shared,
-        info,
-        provider,
-        model,
-        routed,
-        &body_fallbacks,
-    )?;
+    let routed = route(request, shared, &probe.model, &body, info).unwrap_or(&probe.model);
+    let targets = match registry.group(routed) {
+        Some(group) => group_targets(request, shared, info, group, &body, &body_fallbacks)?,
+        None => {
+            let (provider, model) = registry.resolve(routed)?;
+            door_targets(
+                request,
+                shared,
+                info,
+                provider,
+                model,
+                routed,
+                &body_fallbacks,
+            )?
+        }
+    };
     let mut incoming = Incoming::new(Door::OpenAi, &body, &probe.model, probe.stream);
     incoming.include_usage = probe.include_usage;
     incoming.remove = &PROXY_FIELDS;
@@ -322,16 +329,21 @@ async fn anthropic_door(
     info.stream = probe.stream;
     let body_fallbacks = body_fallbacks(&body)?;
     let routed = route(request, shared, &probe.model, &body, info).unwrap_or(&probe.model);
-    let (provider, model) = resolve_anthropic(&shared.registry, routed)?;
-    let targets = door_targets(
-        request,
-        shared,
-        info,
-        provider,
-        model,
-        routed,
-        &body_fallbacks,
-    )?;
+    let targets = match shared.registry.group(routed) {
+        Some(group) => group_targets(request, shared, info, group, &body, &body_fallbacks)?,
+        None => {
+            let (provider, model) = resolve_anthropic(&shared.registry, routed)?;
+            door_targets(
+                request,
+                shared,
+                info,
+                provider,
+                model,
+                routed,
+                &body_fallbacks,
+            )?
+        }
+    };
     let mut incoming = Incoming::new(Door::Anthropic, &body, &probe.model, probe.stream);
     incoming.query = Some(request.query_string()).filter(|query| !query.is_empty());
     incoming.headers = anthropic_headers(request);
@@ -480,8 +492,61 @@ fn door_targets<'r>(
         upstream: provider,
         model: Cow::Borrowed(model),
         key: Ok(key.clone()),
+        tracked: None,
     };
     targets(registry, request, primary, &fallbacks, key.as_ref())
+}
+
+/// A door's targets for a group (an alias is a one-deployment group): its deployments in the
+/// order its strategy picks, each with the caller's key when of the provider of the group's
+/// first deployment, else `X-API-Key-<Provider>` (a key never goes to another provider than
+/// its own); then the request's fallbacks, or else an alias's. Without a key for any deployment, the request is refused as without a key.
+fn group_targets<'r>(
+    request: &'r HttpRequest,
+    shared: &'r Shared,
+    info: &mut AccessInfo,
+    group: &'r Group,
+    body: &[u8],
+    body_fallbacks: &'r [String],
+) -> Result<Vec<Target<'r>>, ProxyError> {
+    let registry = &shared.registry;
+    let caller_key = request_key(request, true);
+    let primary = group.decl.deployments[0].provider.as_str();
+    let key_of = |upstream: &dyn Upstream| {
+        let name = upstream.endpoint().name;
+        let own = || header_key(request, &format!("x-api-key-{name}"));
+        let key = match name == primary {
+            true => caller_key.clone().or_else(own),
+            false => own(),
+        };
+        match key_for(upstream, key) {
+            None if upstream.endpoint().key_required => Err(format!(
+                "skipped: no key (send it in X-API-Key-{})",
+                title_case(name)
+            )),
+            key => Ok(key),
+        }
+    };
+    let mut deployments =
+        group_door::targets(request, registry, group, body, caller_key.as_ref(), key_of);
+    if deployments.iter().all(|target| target.key.is_err()) {
+        return Err(ProxyError::MissingKey);
+    }
+    info.provider = deployments.first().map(|t| t.upstream.endpoint().name);
+    let mut fallbacks = header_fallbacks(request)?;
+    fallbacks.extend(body_fallbacks.iter().map(String::as_str));
+    if fallbacks.is_empty() {
+        fallbacks.extend(group.alias_fallbacks.iter().flatten().map(String::as_str));
+    }
+    if fallbacks.is_empty() {
+        return Ok(deployments);
+    }
+    let rest = deployments.split_off(1);
+    let first = deployments.pop().expect("a group has a deployment");
+    let first_key = first.key.clone().ok().flatten();
+    let mut all = targets(registry, request, first, &fallbacks, first_key.as_ref())?;
+    all.splice(1..1, rest);
+    Ok(all)
 }
 
 /// Hands the targets to the exchange, and notes what came of it for the log.
@@ -509,7 +574,7 @@ pub async fn models(registry: web::Data<Registry>) -> HttpResponse {
         .body(models_body(&registry))
 }
 
-/// `GET /v1/models`: every alias, then every provider as `provider/*` (any model of it).
+/// `GET /v1/models`: every alias, every group, then every provider as `provider/*` (any model of it).
 fn models_body(registry: &Registry) -> Vec<u8> {
     #[derive(Serialize)]
     struct List<'a> {
@@ -529,6 +594,16 @@ fn models_body(registry: &Registry) -> Vec<u8> {
         created: 0,
         owned_by: alias.provider,
     });
+    let groups = registry
+        .groups()
+        .iter()
+        .filter(|group| group.alias_fallbacks.is_none());
+    let groups = groups.map(|group| Model {
+        id: group.decl.name.as_str().into(),
+        object: "model",
+        created: 0,
+        owned_by: "llm-proxy",
+    });
     let providers = registry.names().into_iter().map(|name| Model {
         id: format!("{name}/*").into(),
         object: "model",
@@ -537,7 +612,7 @@ fn models_body(registry: &Registry) -> Vec<u8> {
     });
     let list = List {
         object: "list",
-        data: aliases.chain(providers).collect(),
+        data: aliases.chain(groups).chain(providers).collect(),
     };
     serde_json::to_vec(&list).expect("a model list always serializes")
 }
@@ -586,6 +661,7 @@ fn targets<'r>(
             upstream: provider,
             model: Cow::Borrowed(model),
             key,
+            tracked: None,
         });
     }
     Ok(targets)

@@ -2,6 +2,7 @@
 //! (request ids, the access log, CORS).
 
 pub mod cors;
+pub mod group_door;
 pub mod handlers;
 pub mod observe;
 pub mod routes;

@@ -27,7 +27,10 @@ use crate::{
     config::prices::PriceTable,
     model::cost::{self, Cost},
 };
-use crate::{config::Config, limits::RequestLimit, metrics, metrics::Metrics, model::Usage};
+use crate::{
+    config::Config, gateway::targets::Registry, limits::RequestLimit, metrics, metrics::Metrics,
+    model::Usage,
+};
 
 /// What a non-stream answer cost, in USD, when its price is known.
 pub const PROXY_COST: HeaderName = HeaderName::from_static("x-proxy-cost-usd");
@@ -381,10 +384,26 @@ impl Drop for Observed {
 pub async fn metrics(
     metrics: web::Data<Metrics>,
     limit: web::Data<RequestLimit>,
+    registry: web::Data<Registry>,
 ) -> actix_web::HttpResponse {
+    let mut text = metrics.render(limit.in_flight());
+    let rows = registry.groups().iter().flat_map(|group| {
+        group
+            .labels
+            .iter()
+            .zip(&group.health.deployments)
+            .map(|(label, health)| metrics::DeploymentRow {
+                group: &group.decl.name,
+                deployment: label,
+                up: health.is_up(),
+                ttfb_ewma: health.ttfb_ewma(),
+            })
+    });
+    let at = text.rfind("# EOF").unwrap_or(text.len());
+    text.insert_str(at, &metrics::deployment_families(rows));
     actix_web::HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(metrics.render(limit.in_flight()))
+        .body(text)
 }
 
 #[cfg(test)]

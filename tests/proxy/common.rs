@@ -54,6 +54,8 @@ pub enum Reply {
     Stream(FeedBody),
     /// Never answers.
     Hang,
+    /// The reply, after a wait: an upstream of some latency.
+    After(Duration, Box<Reply>),
     /// A 200 stream of `count` copies of `chunk`, each made only when the server asks for
     /// it; `produced` counts the bytes made so far.
     Lazy {
@@ -188,6 +190,10 @@ async fn respond(reply: Reply) -> HttpResponse {
             .content_type("text/event-stream")
             .streaming(body),
         Reply::Hang => std::future::pending().await,
+        Reply::After(wait, reply) => {
+            actix_web::rt::time::sleep(wait).await;
+            Box::pin(respond(*reply)).await
+        }
         Reply::Lazy {
             chunk,
             count,

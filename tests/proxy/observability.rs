@@ -19,6 +19,8 @@ fn assert_documented_names(text: &str) {
         ("llm_proxy_upstream_errors_total", "counter"),
         ("llm_proxy_tokens_total", "counter"),
         ("llm_proxy_cost_usd_total", "counter"),
+        ("llm_proxy_deployment_up", "gauge"),
+        ("llm_proxy_deployment_ttfb_ewma_seconds", "gauge"),
     ];
     let page = include_str!("../../docs/observability.md");
     let mut samples = Vec::new();
