@@ -1,9 +1,15 @@
 //! The providers file's `groups`: names callers use as `model`, each over deployments (a
 //! provider and a model) chosen per request by a strategy, checked field by field at start.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::util::url::check_base_url;
+use crate::{
+    config::{
+        fields::{object, only_fields},
+        prices::{self, Price},
+    },
+    util::url::check_base_url,
+};
 
 /// The most deployments one group may list: each is up to `1 + MAX_RETRIES` upstream calls
 /// when the others fail, so one request's fan-out stays bounded.
@@ -75,15 +81,6 @@ impl Capabilities {
         reasoning: true,
     };
     const NAMES: [&'static str; 4] = ["tools", "images", "json_schema", "reasoning"];
-}
-
-/// US dollars per million tokens.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Price {
-    pub input: f64,
-    pub output: f64,
-    pub cache_read: f64,
-    pub cache_write: f64,
 }
 
 /// One entry of a group's `deployments`.
@@ -238,7 +235,7 @@ fn deployment(decl: &Value, at: &str) -> Result<DeploymentDecl, String> {
     };
     let price = match fields.get("price") {
         None => None,
-        Some(value) => Some(price(value, &format!("{at}.price"))?),
+        Some(value) => Some(prices::price(value, &format!("{at}.price"))?),
     };
     Ok(DeploymentDecl {
         provider: required("provider")?,
@@ -278,34 +275,6 @@ fn capabilities(value: &Value, at: &str) -> Result<Capabilities, String> {
     Ok(can)
 }
 
-fn price(value: &Value, at: &str) -> Result<Price, String> {
-    let fields = object(value, at)?;
-    only_fields(
-        fields,
-        at,
-        &["input", "output", "cache_read", "cache_write"],
-    )?;
-    let dollars = |field: &str, required: bool| match fields.get(field) {
-        None if required => Err(format!(
-            "{at}.{field}: required, US dollars per million tokens"
-        )),
-        None => Ok(None),
-        Some(value) => value
-            .as_f64()
-            .filter(|d| d.is_finite() && *d >= 0.0)
-            .map(Some)
-            .ok_or_else(|| format!("{at}.{field}: must be a number of dollars, 0 or more")),
-    };
-    let input = dollars("input", true)?.unwrap_or_default();
-    // Cached reads and writes cost as input when not given: an upper bound, never 0.
-    Ok(Price {
-        input,
-        output: dollars("output", true)?.unwrap_or_default(),
-        cache_read: dollars("cache_read", false)?.unwrap_or(input),
-        cache_write: dollars("cache_write", false)?.unwrap_or(input),
-    })
-}
-
 /// Checks the groups against the rest of the file: every deployment names a known provider,
 /// and no group has an alias's name.
 pub fn check(
@@ -330,24 +299,6 @@ pub fn check(
         }
     }
     Ok(())
-}
-
-// The same small helpers as the providers file's: kept here so this module imports nothing
-// of the file that includes it.
-fn object<'v>(value: &'v Value, at: &str) -> Result<&'v Map<String, Value>, String> {
-    value
-        .as_object()
-        .ok_or_else(|| format!("{at}: must be a JSON object"))
-}
-
-fn only_fields(fields: &Map<String, Value>, at: &str, known: &[&str]) -> Result<(), String> {
-    match fields.keys().find(|key| !known.contains(&key.as_str())) {
-        None => Ok(()),
-        Some(unknown) => Err(format!(
-            "{at}.{unknown}: unknown field; expected one of {}",
-            known.join(", ")
-        )),
-    }
 }
 
 #[cfg(test)]
@@ -383,11 +334,12 @@ mod tests {
         assert!(groq.capabilities.tools && !groq.capabilities.images);
         assert_eq!(
             groq.price,
+            // A cache price left out is billed at the input price (see `prices::Price`).
             Some(Price {
                 input: 0.05,
                 output: 0.08,
-                cache_read: 0.01,
-                cache_write: 0.05
+                cache_read: Some(0.01),
+                cache_write: None,
             })
         );
         assert_eq!(groups[1].strategy, super::Strategy::Weighted);

@@ -146,27 +146,32 @@ pub fn parse(value: &Value, at: &str) -> Result<Vec<PriceEntry>, String> {
             .ok_or_else(|| {
                 format!("{at}: a price is named `provider/model`, the provider in lowercase")
             })?;
-        let fields = object(decl, &at)?;
-        only_fields(
-            fields,
-            &at,
-            &["input", "output", "cache_read", "cache_write"],
-        )?;
-        let required = |field| {
-            usd(fields, &at, field)?.ok_or_else(|| format!("{at}.{field}: required, a number"))
-        };
         entries.push(PriceEntry {
             provider: provider.to_owned(),
             model: model.to_owned(),
-            price: Price {
-                input: required("input")?,
-                output: required("output")?,
-                cache_read: usd(fields, &at, "cache_read")?,
-                cache_write: usd(fields, &at, "cache_write")?,
-            },
+            price: price(decl, &at)?,
         });
     }
     Ok(entries)
+}
+
+/// One price, `{input, output, cache_read?, cache_write?}`, wherever the providers file has
+/// one (a `prices` entry, a group deployment's `price`).
+pub fn price(value: &Value, at: &str) -> Result<Price, String> {
+    let fields = object(value, at)?;
+    only_fields(
+        fields,
+        at,
+        &["input", "output", "cache_read", "cache_write"],
+    )?;
+    let required =
+        |field| usd(fields, at, field)?.ok_or_else(|| format!("{at}.{field}: required, a number"));
+    Ok(Price {
+        input: required("input")?,
+        output: required("output")?,
+        cache_read: usd(fields, at, "cache_read")?,
+        cache_write: usd(fields, at, "cache_write")?,
+    })
 }
 
 /// Checks that each price in the providers file is for a provider the proxy knows: a price

@@ -3,7 +3,9 @@
 
 use actix_web::http::header::HeaderName;
 use jiff::tz::{Offset, TimeZone};
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use crate::config::fields::{object, only_fields};
 
 /// More rules than this is a configuration mistake, and would make a request's evaluation
 /// cost more than the microseconds promised.
@@ -309,22 +311,6 @@ pub fn check(
 /// Printable ASCII, as a header value must be to travel everywhere.
 fn is_printable(text: &str) -> bool {
     (1..=MAX_TEXT).contains(&text.len()) && text.bytes().all(|b| (0x20..0x7f).contains(&b))
-}
-
-fn object<'v>(value: &'v Value, at: &str) -> Result<&'v Map<String, Value>, String> {
-    value
-        .as_object()
-        .ok_or_else(|| format!("{at}: must be a JSON object"))
-}
-
-fn only_fields(fields: &Map<String, Value>, at: &str, known: &[&str]) -> Result<(), String> {
-    match fields.keys().find(|key| !known.contains(&key.as_str())) {
-        None => Ok(()),
-        Some(unknown) => Err(format!(
-            "{at}.{unknown}: unknown field; expected one of {}",
-            known.join(", ")
-        )),
-    }
 }
 
 #[cfg(test)]

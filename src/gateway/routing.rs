@@ -7,7 +7,10 @@
 
 use std::time::Duration;
 
-use crate::config::groups::{DeploymentDecl, GroupDecl, Price, Strategy};
+use crate::config::{
+    groups::{DeploymentDecl, GroupDecl, Strategy},
+    prices::Price,
+};
 
 /// The output tokens a request without `max_tokens` is costed for.
 pub const DEFAULT_OUTPUT_TOKENS: u64 = 1024;
@@ -62,11 +65,6 @@ pub struct Pick<'p> {
     /// The price of a deployment: its `price` override, else the shipped table's entry. An
     /// unknown price ranks as the most expensive.
     pub price_of: &'p dyn Fn(&DeploymentDecl) -> Option<Price>,
-}
-
-/// A deployment's own price override, for callers without a price table.
-pub fn declared_price(deployment: &DeploymentDecl) -> Option<Price> {
-    deployment.price
 }
 
 /// The order in which to try `group`'s deployments (indices into `group.deployments`;
@@ -248,7 +246,12 @@ fn mix(mut z: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::groups::{self, Capabilities};
+
+    /// A deployment's own price override: the table-less price for these tests.
+    fn declared_price(deployment: &DeploymentDecl) -> Option<Price> {
+        deployment.price
+    }
+    use crate::config::groups::Capabilities;
 
     fn group(strategy: Strategy, deployments: &[(&str, f64)]) -> GroupDecl {
         GroupDecl {
@@ -416,10 +419,10 @@ mod tests {
             ],
         );
         let price = |input, output| {
-            Some(groups::Price {
+            Some(Price {
                 input,
                 output,
-                ..groups::Price::default()
+                ..Price::default()
             })
         };
         group.deployments[1].price = price(3.0, 15.0);

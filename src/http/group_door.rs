@@ -7,7 +7,10 @@ use actix_web::{http::header::HeaderValue, HttpRequest};
 use memchr::memmem;
 
 use crate::{
-    config::groups::{Sticky, Strategy},
+    config::{
+        groups::{DeploymentDecl, Sticky, Strategy},
+        prices::{Price, PriceTable},
+    },
     formats::Upstream,
     gateway::{
         exchange::{Target, Tracked},
@@ -52,6 +55,7 @@ pub fn needs(body: &[u8], group: &Group) -> Needs {
 pub fn targets<'r>(
     request: &HttpRequest,
     registry: &'r Registry,
+    prices: &PriceTable,
     group: &'r Group,
     body: &[u8],
     caller_key: Option<&HeaderValue>,
@@ -64,6 +68,13 @@ pub fn targets<'r>(
             .get(name.as_str())
             .map(|value| routing::sticky_hash(value.as_bytes())),
     });
+    let price_of = |deployment: &DeploymentDecl| -> Option<Price> {
+        deployment.price.or_else(|| {
+            prices
+                .find(&deployment.provider, &deployment.model)
+                .map(|found| found.price)
+        })
+    };
     let mut pick = Pick {
         // 53 random bits from the jitter source, spread by SplitMix64.
         rng: Rng::new((retry::random() * (1u64 << 53) as f64) as u64),
@@ -72,8 +83,8 @@ pub fn targets<'r>(
             _ => 0,
         },
         sticky,
-        // The seam for the shipped price table: the deployment's own price until it exists.
-        price_of: &routing::declared_price,
+        // A deployment's own price, else the shipped table's (after the file's `prices`).
+        price_of: &price_of,
     };
     let observed = group.health.observe(registry.clock.now());
     let order = routing::order(&group.decl, &observed, &needs(body, group), &mut pick);

@@ -14,8 +14,8 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::{
-    config::providers_file::MAX_FALLBACKS,
     config::Config,
+    config::{prices::PriceTable, providers_file::MAX_FALLBACKS},
     error::ProxyError,
     formats::{anthropic, openai, Format, Upstream},
     gateway::exchange::{self, Door, Incoming, Outcome, State, Target},
@@ -88,6 +88,7 @@ pub struct Shared {
     pub limit: web::Data<RequestLimit>,
     pub budget: web::Data<BodyBudget>,
     pub metrics: web::Data<Metrics>,
+    pub prices: web::Data<PriceTable>,
     pub request_id: HeaderValue,
 }
 
@@ -124,6 +125,10 @@ impl Shared {
                 .app_data()
                 .cloned()
                 .unwrap_or_else(|| data("Metrics")),
+            prices: request
+                .app_data()
+                .cloned()
+                .unwrap_or_else(|| data("PriceTable")),
             request_id: request
                 .extensions()
                 .get::<RequestId>()
@@ -527,8 +532,15 @@ fn group_targets<'r>(
             key => Ok(key),
         }
     };
-    let mut deployments =
-        group_door::targets(request, registry, group, body, caller_key.as_ref(), key_of);
+    let mut deployments = group_door::targets(
+        request,
+        registry,
+        &shared.prices,
+        group,
+        body,
+        caller_key.as_ref(),
+        key_of,
+    );
     if deployments.iter().all(|target| target.key.is_err()) {
         return Err(ProxyError::MissingKey);
     }
