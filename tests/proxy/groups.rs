@@ -358,3 +358,30 @@ async fn cost_picks_the_cheapest_deployment_that_can_serve_the_request() {
     );
     assert!(dear.requests().is_empty());
 }
+
+#[actix_web::test]
+async fn cost_prices_deployments_without_their_own_price_by_the_shipped_table() {
+    // No `price` in the file: gpt-4o costs 2.5/10 per million tokens by data/prices.json,
+    // gpt-4o-mini 0.15/0.6, claude-haiku-4-5 1/5; a model the table lacks ranks last.
+    let (dear, cheap, middle, unknown) = (ok(), ok(), ok(), ok());
+    let text = format!(
+        r#"{{"groups": {{"g": {{"strategy": "cost", "deployments": [
+             {{"provider": "openai", "model": "gpt-4o", "base_url": "{}"}},
+             {{"provider": "openai", "model": "not-in-the-table", "base_url": "{}"}},
+             {{"provider": "openai", "model": "gpt-4o-mini", "base_url": "{}"}},
+             {{"provider": "openai", "model": "gpt-4.1", "base_url": "{}"}}]}}}}}}"#,
+        dear.base_url(),
+        unknown.base_url(),
+        cheap.base_url(),
+        middle.base_url()
+    );
+    let proxy = start_proxy(config_with_catalog(&dear, &text));
+    let answer = complete(&proxy, hi("g")).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(
+        answer.header("x-proxy-deployment"),
+        Some("openai/gpt-4o-mini")
+    );
+    assert_eq!(cheap.requests().len(), 1);
+    assert!(dear.requests().is_empty() && unknown.requests().is_empty());
+}
