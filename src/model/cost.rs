@@ -45,9 +45,29 @@ pub fn cost_of(
 /// A cost as a plain decimal, for `X-Proxy-Cost-USD` and the text log: to a billionth of a
 /// dollar, without trailing zeros (`0.000123`, `0`).
 pub fn format_usd(usd: f64) -> String {
-    let text = format!("{usd:.9}");
-    let text = text.trim_end_matches('0').trim_end_matches('.');
-    text.to_owned()
+    const BILLION: u64 = 1_000_000_000;
+    let nanos = (usd * 1e9).round();
+    // Written from whole billionths by hand: float formatting costs a microsecond's part on
+    // every answer. A figure too large for that (no real answer costs 18 billion dollars)
+    // takes the slow way.
+    if !(0.0..1.8e19).contains(&nanos) {
+        let text = format!("{usd:.9}");
+        return text.trim_end_matches('0').trim_end_matches('.').to_owned();
+    }
+    let nanos = nanos as u64;
+    let mut out = (nanos / BILLION).to_string();
+    let mut fraction = nanos % BILLION;
+    if fraction != 0 {
+        let mut digits = [b'0'; 9];
+        for digit in digits.iter_mut().rev() {
+            *digit = b'0' + (fraction % 10) as u8;
+            fraction /= 10;
+        }
+        let last = digits.iter().rposition(|d| *d != b'0').unwrap_or(0);
+        out.push('.');
+        out.extend(digits[..=last].iter().map(|d| char::from(*d)));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -158,6 +178,17 @@ mod tests {
         assert_eq!(format_usd(12.5), "12.5");
         assert_eq!(format_usd(0.0000000004), "0");
         assert_eq!(format_usd(1e-9), "0.000000001");
+        assert_eq!(format_usd(3.000_000_05), "3.00000005");
+        assert_eq!(format_usd(1e12), "1000000000000");
+        assert_eq!(format_usd(2e19), "20000000000000000000");
+    }
+
+    proptest! {
+        #[test]
+        fn a_written_cost_reads_back_within_a_billionth(usd in 0.0..1e9f64) {
+            let back: f64 = format_usd(usd).parse().unwrap();
+            prop_assert!((back - usd).abs() <= 5e-10 + usd * 1e-15, "{usd} {back}");
+        }
     }
 
     fn any_price() -> impl Strategy<Value = Price> {
