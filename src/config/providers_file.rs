@@ -438,4 +438,17 @@ mod tests {
         let err = Catalog::parse(r#"{"prices": {"openai/x": {"input": 1}}}"#).unwrap_err();
         assert_eq!(err, "prices.openai/x.output: required, a number");
     }
+
+    #[test]
+    fn the_readmes_routing_example_is_a_valid_file() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("## Routing").expect("a Routing section")..];
+        let start = section.find("```json\n").expect("an example file") + "```json\n".len();
+        let end = start + section[start..].find("```").expect("the example's end");
+        let catalog = Catalog::parse(&section[start..end]).unwrap();
+        check_catalog(&catalog).unwrap();
+        assert_eq!(catalog.groups.len(), 3);
+        assert_eq!(catalog.routes.len(), 2);
+        assert_eq!(catalog.prices.len(), 1);
+    }
 }

@@ -67,7 +67,8 @@ impl Verdict {
 
 /// A peak-EWMA (Linkerd's): a sample above the estimate replaces it at once, so a slowdown
 /// shows immediately; a sample below pulls it down by `1 - e^(-elapsed/tau)`, so a recovery
-/// shows over a few `tau`.
+/// shows over a few `tau`; and an estimate without new samples decays (see
+/// [`PeakEwma::decayed`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PeakEwma {
     /// Seconds.
@@ -76,6 +77,14 @@ pub struct PeakEwma {
 }
 
 impl PeakEwma {
+    /// The estimate as routing reads it at `now`: drifting toward zero while no sample comes,
+    /// by `e^(-elapsed/tau)`, so a deployment left alone because it was slow is tried again
+    /// after a while and can show that it recovered (a busy one is sampled too often to drift).
+    pub fn decayed(&self, now: Duration, tau: Duration) -> f64 {
+        let elapsed = now.saturating_sub(self.at).as_secs_f64();
+        self.value * (-elapsed / tau.as_secs_f64()).exp()
+    }
+
     pub fn update(estimate: Option<Self>, sample: f64, now: Duration, tau: Duration) -> Self {
         match estimate {
             Some(old) if sample <= old.value => {
@@ -146,7 +155,7 @@ impl Deployment {
         Observed {
             ejected_at: inner.ejected_at.filter(|_| inner.is_out(now)),
             in_flight: self.in_flight.load(Ordering::Relaxed),
-            ttfb: inner.ttfb.map(|ewma| ewma.value),
+            ttfb: inner.ttfb.map(|ewma| ewma.decayed(now, TAU)),
         }
     }
 
@@ -376,6 +385,16 @@ mod tests {
         drop(two);
         assert_eq!(group.observe(secs(0))[1].in_flight, 0);
         assert_eq!((group.ticket(), group.ticket()), (0, 1));
+    }
+
+    #[test]
+    fn an_estimate_without_samples_drifts_down_so_the_deployment_is_tried_again() {
+        let d = Deployment::default();
+        d.sample_ttfb(Duration::from_millis(200), secs(0));
+        let read = |at| d.observe(secs(at)).ttfb.unwrap();
+        assert!((read(0) - 0.2).abs() < 1e-9);
+        assert!((read(10) - 0.2 / std::f64::consts::E).abs() < 1e-9);
+        assert!(read(60) < 0.001);
     }
 
     #[test]

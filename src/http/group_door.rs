@@ -18,6 +18,7 @@ use crate::{
         routing::{self, Needs, Pick, Rng},
         targets::{Group, Registry},
     },
+    util::fingerprint::KeyFingerprint,
 };
 
 /// What the request needs of a deployment, from its bytes: input tokens as bytes / 4; tools,
@@ -62,7 +63,10 @@ pub fn targets<'r>(
     key_of: impl Fn(&dyn Upstream) -> Result<Option<HeaderValue>, String>,
 ) -> Vec<Target<'r>> {
     let sticky = group.decl.sticky.as_ref().and_then(|sticky| match sticky {
-        Sticky::Key => caller_key.map(|key| routing::sticky_hash(key.as_bytes())),
+        // The key's fingerprint, as rules see it: the arm follows the key, never the key itself.
+        Sticky::Key => caller_key.map(|key| {
+            routing::sticky_hash(KeyFingerprint::of(key.as_bytes()).as_str().as_bytes())
+        }),
         Sticky::Header(name) => request
             .headers()
             .get(name.as_str())
