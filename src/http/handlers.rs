@@ -296,23 +296,15 @@ async fn openai_door(
     info.model = Some(probe.model.clone());
     info.stream = probe.stream;
     let body_fallbacks = body_fallbacks(&body)?;
-    let registry = &shared.registry;
-    let routed = route(request, shared, &probe.model, &body, info).unwrap_or(&probe.model);
-    let targets = match registry.group(routed) {
-        Some(group) => group_targets(request, shared, info, group, &body, &body_fallbacks)?,
-        None => {
-            let (provider, model) = registry.resolve(routed)?;
-            door_targets(
-                request,
-                shared,
-                info,
-                provider,
-                model,
-                routed,
-                &body_fallbacks,
-            )?
-        }
-    };
+    let targets = door_plan(
+        Door::OpenAi,
+        request,
+        shared,
+        info,
+        &probe.model,
+        &body,
+        &body_fallbacks,
+    )?;
     let mut incoming = Incoming::new(Door::OpenAi, &body, &probe.model, probe.stream);
     incoming.include_usage = probe.include_usage;
     incoming.remove = &PROXY_FIELDS;
@@ -333,22 +325,15 @@ async fn anthropic_door(
     info.model = Some(probe.model.clone());
     info.stream = probe.stream;
     let body_fallbacks = body_fallbacks(&body)?;
-    let routed = route(request, shared, &probe.model, &body, info).unwrap_or(&probe.model);
-    let targets = match shared.registry.group(routed) {
-        Some(group) => group_targets(request, shared, info, group, &body, &body_fallbacks)?,
-        None => {
-            let (provider, model) = resolve_anthropic(&shared.registry, routed)?;
-            door_targets(
-                request,
-                shared,
-                info,
-                provider,
-                model,
-                routed,
-                &body_fallbacks,
-            )?
-        }
-    };
+    let targets = door_plan(
+        Door::Anthropic,
+        request,
+        shared,
+        info,
+        &probe.model,
+        &body,
+        &body_fallbacks,
+    )?;
     let mut incoming = Incoming::new(Door::Anthropic, &body, &probe.model, probe.stream);
     incoming.query = Some(request.query_string()).filter(|query| !query.is_empty());
     incoming.headers = anthropic_headers(request);
@@ -432,6 +417,38 @@ async fn count_tokens_route(
     let headers = std::mem::take(&mut outcome.upstream_headers);
     record(info, outcome);
     result.map_err(|error| Failure { error, headers })
+}
+
+/// A door's targets for the model the caller named: the `routes` rules first, then a group's
+/// deployments, or the provider and model it resolves to (each door by its own naming) with
+/// the fallbacks after it.
+fn door_plan<'r>(
+    door: Door,
+    request: &'r HttpRequest,
+    shared: &'r Shared,
+    info: &mut AccessInfo,
+    asked: &'r str,
+    body: &[u8],
+    body_fallbacks: &'r [String],
+) -> Result<Vec<Target<'r>>, ProxyError> {
+    let registry = &shared.registry;
+    let routed = route(request, shared, asked, body, info).unwrap_or(asked);
+    if let Some(group) = registry.group(routed) {
+        return group_targets(request, shared, info, group, body, body_fallbacks);
+    }
+    let (provider, model) = match door {
+        Door::Anthropic => resolve_anthropic(registry, routed)?,
+        _ => registry.resolve(routed)?,
+    };
+    door_targets(
+        request,
+        shared,
+        info,
+        provider,
+        model,
+        routed,
+        body_fallbacks,
+    )
 }
 
 /// A door's model without a `/`: an alias, or else a model of Anthropic's own.
