@@ -180,6 +180,8 @@ pub struct Tracked<'r> {
 pub struct Outcome {
     pub provider: Option<&'static str>,
     pub model: Option<String>,
+    /// The group of the last deployment tried, when the model named a group.
+    pub group: Option<String>,
     pub upstream_status: Option<u16>,
     pub attempts: u32,
     /// Time spent in upstream calls before the reply was handed over.
@@ -262,6 +264,7 @@ pub async fn run(
             outcome.attempts += 1;
             outcome.provider = Some(endpoint.name);
             outcome.model = Some(target.model.clone().into_owned());
+            outcome.group = target.tracked.map(|tracked| tracked.group.to_owned());
             outcome.upstream_headers.clear();
             outcome.first_byte = None;
             // Counted in flight until the answer's head (a stream's first event) is in.

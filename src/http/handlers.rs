@@ -41,6 +41,7 @@ const ANTHROPIC_HEADERS: [&str; 2] = ["anthropic-version", "anthropic-beta"];
 fn record(info: &mut AccessInfo, outcome: Outcome) {
     info.provider = outcome.provider.or(info.provider);
     info.model = outcome.model.or(info.model.take());
+    info.group = outcome.group;
     info.upstream_status = outcome.upstream_status;
     info.attempts = outcome.attempts;
     info.upstream_time = outcome.upstream_time;

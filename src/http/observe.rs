@@ -60,6 +60,9 @@ pub struct AccessInfo {
     /// The `routes` rule that chose where the request went: its name or `routes[i]`, as sent
     /// in `X-Proxy-Rule`.
     pub rule: Option<HeaderValue>,
+    /// The group whose deployment answered (or was tried last), when the model named one; the
+    /// deployment is `provider` and `model`.
+    pub group: Option<String>,
 }
 
 /// The caller's `X-Request-Id` when it is printable and at most 128 characters; else a new one.
@@ -265,6 +268,7 @@ impl Record {
             output_tokens: usage.map(|u| u.output_tokens),
             cost_usd: cost.map(|c| c.usd),
             rule: self.info.rule.as_ref().and_then(|rule| rule.to_str().ok()),
+            group: self.info.group.as_deref(),
         };
         if self.json {
             if let Ok(json) = serde_json::to_string(&line) {
@@ -300,6 +304,7 @@ struct Line<'a> {
     output_tokens: Option<u64>,
     cost_usd: Option<f64>,
     rule: Option<&'a str>,
+    group: Option<&'a str>,
 }
 
 impl Line<'_> {
@@ -309,7 +314,7 @@ impl Line<'_> {
         format!(
             "{} {} request_id={} provider={} model={} status={} outcome={} upstream_status={} \
              attempts={} stream={} duration_ms={} ttfb_ms={} input_tokens={} output_tokens={} \
-             cost_usd={}{}",
+             cost_usd={}{}{}",
             self.method,
             self.path,
             self.request_id,
@@ -333,6 +338,14 @@ impl Line<'_> {
             self.rule.map_or(String::new(), |rule| format!(
                 " rule={}",
                 rule.chars()
+                    .flat_map(char::escape_debug)
+                    .collect::<String>()
+            )),
+            // Only on requests to a group, likewise.
+            self.group.map_or(String::new(), |group| format!(
+                " group={}",
+                group
+                    .chars()
                     .flat_map(char::escape_debug)
                     .collect::<String>()
             )),
@@ -443,11 +456,18 @@ mod tests {
             output_tokens: None,
             cost_usd: None,
             rule,
+            group: None,
         };
         assert!(line(None).text().ends_with("output_tokens=- cost_usd=-"));
         assert!(line(Some("weekend"))
             .text()
             .ends_with("output_tokens=- cost_usd=- rule=weekend"));
+        let grouped = Line {
+            group: Some("chat"),
+            ..line(Some("weekend"))
+        };
+        assert!(grouped.text().ends_with(" rule=weekend group=chat"));
+        assert_eq!(serde_json::to_value(grouped).unwrap()["group"], "chat");
         let json = serde_json::to_value(line(None)).unwrap();
         assert_eq!(json["rule"], serde_json::Value::Null);
     }

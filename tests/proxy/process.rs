@@ -519,3 +519,32 @@ async fn a_thousand_streams_held_open_keep_memory_bounded() {
     let (status, _) = process.exit_within(Duration::from_secs(30));
     assert!(status.success());
 }
+
+#[actix_web::test]
+async fn the_access_line_names_the_group_and_the_deployment_that_answered() {
+    let mock = Mock::always(200, "application/json", fixture("openai/completion.json"));
+    let dir = std::env::temp_dir().join(format!("llm-proxy-group-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("providers.json");
+    let catalog = format!(
+        r#"{{"groups": {{"chat": {{"deployments": [
+            {{"provider": "openai", "model": "gpt-4o-mini", "base_url": "{}"}}]}}}}}}"#,
+        mock.base_url()
+    );
+    std::fs::write(&file, catalog).unwrap();
+    let mut process = Process::start(&[("PROVIDERS_FILE", file.to_str().unwrap())]);
+    let base = process.address();
+    let response = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .insert_header(("Authorization", format!("Bearer {TEST_KEY}")))
+        .send_body(hi("chat").to_string())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let line = process.wait_for_line("/v1/chat/completions");
+    for field in ["provider=openai", "model=gpt-4o-mini", "group=chat"] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
+    process.signal("-TERM");
+    assert!(process.exit_within(Duration::from_secs(20)).0.success());
+}
