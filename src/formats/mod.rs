@@ -58,6 +58,14 @@ pub struct UpstreamRequest {
     pub body: Bytes,
 }
 
+/// The key as it came, marked sensitive so that it is never printed (a reference count, no
+/// copy).
+pub fn sensitive(key: &HeaderValue) -> HeaderValue {
+    let mut key = key.clone();
+    key.set_sensitive(true);
+    key
+}
+
 /// Builds a header value from a key, marked sensitive so that it is never printed.
 pub fn secret_header(prefix: &str, key: &HeaderValue) -> HeaderValue {
     let mut bytes = Vec::with_capacity(prefix.len() + key.len());
@@ -204,9 +212,4 @@ pub fn ended_early(provider: &str, terminal: &str) -> ProxyError {
     ProxyError::Unreachable(format!(
         "the {provider} stream ended before its {terminal}; the answer is incomplete"
     ))
-}
-
-/// A fresh body of `Bytes`, for an `UpstreamRequest`.
-pub fn body(out: Vec<u8>) -> Bytes {
-    Bytes::from(out)
 }

@@ -28,8 +28,8 @@ use super::types::{compact_json, stop_reason, AnswerBlock, BlockOut, Content, Wi
 use crate::{
     error::ProxyError,
     formats::{
-        bad_body, ended_early, unsupported, Endpoint, Format, PassThrough, StreamDecoder, Upstream,
-        UpstreamRequest,
+        bad_body, ended_early, sensitive, unsupported, Endpoint, Format, PassThrough,
+        StreamDecoder, Upstream, UpstreamRequest,
     },
     model::{
         Part, Request, Response, ResponseFormat, Role, StopReason, StreamEvent, ToolCall,
@@ -112,9 +112,7 @@ impl Anthropic {
 fn auth_headers(key: Option<&HeaderValue>, version: HeaderValue) -> Vec<(HeaderName, HeaderValue)> {
     let mut headers = Vec::with_capacity(3);
     if let Some(key) = key {
-        let mut key = key.clone();
-        key.set_sensitive(true);
-        headers.push((API_KEY, key));
+        headers.push((API_KEY, sensitive(key)));
     }
     headers.push((VERSION, version));
     headers

@@ -53,7 +53,7 @@ use super::{
 use crate::{
     error::ProxyError,
     formats::{
-        bad_body, ended_early, unsupported, Endpoint, Format, StreamDecoder, Upstream,
+        bad_body, ended_early, sensitive, unsupported, Endpoint, Format, StreamDecoder, Upstream,
         UpstreamRequest,
     },
     model::{
@@ -114,11 +114,7 @@ impl Upstream for Gemini {
         Ok(UpstreamRequest {
             url: self.endpoint.url(&path),
             headers: key
-                .map(|key| {
-                    let mut key = key.clone();
-                    key.set_sensitive(true);
-                    (API_KEY, key)
-                })
+                .map(|key| (API_KEY, sensitive(key)))
                 .into_iter()
                 .collect(),
             body: translate_body(request, signs_calls(model))?,
@@ -227,7 +223,7 @@ fn translate_body(request: &Request, sign_calls: bool) -> Result<Bytes, ProxyErr
         put(&mut object, &mut Vec::new(), name, value)?;
     }
     object.end();
-    Ok(crate::formats::body(out))
+    Ok(Bytes::from(out))
 }
 
 /// Writes one field of the body and records its name.

@@ -19,7 +19,7 @@ use super::types::{stop_reason, ToolCallOut, UsageIn};
 use crate::{
     error::ProxyError,
     formats::{
-        bad_body, body, ended_early, secret_header, unsupported, Endpoint, Format, PassThrough,
+        bad_body, ended_early, secret_header, unsupported, Endpoint, Format, PassThrough,
         StreamDecoder, Upstream, UpstreamRequest,
     },
     model::{
@@ -117,7 +117,7 @@ impl Upstream for OpenAi {
             ));
         }
         let out = request_body(request, model, self.openai_itself)?;
-        Ok(self.call(body(out), key))
+        Ok(self.call(Bytes::from(out), key))
     }
 
     /// The caller's body as it came, unless its model must change or it holds a field of the
