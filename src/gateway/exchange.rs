@@ -6,11 +6,14 @@
 use std::{
     borrow::Cow,
     cell::OnceCell,
+    pin::Pin,
     rc::Rc,
+    task::{Context, Poll},
     time::{Duration, Instant, SystemTime},
 };
 
 use actix_web::{
+    body::{BodySize, BoxBody, MessageBody},
     http::{
         header::{self, HeaderName, HeaderValue},
         StatusCode,
@@ -28,7 +31,7 @@ use crate::{
     error::Attempt,
     error::ProxyError,
     formats::{self, anthropic, openai, Format, PassThrough, StreamEncoder, Upstream},
-    gateway::health::{Clock, Deployment, Verdict},
+    gateway::health::{Clock, Deployment, InFlight, Verdict},
     gateway::retry,
     limits::{Guards, RequestPermit, UpstreamSlots},
     metrics::Metrics,
@@ -267,18 +270,20 @@ pub async fn run(
             outcome.group = target.tracked.map(|tracked| tracked.group.to_owned());
             outcome.upstream_headers.clear();
             outcome.first_byte = None;
-            // Counted in flight until the answer's head (a stream's first event) is in.
+            // Counted in flight until the answer's last byte (a stream's end) or the failure.
             let in_flight = target.tracked.map(|t| t.health.start(t.clock.now()));
             let result = try_once(state, incoming, target, key, &mut permit, outcome).await;
             if let Some(tracked) = target.tracked {
                 report(tracked, &result, outcome.first_byte);
             }
-            drop(in_flight);
             let Failed {
                 error,
                 retry: retryable,
             } = match result {
                 Ok(mut response) => {
+                    if let Some(in_flight) = in_flight {
+                        response = holding(response, in_flight);
+                    }
                     label(
                         &mut response,
                         endpoint.name,
@@ -290,7 +295,10 @@ pub async fn run(
                     }
                     return Ok(response);
                 }
-                Err(failed) => failed,
+                Err(failed) => {
+                    drop(in_flight);
+                    failed
+                }
             };
             let error = error.redacted(key);
             let attempt = Attempt::failed(endpoint.name, &target.model, &error);
@@ -338,6 +346,37 @@ pub async fn run(
             attempts,
         },
     })
+}
+
+/// A streamed answer keeps its attempt in flight until its body ends, so `least_busy` counts
+/// open streams; a whole body is written at once and needs no guard.
+fn holding(response: HttpResponse, in_flight: InFlight) -> HttpResponse {
+    if !matches!(response.body().size(), BodySize::Stream) {
+        return response;
+    }
+    response.map_body(|_, body| BoxBody::new(Holding { body, in_flight }))
+}
+
+/// A body and the in-flight count it holds until it is dropped.
+struct Holding {
+    body: BoxBody,
+    #[allow(dead_code)] // held for its `Drop`
+    in_flight: InFlight,
+}
+
+impl MessageBody for Holding {
+    type Error = <BoxBody as MessageBody>::Error;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
 }
 
 /// The error for a request that is over: its last failure, with every attempt when there was

@@ -14,7 +14,7 @@
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
-        Mutex,
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -138,7 +138,8 @@ impl Inner {
 #[derive(Debug, Default)]
 pub struct Deployment {
     inner: Mutex<Inner>,
-    in_flight: AtomicU64,
+    /// Shared with each attempt's guard, which a stream's body holds to its last byte.
+    in_flight: Arc<AtomicU64>,
 }
 
 impl Deployment {
@@ -171,7 +172,7 @@ impl Deployment {
 
     /// Called as an attempt is sent; counts it in flight until the guard drops. An attempt on
     /// an ejected deployment past its backoff is its probe.
-    pub fn start(&self, now: Duration) -> InFlight<'_> {
+    pub fn start(&self, now: Duration) -> InFlight {
         {
             let mut inner = self.lock();
             if inner.ejected_at.is_some() && !inner.is_out(now) {
@@ -179,7 +180,7 @@ impl Deployment {
             }
         }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(&self.in_flight)
+        InFlight(Arc::clone(&self.in_flight))
     }
 
     /// What came of an attempt. A success readmits; so does any answer to a probe, since an
@@ -213,11 +214,12 @@ impl Deployment {
     }
 }
 
-/// An attempt in flight; dropping it ends it.
+/// An attempt in flight; dropping it ends it. It owns its count, so an answer's body can
+/// carry it until the caller has the last byte.
 #[derive(Debug)]
-pub struct InFlight<'d>(&'d AtomicU64);
+pub struct InFlight(Arc<AtomicU64>);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }

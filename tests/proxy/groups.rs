@@ -7,6 +7,8 @@ use std::sync::{
 };
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use crate::common::*;
 
 fn ok() -> Mock {
@@ -384,4 +386,53 @@ async fn cost_prices_deployments_without_their_own_price_by_the_shipped_table() 
     );
     assert_eq!(cheap.requests().len(), 1);
     assert!(dear.requests().is_empty() && unknown.requests().is_empty());
+}
+
+#[actix_web::test]
+async fn least_busy_counts_an_open_stream_until_its_end() {
+    let (feed, body) = feed();
+    let streaming = Mock::streaming(body);
+    let other = ok();
+    let proxy = start_proxy(config_with_catalog(
+        &other,
+        &catalog("least_busy", "", &[(&streaming, 1.0), (&other, 1.0)]),
+    ));
+
+    // Both idle: the first in order takes the stream, which then stays open.
+    feed.send(
+        "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\
+         \"model\":\"m0\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\
+         \"finish_reason\":null}]}\n\n",
+    );
+    let mut response = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .insert_header(("Authorization", format!("Bearer {TEST_KEY}")))
+        .send_body(streamed("g").to_string())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers().get("x-proxy-deployment").unwrap(),
+        "openai/m0"
+    );
+    assert!(response
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .starts_with(b"data: "));
+
+    // Its head and first event are long in, but the stream is still in flight.
+    for _ in 0..5 {
+        let answer = complete(&proxy, hi("g")).await;
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        assert_eq!(answer.header("x-proxy-deployment"), Some("openai/m1"));
+    }
+    assert_eq!(other.requests().len(), 5);
+    assert_eq!(streaming.requests().len(), 1, "none tried the busy one");
+
+    feed.send("data: [DONE]\n\n");
+    feed.finish();
+    let rest = read_to_end(&mut response).await;
+    assert!(rest.ends_with(b"data: [DONE]\n\n"), "{rest:?}");
 }
