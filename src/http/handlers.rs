@@ -343,9 +343,9 @@ async fn anthropic_door(
 }
 
 /// Where the `routes` rules send a door's request, if one matches: the rule's `to` then
-/// stands for the model, and the log and `X-Proxy-Rule` name the rule. Only the two doors
-/// apply rules: the path route names its provider in the path, a promise a rule must not
-/// break; and `count_tokens` counts for the model named.
+/// stands for the model, and the log and `X-Proxy-Rule` name the rule. The two doors and
+/// `count_tokens` apply rules; the path route names its provider in the path, a promise a
+/// rule must not break.
 fn route<'s>(
     request: &HttpRequest,
     shared: &'s Shared,
@@ -389,7 +389,12 @@ async fn count_tokens_route(
     let _permit = shared.limit.try_acquire()?;
     let probe = anthropic::door::probe(&body).map_err(ProxyError::InvalidRequest)?;
     info.model = Some(probe.model.clone());
-    let (provider, model) = resolve_anthropic(&shared.registry, &probe.model)?;
+    // The rules and groups of `/v1/messages` apply, so a count is for the model that would answer.
+    let asked = route(request, shared, &probe.model, &body, info).unwrap_or(&probe.model);
+    let (provider, model) = match shared.registry.group(asked) {
+        Some(group) => counting_deployment(&shared.registry, group)?,
+        None => resolve_anthropic(&shared.registry, asked)?,
+    };
     info.provider = Some(provider.endpoint().name);
     if provider.format() != Format::Anthropic {
         return Err(ProxyError::InvalidRequest(format!(
@@ -418,6 +423,29 @@ async fn count_tokens_route(
     let headers = std::mem::take(&mut outcome.upstream_headers);
     record(info, outcome);
     result.map_err(|error| Failure { error, headers })
+}
+
+/// The deployment that counts tokens for a group: its first, in the file's order, on an
+/// Anthropic-format provider (every Claude model counts the same text alike).
+fn counting_deployment<'r>(
+    registry: &'r Registry,
+    group: &'r Group,
+) -> Result<(&'r dyn Upstream, &'r str), ProxyError> {
+    (0..group.decl.deployments.len())
+        .map(|i| {
+            (
+                registry.deployment(group, i),
+                group.decl.deployments[i].model.as_str(),
+            )
+        })
+        .find(|(upstream, _)| upstream.format() == Format::Anthropic)
+        .ok_or_else(|| {
+            ProxyError::InvalidRequest(format!(
+                "/v1/messages/count_tokens counts tokens only for models of Anthropic-format \
+                 providers; group {:?} has no deployment on one",
+                group.decl.name
+            ))
+        })
 }
 
 /// A door's targets for the model the caller named: the `routes` rules first, then a group's

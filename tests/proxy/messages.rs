@@ -680,3 +680,39 @@ async fn count_tokens_for_an_openai_model_is_a_400_saying_it_is_only_for_anthrop
     );
     assert!(mock.requests().is_empty(), "nothing goes upstream");
 }
+
+#[actix_web::test]
+async fn count_tokens_follows_rules_and_groups_to_an_anthropic_deployment() {
+    let mock = Mock::always(200, "application/json", r#"{"input_tokens": 7}"#);
+    let proxy = start_proxy(config_with_catalog(
+        &mock,
+        r#"{"groups": {"team": {"strategy": "ordered", "deployments": [
+                {"provider": "openai", "model": "gpt-4o-mini"},
+                {"provider": "anthropic", "model": "claude-sonnet-4-5"}]}},
+            "routes": [{"name": "opus-to-team", "match": {"model": "claude-3-opus*"},
+                        "to": "team"}]}"#,
+    ));
+    for (model, rule) in [
+        ("team", None),
+        ("claude-3-opus-latest", Some("opus-to-team")),
+    ] {
+        let sent = json!({"model": model, "messages": [{"role": "user", "content": "Hi"}]});
+        let answer = messages(&proxy, "/v1/messages/count_tokens", sent.to_string()).await;
+        assert_eq!(answer.status, 200, "{model}: {:?}", answer.body);
+        assert_eq!(answer.header("x-proxy-rule"), rule);
+        let upstream = mock.requests().pop().unwrap();
+        assert_eq!(upstream.path, "/v1/messages/count_tokens");
+        assert_eq!(upstream.json()["model"], "claude-sonnet-4-5", "{model}");
+    }
+
+    let only_openai = start_proxy(config_with_catalog(
+        &mock,
+        r#"{"groups": {"gpts": {"deployments": [{"provider": "openai", "model": "gpt-4o"}]}}}"#,
+    ));
+    let sent = json!({"model": "gpts", "messages": [{"role": "user", "content": "Hi"}]});
+    let answer = messages(&only_openai, "/v1/messages/count_tokens", sent.to_string()).await;
+    assert_eq!(answer.status, 400, "{:?}", answer.body);
+    let body = answer.json();
+    let (_, message) = anthropic_error(&body);
+    assert!(message.contains("\"gpts\""), "{message}");
+}
