@@ -107,6 +107,19 @@ pub struct GroupDecl {
     pub deployments: Vec<DeploymentDecl>,
 }
 
+impl GroupDecl {
+    /// Whether choosing among its deployments depends on what a request needs (its size, its
+    /// tools, images or schemas): only for `cost`, or when a deployment declares a context
+    /// size or limits its capabilities. Otherwise the body need not be read at all.
+    pub fn reads_needs(&self) -> bool {
+        self.strategy == Strategy::Cost
+            || self
+                .deployments
+                .iter()
+                .any(|d| d.context.is_some() || d.capabilities != Capabilities::ALL)
+    }
+}
+
 /// Parses the file's `groups` object. Errors name the place, like
 /// `groups.fast.deployments[1].weight: must be a number greater than 0`.
 pub fn parse(groups: &Value) -> Result<Vec<GroupDecl>, String> {

@@ -24,10 +24,17 @@ use crate::{
 /// What the request needs of a deployment, from its bytes: input tokens as bytes / 4; tools,
 /// images and JSON schemas by their field names (`"tools"`, `"image_url"`, `"image"`,
 /// `"json_schema"`; inside a string a quote is escaped, so text that mentions them does not
-/// count); `max_tokens` (or `max_completion_tokens`) read only when the group needs it.
+/// count); `max_tokens` (or `max_completion_tokens`) read only when the group needs it. A group
+/// whose choice depends on none of it (see [`crate::config::groups::GroupDecl::reads_needs`]) skips the search.
 pub fn needs(body: &[u8], group: &Group) -> Needs {
-    let has = |word: &str| memmem::find(body, word.as_bytes()).is_some();
     let decl = &group.decl;
+    if !decl.reads_needs() {
+        return Needs {
+            input_tokens: Needs::estimate_input_tokens(body.len()),
+            ..Needs::default()
+        };
+    }
+    let has = |word: &str| memmem::find(body, word.as_bytes()).is_some();
     let wants_max =
         decl.strategy == Strategy::Cost || decl.deployments.iter().any(|d| d.context.is_some());
     let max_tokens = if wants_max && (has("\"max_tokens\"") || has("\"max_completion_tokens\"")) {
@@ -141,6 +148,25 @@ mod tests {
         let text = br#"{"model":"g","messages":[{"role":"user","content":"say \"tools\" and \"json_schema\""}]}"#;
         let needs = super::needs(text, group);
         assert!(!needs.tools && !needs.json_schema && !needs.images);
+    }
+
+    #[test]
+    fn a_group_whose_choice_needs_nothing_does_not_search_the_body() {
+        let config = Config {
+            catalog: Catalog::parse(
+                r#"{"groups": {"w": {"deployments": [{"provider": "openai", "model": "a"}]},
+                               "t": {"deployments": [{"provider": "openai", "model": "a",
+                                     "capabilities": ["tools"]}]}}}"#,
+            )
+            .unwrap(),
+            ..Config::default()
+        };
+        let registry = Registry::new(&config);
+        let body = br#"{"model":"w","max_tokens":50,"tools":[{}],"messages":[]}"#;
+        let needs = needs(body, registry.group("w").unwrap());
+        assert_eq!((needs.tools, needs.max_tokens), (false, None));
+        assert_eq!(needs.input_tokens, body.len() as u64 / 4);
+        assert!(super::needs(body, registry.group("t").unwrap()).tools);
     }
 
     proptest::proptest! {
