@@ -1,0 +1,9 @@
+//! Keys the proxy issues: making them, finding them by what callers present, and their limits.
+
+mod row;
+mod secret;
+
+pub use row::KeyRow;
+pub use secret::{
+    generate, hash_hex, looks_issued, new_id, Secret, ISSUED_PREFIX, PREFIX_CHARS, SECRET_CHARS,
+};
