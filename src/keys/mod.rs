@@ -2,8 +2,10 @@
 
 mod row;
 mod secret;
+mod table;
 
 pub use row::KeyRow;
 pub use secret::{
     generate, hash_hex, looks_issued, new_id, Secret, ISSUED_PREFIX, PREFIX_CHARS, SECRET_CHARS,
 };
+pub use table::{allows_model, Key, KeyTable, Lookup};
