@@ -1,9 +1,4 @@
 //! Each issued key's limits, shared by every worker: rates per minute, requests in flight, budget.
-//!
-//! Rates use GCRA (a leaky bucket of the limit's size, draining at the limit per 60 s): two
-//! integers per rate, exact at any limit, and it says to the millisecond when a refused
-//! request would fit. Unlike a true sliding window it refills smoothly, so after a burst that
-//! empties it, one more request fits every 60 s / limit.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -63,8 +58,13 @@ struct Counters {
     spend: Spend,
 }
 
-/// A GCRA bucket. The level counts work in units of 1/60 000 of a request or token, so a
-/// limit of `n` per minute drains exactly `n` units per millisecond: integers, no rounding.
+/// A GCRA bucket, the rates' stand-in for a sliding 60 s window: it holds up to the limit and
+/// drains at the limit per 60 s. Two integers per rate instead of a log of every request, and
+/// it says to the millisecond when a refused request would fit. Unlike a true window it
+/// refills smoothly: after a burst fills it, one more request fits every 60 s / limit.
+///
+/// The level counts work in units of 1/60 000 of a request or token, so a limit of `n` per
+/// minute drains exactly `n` units per millisecond: integers, no rounding at any limit.
 #[derive(Debug, Default)]
 struct Bucket {
     level: u128,
