@@ -24,6 +24,9 @@
 //! - [`error`]: `ProxyError`, the one place that picks an error's status and its body in
 //!   each door's shape; [`limits`]: admission (requests in flight, bodies arriving,
 //!   upstream connections).
+//! - [`keys`]: keys the proxy issues, in memory: [`keys::generate`] and the hash stored in
+//!   the secret's place, the [`keys::KeyTable`] a presented key is looked up in, each key's
+//!   [`keys::Limits`] (requests and tokens per minute, requests in flight, budget per period).
 //! - [`formats`]: the traits every wire format implements, and one folder per format, each
 //!   speaking it both ways: [`formats::openai`] (door and upstream),
 //!   [`formats::anthropic`] (door and upstream), [`formats::gemini`] (upstream). Pure
@@ -47,6 +50,7 @@ pub mod error;
 pub mod formats;
 pub mod gateway;
 pub mod http;
+pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod model;
