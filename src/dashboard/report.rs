@@ -4,7 +4,7 @@ use std::{borrow::Borrow, collections::HashMap, hash::Hash};
 
 use jiff::{tz::TimeZone, Span, Timestamp};
 
-use super::rows::{KeyRow, UsageRecord};
+use super::{KeyRow, UsageRecord};
 
 /// Buckets in every chart, whatever the range: enough to see a shape, few enough to stay small.
 pub const BUCKETS: usize = 60;
