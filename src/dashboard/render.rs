@@ -1,5 +1,4 @@
-//! The dashboard page and its sign-in page: whole HTML documents, with nothing loaded from
-//! elsewhere.
+//! The dashboard and sign-in pages: whole HTML documents that load nothing from elsewhere.
 
 use std::{fmt::Write, sync::OnceLock};
 
@@ -66,14 +65,15 @@ pub fn content_security_policy() -> &'static str {
 ///
 /// Stable hooks for tests and scrapers: `data-total="requests"`, `"tokens"`,
 /// `"input_tokens"`, `"output_tokens"`, `"cost_usd"`, `"errors"`, `"error_rate"` (a percent),
-/// `"ttfb_p50_ms"` and `"ttfb_p95_ms"` hold the totals as plain numbers (`-` when there is
-/// nothing to measure); each key's budget row is `<tr data-key="name" data-spend="usd">`;
-/// each breakdown is `<table data-breakdown="provider|model|key|status">` with rows
-/// `<tr data-row="label">`; each chart is `<svg data-chart="...">`.
+/// `"ttfb_p50_ms"` and `"ttfb_p95_ms"` hold the totals as plain numbers (dollars to the
+/// millionth, `-` when there is nothing to measure); each key's budget row is
+/// `<tr data-key="name" data-spend="usd">`; each breakdown is
+/// `<table data-breakdown="provider|model|key|status">` with rows `<tr data-row="label">`;
+/// each chart is `<svg data-chart="...">`.
 pub fn render(report: &Report) -> String {
     let mut page = String::with_capacity(64 * 1024);
     head(&mut page, "llm-proxy dashboard");
-    let _ = write!(page, "<header><h1>llm-proxy</h1><nav aria-label=\"Range\">");
+    page.push_str(r#"<header><h1>llm-proxy</h1><nav aria-label="Range">"#);
     for range in Range::ALL {
         let current = if range == report.range {
             r#" aria-current="page""#
@@ -290,7 +290,7 @@ fn budgets(page: &mut String, keys: &[KeySpend]) {
             page,
             r#"<tr data-key="{}" data-spend="{}"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"#,
             Escaped(&key.name),
-            key.spend_usd,
+            usd(key.spend_usd),
             Escaped(&key.name),
             Escaped(key.owner.as_deref().unwrap_or("")),
             key.state,

@@ -1,5 +1,4 @@
-//! The Grafana dashboard in docs/grafana: well formed, and every metric it queries is one the
-//! proxy's `/metrics` shows after traffic.
+//! The Grafana dashboard in docs/grafana: importable, and querying only what `/metrics` shows.
 
 use std::collections::BTreeSet;
 
