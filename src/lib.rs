@@ -35,6 +35,9 @@
 //!   streams as they came and translating them event by event; [`upstream::report`]: what a
 //!   stream learns as it passes.
 //! - [`metrics`]: the counters and histograms behind `GET /metrics`.
+//! - [`dashboard`]: usage records summed into a report in bounded memory
+//!   ([`dashboard::Report`]), and the report as one self-contained HTML page with its charts
+//!   drawn as inline SVG on the server ([`dashboard::render`]). Pure rendering, no actix.
 //! - [`gateway`]: what to call and in what order: [`gateway::targets`] (the registry of
 //!   providers, aliases and groups), [`gateway::rules`] (the compiled `routes`),
 //!   [`gateway::routing`] (the order to try a group's deployments in), [`gateway::health`]
@@ -46,6 +49,7 @@
 //!   access log) and [`http::cors`].
 
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod formats;
 pub mod gateway;

@@ -10,6 +10,7 @@ mod errors;
 mod faults;
 mod front_door;
 mod gemini;
+mod grafana;
 mod groups;
 mod messages;
 mod observability;

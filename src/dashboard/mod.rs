@@ -1,0 +1,14 @@
+//! The dashboard: usage records summed into a report, and the report as one self-contained page.
+
+mod chart;
+mod html;
+mod render;
+mod report;
+pub mod rows;
+
+pub use render::{content_security_policy, render, render_sign_in};
+pub use report::{
+    period_start_ms, Bucket, Figures, KeySpend, Range, Report, Row, BUCKETS, MAX_ROWS, NONE, OTHER,
+};
+// The one line to change when store/ lands (and `pub mod rows;` above goes).
+pub use rows::{KeyRow, UsageRecord};
