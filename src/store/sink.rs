@@ -4,12 +4,13 @@
 //! came within [`FLUSH_EVERY`] of the first) and inserts it in one transaction. When the
 //! database fails it keeps the batch and retries with backoff while new records queue up to the
 //! bound; past the bound they are dropped and counted, so a slow or dead database never slows
-//! a request and never grows memory.
+//! a request and never grows memory. Rows the database refuses are dropped and counted too,
+//! one by one, never their whole batch.
 
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use sqlx::{error::ErrorKind, AnyPool};
+use sqlx::{error::ErrorKind, postgres::PgDatabaseError, AnyPool};
 use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
@@ -110,7 +111,7 @@ async fn write(pool: AnyPool, mut queue: mpsc::Receiver<Message>, dropped: Count
             }
         }
         if !batch.is_empty() {
-            write_with_retry(&pool, &batch, &queue, &dropped).await;
+            write_batch(&pool, &batch, &queue, &dropped).await;
             batch.clear();
         }
         for flush in flushes.drain(..) {
@@ -126,32 +127,59 @@ fn take(message: Message, batch: &mut Vec<UsageRecord>, flushes: &mut Vec<onesho
     }
 }
 
-/// Writes the batch, retrying with backoff until it is written, it can never be (a constraint
-/// refuses it, or the pool was closed), or every sink is gone and a few attempts failed.
-async fn write_with_retry(
+/// Writes the batch, or counts what it could not write. When the database refuses it, one row
+/// is enough to refuse the transaction: the rows are then written one by one, so a caller who
+/// sends a model name Postgres cannot store (a NUL) loses only its own records, never the
+/// others' (whose spend the budgets are seeded from).
+async fn write_batch(
     pool: &AnyPool,
     batch: &[UsageRecord],
     queue: &mpsc::Receiver<Message>,
     dropped: &Counter,
 ) {
+    match write_with_retry(pool, batch, queue).await {
+        Ok(()) => {}
+        Err(error) if batch.len() > 1 && refused(&error) => {
+            for record in batch {
+                if let Err(error) =
+                    write_with_retry(pool, std::slice::from_ref(record), queue).await
+                {
+                    log::error!("usage records: dropped a record the database refused: {error}");
+                    dropped.inc();
+                }
+            }
+        }
+        Err(error) => {
+            log::error!("usage records: dropped {} records: {error}", batch.len());
+            dropped.inc_by(batch.len() as u64);
+        }
+    }
+}
+
+/// Writes the records, retrying with backoff until they are written, they can never be (the
+/// database refused them, or the pool was closed), or every sink is gone and a few attempts
+/// failed.
+async fn write_with_retry(
+    pool: &AnyPool,
+    records: &[UsageRecord],
+    queue: &mpsc::Receiver<Message>,
+) -> Result<(), sqlx::Error> {
     let mut backoff = FIRST_BACKOFF;
     let mut failures = 0u32;
     loop {
-        let error = match insert_batch(pool, batch).await {
+        let error = match insert_batch(pool, records).await {
             Ok(()) => {
                 if failures > 0 {
                     log::info!("usage records: written again after {failures} failed attempts");
                 }
-                return;
+                return Ok(());
             }
             Err(error) => error,
         };
         failures += 1;
         let closing = queue.is_closed() && failures >= ATTEMPTS_WHEN_CLOSING;
-        if !can_succeed_later(&error) || closing {
-            log::error!("usage records: dropped {} records: {error}", batch.len());
-            dropped.inc_by(batch.len() as u64);
-            return;
+        if refused(&error) || matches!(error, sqlx::Error::PoolClosed) || closing {
+            return Err(error);
         }
         if failures == 1 {
             // Once per outage, not once per attempt.
@@ -162,14 +190,17 @@ async fn write_with_retry(
     }
 }
 
-/// Whether retrying the same batch may work: not when the database refused its rows, nor once
-/// the pool is closed.
-fn can_succeed_later(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(e) => matches!(e.kind(), ErrorKind::Other),
-        sqlx::Error::PoolClosed => false,
-        _ => true,
-    }
+/// Whether the database refused the rows themselves, so the same rows would fail again: a
+/// constraint (either database), or a Postgres data exception (SQLSTATE class 22, e.g. a NUL
+/// in a text). Anything else (a lost connection, a missing table) may pass on a later try.
+fn refused(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(e) = error else {
+        return false;
+    };
+    let data_exception = e
+        .try_downcast_ref::<PgDatabaseError>()
+        .is_some_and(|e| e.code().starts_with("22"));
+    !matches!(e.kind(), ErrorKind::Other) || data_exception
 }
 
 #[cfg(test)]
@@ -239,6 +270,23 @@ mod tests {
         assert_eq!(dropped.get(), 0);
     }
 
+    async fn a_record_the_database_refuses_loses_only_itself(store: &Store) {
+        let dropped = Counter::default();
+        let sink = store.usage_sink(10, dropped.clone());
+        let mut refused = record(2, None, None);
+        // Postgres stores no NUL in a text; SQLite does.
+        refused.model = Some("gpt\0".into());
+        sink.record(record(1, None, None));
+        sink.record(refused);
+        sink.record(record(3, None, None));
+        sink.flush().await;
+        let written = written_times(store.usage_since(0, i64::MAX, 10).await.unwrap());
+        match store.kind() {
+            "postgres" => assert_eq!((written, dropped.get()), (vec![1, 3], 1)),
+            _ => assert_eq!((written, dropped.get()), (vec![1, 2, 3], 0)),
+        }
+    }
+
     async fn a_database_that_fails_does_not_block_record(store: &Store) {
         let dropped = Counter::default();
         let capacity = 10;
@@ -278,6 +326,11 @@ mod tests {
     async fn a_failed_batch_is_kept_and_written_when_the_database_is_back_sqlite() {
         let db = test_db::sqlite().await;
         a_failed_batch_is_kept_and_written_when_the_database_is_back(&db.store).await;
+    }
+
+    #[tokio::test]
+    async fn a_record_the_database_refuses_loses_only_itself_sqlite() {
+        a_record_the_database_refuses_loses_only_itself(&test_db::sqlite().await.store).await;
     }
 
     #[tokio::test]
@@ -321,6 +374,12 @@ mod tests {
     async fn a_failed_batch_is_kept_and_written_when_the_database_is_back_postgres() {
         let db = test_db::postgres().await;
         a_failed_batch_is_kept_and_written_when_the_database_is_back(&db.store).await;
+    }
+
+    #[tokio::test]
+    #[ignore = "starts a Postgres server"]
+    async fn a_record_the_database_refuses_loses_only_itself_postgres() {
+        a_record_the_database_refuses_loses_only_itself(&test_db::postgres().await.store).await;
     }
 
     #[tokio::test]
