@@ -21,6 +21,9 @@
 //!   [`config::routes`]: its `routes` rules.
 //! - [`model`]: the proxy's own chat model: request, response, stream events, usage, and
 //!   [`model::cost`], what a usage costs by the price table.
+//! - [`store`]: the database (SQLite by default, Postgres for several instances) on its own
+//!   thread: [`store::keys`] (issued keys' rows), [`store::usage`] (usage records, spend),
+//!   [`store::sink`] (the batch writer that keeps them off the request path).
 //! - [`error`]: `ProxyError`, the one place that picks an error's status and its body in
 //!   each door's shape; [`limits`]: admission (requests in flight, bodies arriving,
 //!   upstream connections).
@@ -58,6 +61,7 @@ pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod model;
+pub mod store;
 pub mod upstream;
 pub mod util;
 
