@@ -89,6 +89,9 @@ pub struct DeploymentDecl {
     pub provider: String,
     pub model: String,
     pub base_url: Option<String>,
+    /// A key held by the proxy for this deployment alone, by environment variable (see
+    /// [`crate::config::providers_file::ProviderDecl::api_key_env`]).
+    pub api_key_env: Option<String>,
     /// Greater than zero; 1 when not given.
     pub weight: f64,
     /// The context window in tokens, when known.
@@ -212,6 +215,7 @@ fn deployment(decl: &Value, at: &str) -> Result<DeploymentDecl, String> {
             "context",
             "capabilities",
             "price",
+            "api_key_env",
         ],
     )?;
     let required = |field| match fields.get(field) {
@@ -258,6 +262,7 @@ fn deployment(decl: &Value, at: &str) -> Result<DeploymentDecl, String> {
         context,
         capabilities,
         price,
+        api_key_env: crate::config::providers_file::api_key_env(fields, at)?,
     })
 }
 

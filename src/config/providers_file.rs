@@ -53,6 +53,9 @@ pub struct ProviderDecl {
     pub base_url: Option<String>,
     pub key_required: Option<bool>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// `api_key_env`: the environment variable holding the provider's key, held by the proxy
+    /// for callers with keys it issued (never the key itself in the file).
+    pub api_key_env: Option<String>,
 }
 
 /// One entry of `aliases`: a name that stands for a provider and a model.
@@ -118,7 +121,7 @@ fn provider(name: &str, decl: &Value) -> Result<ProviderDecl, String> {
     only_fields(
         fields,
         &at,
-        &["kind", "base_url", "key_required", "headers"],
+        &["kind", "base_url", "key_required", "headers", "api_key_env"],
     )?;
     let kind = optional_string(fields, &at, "kind")?;
     if let Some(kind) = &kind {
@@ -156,13 +159,41 @@ fn provider(name: &str, decl: &Value) -> Result<ProviderDecl, String> {
             headers.push((header, value));
         }
     }
+    let api_key_env = api_key_env(fields, &at)?;
+    if api_key_env.is_some() && key_required == Some(false) {
+        return Err(format!(
+            "{at}.api_key_env: the provider is declared with \"key_required\": false; a key held for it would never be sent"
+        ));
+    }
     Ok(ProviderDecl {
         name: name.to_owned(),
         kind,
         base_url,
         key_required,
         headers,
+        api_key_env,
     })
+}
+
+/// `api_key_env`: the name of an environment variable (letters, digits and `_`, not starting
+/// with a digit). Its value is read once at start (see [`crate::config::HeldKeys`]).
+pub fn api_key_env(fields: &Map<String, Value>, at: &str) -> Result<Option<String>, String> {
+    match fields.get("api_key_env") {
+        None => Ok(None),
+        Some(Value::String(name)) if is_env_name(name) => Ok(Some(name.clone())),
+        Some(_) => Err(format!(
+            "{at}.api_key_env: must name an environment variable, like \"OPENAI_API_KEY\" (the key itself never goes in this file)"
+        )),
+    }
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic() || first == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && name.len() <= 128
 }
 
 fn alias(name: &str, decl: &Value) -> Result<AliasDecl, String> {

@@ -4,11 +4,9 @@ mod chart;
 mod html;
 mod render;
 mod report;
-pub mod rows;
 
 pub use render::{content_security_policy, render, render_sign_in};
 pub use report::{
     period_start_ms, Bucket, Figures, KeySpend, Range, Report, Row, BUCKETS, MAX_ROWS, NONE, OTHER,
 };
-// The one line to change when store/ lands (and `pub mod rows;` above goes).
-pub use rows::{KeyRow, UsageRecord};
+pub use crate::store::{KeyRow, UsageRecord};

@@ -264,6 +264,7 @@ mod tests {
                     provider: "p".into(),
                     model: model.into(),
                     base_url: None,
+                    api_key_env: None,
                     weight,
                     context: None,
                     capabilities: Capabilities::ALL,

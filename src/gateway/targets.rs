@@ -82,6 +82,7 @@ impl Group {
                 provider: alias.provider.to_owned(),
                 model: alias.model.clone(),
                 base_url: None,
+                api_key_env: None,
                 weight: 1.0,
                 context: None,
                 capabilities: Capabilities::ALL,

@@ -2,13 +2,12 @@
 
 mod budget;
 mod limits;
-mod row;
 mod secret;
 mod table;
 
 pub use budget::{parse_budget, Budget, BudgetError, Period};
 pub use limits::{Admission, Limits, Refusal};
-pub use row::KeyRow;
+pub use crate::store::KeyRow;
 pub use secret::{
     generate, hash_hex, looks_issued, new_id, Secret, ISSUED_PREFIX, PREFIX_CHARS, SECRET_CHARS,
 };
