@@ -48,7 +48,17 @@ async fn main() -> ExitCode {
             config.workers
         );
     }
-    let server = match server::build(config, listener) {
+    let accounts = match &config.database_url {
+        None => None,
+        Some(url) => match server::Accounts::open(url).await {
+            Ok(accounts) => Some(accounts),
+            Err(e) => {
+                eprintln!("llm-proxy: cannot open the store (DATABASE_URL): {e}");
+                return ExitCode::from(1);
+            }
+        },
+    };
+    let server = match server::build(config, accounts.as_ref(), listener) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("llm-proxy: cannot start: {e}");
@@ -56,7 +66,12 @@ async fn main() -> ExitCode {
         }
     };
     actix_web::rt::spawn(server::stop_on_signals(server.handle()));
-    match server.await {
+    let result = server.await;
+    // The records of the last requests are still queued: write them before leaving.
+    if let Some(accounts) = &accounts {
+        accounts.keyring.flush().await;
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("llm-proxy: {e}");

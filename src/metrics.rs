@@ -125,6 +125,14 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(Counter::default())
+    }
+}
+
+impl Metrics {
+    /// The metrics, with the store's count of usage records it had to drop (the usage sink
+    /// holds the other handle).
+    pub fn new(usage_dropped: Counter) -> Self {
         let mut metrics = Self {
             registry: Registry::default(),
             requests: Family::default(),
@@ -195,6 +203,11 @@ impl Default for Metrics {
             "llm_proxy_cost_usd",
             "Cost of answers in USD by the price table, by provider and the price entry's model",
             metrics.cost.clone(),
+        );
+        registry.register(
+            "llm_proxy_usage_records_dropped",
+            "Usage records not stored because the store was too slow or down and the buffer full",
+            usage_dropped,
         );
         metrics
     }

@@ -77,6 +77,47 @@ pub struct Config {
     /// Tests only, never read from the environment: the time `routes` time windows see,
     /// instead of the clock.
     pub clock_override: Option<std::time::SystemTime>,
+    /// `DATABASE_URL`: where keys and usage are stored (`sqlite://...` or `postgres://...`);
+    /// `None` (`DATABASE_URL=none`) runs without a store: no issued keys, no usage records.
+    pub database_url: Option<String>,
+    /// `ADMIN_TOKEN`: turns the admin API on, for callers that present it.
+    pub admin_token: Option<Secret>,
+    /// `DASHBOARD_TOKEN`: opens `/dashboard` (read-only) to callers that present it.
+    pub dashboard_token: Option<Secret>,
+    /// The values of the variables the providers file's `api_key_env` names, read at start.
+    pub held_keys: HeldKeys,
+}
+
+/// A value that must never reach a log line: its `Debug` says only that it is set.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Keys held by the proxy, by the environment variable each came from. `Debug` lists the
+/// variables only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct HeldKeys(pub Vec<(String, String)>);
+
+impl HeldKeys {
+    pub fn get(&self, variable: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(name, _)| name == variable)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+impl fmt::Debug for HeldKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| name))
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -113,6 +154,10 @@ impl Default for Config {
             catalog: Catalog::default(),
             providers_file: None,
             clock_override: None,
+            database_url: None,
+            admin_token: None,
+            dashboard_token: None,
+            held_keys: HeldKeys::default(),
         }
     }
 }
@@ -161,6 +206,9 @@ struct Env {
     cors_allow_origins: Option<String>,
     log_format: Option<String>,
     providers_file: Option<PathBuf>,
+    database_url: Option<String>,
+    admin_token: Option<String>,
+    dashboard_token: Option<String>,
 }
 
 impl Config {
@@ -173,7 +221,9 @@ impl Config {
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let env: Env = envy::from_iter(vars).map_err(|e| ConfigError(e.to_string()))?;
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let env: Env =
+            envy::from_iter(vars.iter().cloned()).map_err(|e| ConfigError(e.to_string()))?;
         let defaults = Config::default();
         let config = Config {
             host: env.host.unwrap_or(defaults.host),
@@ -256,6 +306,26 @@ impl Config {
             },
             providers_file: env.providers_file.clone(),
             clock_override: None,
+            database_url: match env.database_url.as_deref().map(str::trim) {
+                None | Some("") => Some(crate::store::DEFAULT_URL.to_owned()),
+                Some("none") => None,
+                Some(url) => Some(url.to_owned()),
+            },
+            admin_token: env.admin_token.filter(|t| !t.is_empty()).map(Secret),
+            dashboard_token: env.dashboard_token.filter(|t| !t.is_empty()).map(Secret),
+            held_keys: HeldKeys::default(),
+        };
+        let held_keys = config
+            .catalog
+            .held_key_variables()
+            .filter_map(|name| {
+                let value = vars.iter().find(|(var, _)| var == name)?;
+                Some((name.to_owned(), value.1.clone()))
+            })
+            .collect();
+        let config = Config {
+            held_keys: HeldKeys(held_keys),
+            ..config
         };
         config.validate()?;
         Ok(config)
@@ -314,9 +384,46 @@ impl Config {
                 .map_or(String::new(), |path| format!(" {}", path.display()));
             ConfigError(format!("PROVIDERS_FILE{file}: {why}"))
         })?;
+        self.check_held_keys()?;
         if awc::http::header::HeaderValue::from_str(&self.anthropic_version).is_err() {
             return Err(ConfigError(
                 "ANTHROPIC_VERSION must be a valid header value".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Every key the providers file holds must be set, and only keys the proxy issued may
+    /// spend it: without a store there are none, and anyone reaching the proxy could use the
+    /// key (an open relay), so that configuration does not start.
+    fn check_held_keys(&self) -> Result<(), ConfigError> {
+        let mut any = false;
+        for name in self.catalog.held_key_variables() {
+            any = true;
+            match self.held_keys.get(name) {
+                Some(value) if !value.trim().is_empty() => {
+                    if awc::http::header::HeaderValue::from_str(value.trim()).is_err() {
+                        return Err(ConfigError(format!(
+                            "{name} (named by api_key_env in PROVIDERS_FILE) is not a valid header value"
+                        )));
+                    }
+                }
+                _ => {
+                    return Err(ConfigError(format!(
+                        "{name} is named by api_key_env in PROVIDERS_FILE but is not set"
+                    )))
+                }
+            }
+        }
+        if any && self.database_url.is_none() {
+            return Err(ConfigError(
+                "PROVIDERS_FILE holds provider keys (api_key_env), which only keys this proxy \
+                 issues may spend, but DATABASE_URL=none turns issued keys off: anyone who \
+                 reaches the proxy could spend them (an open relay). Set DATABASE_URL, or \
+                 remove api_key_env"
+                    .into(),
             ));
         }
         Ok(())

@@ -44,6 +44,23 @@ pub struct Catalog {
     pub routes: Vec<crate::config::routes::RouteDecl>,
 }
 
+impl Catalog {
+    /// The environment variables the file's `api_key_env` fields name, providers' and
+    /// deployments' alike (a name may repeat).
+    pub fn held_key_variables(&self) -> impl Iterator<Item = &str> {
+        let providers = self
+            .providers
+            .iter()
+            .filter_map(|p| p.api_key_env.as_deref());
+        let deployments = self
+            .groups
+            .iter()
+            .flat_map(|g| &g.deployments)
+            .filter_map(|d| d.api_key_env.as_deref());
+        providers.chain(deployments)
+    }
+}
+
 /// One entry of `providers`: a new provider, or an override of a built-in one (then every
 /// field is optional and only what is given changes).
 #[derive(Debug, Clone, PartialEq)]

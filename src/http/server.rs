@@ -1,6 +1,6 @@
 //! Building the HTTP server (one awc client per worker) and stopping it gracefully on signals.
 
-use std::net::TcpListener;
+use std::{net::TcpListener, sync::Arc};
 
 use actix_web::{dev::Server, dev::ServerHandle, middleware::from_fn, web, App, HttpServer};
 
@@ -10,27 +10,70 @@ use crate::{
     http::cors,
     http::observe,
     http::routes,
+    keys::Keyring,
     limits::{BodyBudget, RequestLimit, UpstreamSlots},
     metrics::Metrics,
+    store::{Store, StoreError},
     upstream,
 };
+use prometheus_client::metrics::counter::Counter;
 
-/// The proxy on an already bound listener. Signals are not handled here (tests run many
-/// servers in one process); the binary adds [`stop_on_signals`].
-pub fn build(config: Config, listener: TcpListener) -> std::io::Result<Server> {
+/// Usage records waiting for the store at most: past this, new ones are dropped and counted
+/// (`llm_proxy_usage_records_dropped_total`) while requests keep flowing.
+pub const USAGE_BUFFER_RECORDS: usize = 10_000;
+
+/// What a proxy with a store adds: its keys (and limits, and usage records), and the count of
+/// records the store could not take.
+pub struct Accounts {
+    pub keyring: Arc<Keyring>,
+    pub usage_dropped: Counter,
+}
+
+impl Accounts {
+    /// Opens (creating and migrating) the store at `url`, reads its keys, and keeps them in
+    /// step with it from now on. Call it inside the runtime that will run the server.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let store = Store::open(url).await?;
+        let usage_dropped = Counter::default();
+        let sink = store.usage_sink(USAGE_BUFFER_RECORDS, usage_dropped.clone());
+        let keyring = Arc::new(Keyring::open(store, sink, crate::keys::now_ms()).await?);
+        actix_web::rt::spawn(Arc::clone(&keyring).watch());
+        Ok(Self {
+            keyring,
+            usage_dropped,
+        })
+    }
+}
+
+/// The proxy on an already bound listener, with its store's keys and usage when it has one.
+/// Signals are not handled here (tests run many servers in one process); the binary adds
+/// [`stop_on_signals`].
+pub fn build(
+    config: Config,
+    accounts: Option<&Accounts>,
+    listener: TcpListener,
+) -> std::io::Result<Server> {
     let workers = config.workers;
     let shutdown_timeout = config.shutdown_timeout.as_secs();
     let registry = web::Data::new(Registry::new(&config));
     let rules = web::Data::new(Rules::compile(&config.catalog.routes));
     let limit = web::Data::new(RequestLimit::new(config.max_concurrent_requests));
     let budget = web::Data::new(BodyBudget::new(config.max_pending_body_bytes));
-    let metrics = web::Data::new(Metrics::default());
+    let metrics = web::Data::new(match accounts {
+        Some(accounts) => Metrics::new(accounts.usage_dropped.clone()),
+        None => Metrics::default(),
+    });
+    let keyring = accounts.map(|accounts| web::Data::from(Arc::clone(&accounts.keyring)));
     let prices = PriceTable::new(&config.catalog.prices).map_err(std::io::Error::other)?;
     let prices = web::Data::new(prices);
     let config = web::Data::new(config);
     let server = HttpServer::new(move || {
-        App::new()
-            .wrap(from_fn(cors::handle))
+        let app = App::new();
+        let app = match &keyring {
+            Some(keyring) => app.app_data(keyring.clone()),
+            None => app,
+        };
+        app.wrap(from_fn(cors::handle))
             .wrap(from_fn(observe::observe))
             .app_data(config.clone())
             .app_data(metrics.clone())

@@ -1,13 +1,15 @@
 //! Keys the proxy issues: making them, finding them by what callers present, and their limits.
 
 mod budget;
+mod keyring;
 mod limits;
 mod secret;
 mod table;
 
-pub use budget::{parse_budget, Budget, BudgetError, Period};
-pub use limits::{Admission, Limits, Refusal};
 pub use crate::store::KeyRow;
+pub use budget::{parse_budget, Budget, BudgetError, Period};
+pub use keyring::{Keyring, CALLER_FINGERPRINT_HEX, WATCH_EVERY};
+pub use limits::{Admission, Limits, Refusal};
 pub use secret::{
     generate, hash_hex, looks_issued, new_id, Secret, ISSUED_PREFIX, PREFIX_CHARS, SECRET_CHARS,
 };

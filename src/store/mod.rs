@@ -12,7 +12,7 @@ pub mod sink;
 pub mod usage;
 
 #[cfg(test)]
-mod test_db;
+pub(crate) mod test_db;
 
 use std::{fmt, future::Future, sync::Arc, time::Duration};
 

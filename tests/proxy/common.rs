@@ -323,7 +323,7 @@ pub fn start_proxy(config: Config) -> Proxy {
     config.validate().expect("a valid test configuration");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = llm_proxy::http::server::build(config, listener).unwrap();
+    let server = llm_proxy::http::server::build(config, None, listener).unwrap();
     actix_web::rt::spawn(server);
     Proxy { addr }
 }
@@ -603,4 +603,58 @@ pub async fn read_to_end(response: &mut awc::ClientResponse) -> Vec<u8> {
         all.extend_from_slice(&chunk.expect("the proxy's stream ends cleanly"));
     }
     all
+}
+
+/// A proxy with a store: keys it issues, limits, usage records, on a fresh SQLite file that
+/// is removed when the returned value drops.
+pub struct Accounted {
+    pub proxy: Proxy,
+    pub accounts: llm_proxy::http::server::Accounts,
+    pub database_url: String,
+    _dir: TempDirGuard,
+}
+
+pub struct TempDirGuard(pub std::path::PathBuf);
+
+impl Drop for TempDirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh directory under the system's temp dir, removed on drop.
+pub fn temp_dir(what: &str) -> TempDirGuard {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "llm-proxy-test-{what}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    TempDirGuard(dir)
+}
+
+/// `config` with a store of its own (its `database_url` is set to a new SQLite file).
+pub async fn start_accounted(config: Config) -> Accounted {
+    let dir = temp_dir("store");
+    let database_url = format!("sqlite://{}", dir.0.join("llm-proxy.db").display());
+    let config = Config {
+        database_url: Some(database_url.clone()),
+        ..config
+    };
+    config.validate().expect("a valid test configuration");
+    let accounts = llm_proxy::http::server::Accounts::open(&database_url)
+        .await
+        .expect("a store");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = llm_proxy::http::server::build(config, Some(&accounts), listener).unwrap();
+    actix_web::rt::spawn(server);
+    Accounted {
+        proxy: Proxy { addr },
+        accounts,
+        database_url,
+        _dir: dir,
+    }
 }

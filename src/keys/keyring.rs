@@ -1,0 +1,210 @@
+//! The running proxy's keys: the table callers are looked up in, their limits, and the usage
+//! every answer leaves, kept in step with the store.
+
+use std::sync::{
+    atomic::{AtomicI64, Ordering},
+    Arc, RwLock,
+};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::{
+    keys::{Budget, KeyTable, Limits, Lookup},
+    store::{KeyRow, Store, StoreError, UsageRecord, UsageSink},
+};
+
+/// How often the store is asked whether a key changed (by another instance, or the `keys`
+/// command beside a running proxy): a revoked key stops within this, well inside 1 s.
+pub const WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// How many hex digits of a caller-supplied key's keyed fingerprint usage records keep.
+pub const CALLER_FINGERPRINT_HEX: usize = 12;
+
+/// Keys, limits and usage for one process. Checking a key costs no database round trip: the
+/// table is in memory and replaced whole when the store's key version moves.
+pub struct Keyring {
+    store: Store,
+    sink: UsageSink,
+    table: RwLock<Arc<KeyTable>>,
+    limits: Limits,
+    /// The store's key version the table was read at.
+    version: AtomicI64,
+    /// Keys the fingerprints of caller-supplied keys, so a usage record cannot be matched
+    /// against a list of candidate keys by anyone without the database's secret.
+    fingerprint_secret: Vec<u8>,
+}
+
+impl Keyring {
+    /// Reads every key and the spend of each budget's current period.
+    pub async fn open(store: Store, sink: UsageSink, now: i64) -> Result<Self, StoreError> {
+        let fingerprint_secret = store.secret("caller-fingerprint").await?;
+        let keyring = Self {
+            store,
+            sink,
+            table: RwLock::new(Arc::default()),
+            limits: Limits::new(),
+            version: AtomicI64::new(i64::MIN),
+            fingerprint_secret,
+        };
+        keyring.refresh(now).await?;
+        Ok(keyring)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The table as it is now (an `Arc` clone under a read lock).
+    pub fn table(&self) -> Arc<KeyTable> {
+        Arc::clone(&self.table.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// What a caller presented, looked up in memory.
+    pub fn lookup(&self, presented: &str, now: i64) -> Lookup {
+        self.table().lookup(presented, now)
+    }
+
+    /// Rereads the table if the store's key version moved since the last read; true if it
+    /// did. A key that is new, or whose budget changed, has its period's spend read again.
+    pub async fn refresh(&self, now: i64) -> Result<bool, StoreError> {
+        let version = self.store.keys_version().await?;
+        if version == self.version.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let rows = self.store.list_keys().await?;
+        let old = self.table();
+        let mut reseed = Vec::new();
+        for row in &rows {
+            let Some(budget) = Budget::of(row) else {
+                continue;
+            };
+            let unchanged = old
+                .get(&row.id)
+                .is_some_and(|key| Budget::of(&key.row) == Some(budget));
+            if !unchanged {
+                reseed.push((row.id.clone(), budget.period.start(now)));
+            }
+        }
+        for (id, since) in reseed {
+            let spent = self.store.spend_since(&id, since).await?;
+            self.limits.seed_spend(&id, since, spent);
+        }
+        let table = Arc::new(KeyTable::new(rows));
+        self.limits.retain(&table);
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
+        self.version.store(version, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Keeps the table in step with the store until the process ends. A failing store is
+    /// logged once per outage and the table in memory keeps serving.
+    pub async fn watch(self: Arc<Self>) {
+        let mut failing = false;
+        loop {
+            actix_web::rt::time::sleep(WATCH_EVERY).await;
+            match self.refresh(crate::keys::now_ms()).await {
+                Ok(_) if failing => {
+                    log::info!("the key store answers again");
+                    failing = false;
+                }
+                Ok(_) => {}
+                Err(e) if !failing => {
+                    log::warn!("cannot read keys from the store (serving the last table): {e}");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// A caller-supplied key's fingerprint: 12 hex digits of SHA-256 over the database's
+    /// secret and the key.
+    pub fn fingerprint(&self, key: &[u8]) -> String {
+        let digest = Sha256::new()
+            .chain_update(&self.fingerprint_secret)
+            .chain_update(key)
+            .finalize();
+        let mut hex = String::with_capacity(CALLER_FINGERPRINT_HEX);
+        for byte in &digest[..CALLER_FINGERPRINT_HEX / 2] {
+            hex.push(char::from_digit(u32::from(byte >> 4), 16).unwrap_or('0'));
+            hex.push(char::from_digit(u32::from(byte & 0xf), 16).unwrap_or('0'));
+        }
+        hex
+    }
+
+    /// One answered (or refused) request: charged to its key's limits and budget, and queued
+    /// for the store. Never blocks.
+    pub fn record(&self, record: UsageRecord, now: i64) {
+        if let Some(id) = &record.key_id {
+            let tokens = (record.input_tokens.max(0) + record.output_tokens.max(0)) as u64;
+            self.limits.charge(id, tokens, record.cost_usd, now);
+        }
+        self.sink.record(record);
+    }
+
+    /// Waits until every record queued so far is written (or given up), for shutdown and tests.
+    pub async fn flush(&self) {
+        self.sink.flush().await;
+    }
+
+    /// A key row as stored, by id (for the admin API).
+    pub fn row(&self, id: &str) -> Option<KeyRow> {
+        self.table().get(id).map(|key| key.row.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_db;
+
+    fn row(id: &str, secret: &str) -> KeyRow {
+        KeyRow {
+            id: id.into(),
+            hash: crate::keys::hash_hex(secret),
+            prefix: secret[..8].into(),
+            name: format!("name-{id}"),
+            owner: None,
+            models: vec![],
+            rpm: None,
+            tpm: None,
+            max_concurrent: None,
+            budget_usd: Some(1.0),
+            budget_period: Some("day".into()),
+            expires_at: None,
+            metadata: Default::default(),
+            enabled: true,
+            created_at: 0,
+            updated_at: 0,
+            revoked_at: None,
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_key_added_to_the_store_is_found_after_a_refresh_and_its_spend_is_read() {
+        let db = test_db::sqlite().await;
+        let store = db.store.clone();
+        let counter = prometheus_client::metrics::counter::Counter::default();
+        let keyring = Keyring::open(store.clone(), store.usage_sink(10, counter), 1_000)
+            .await
+            .unwrap();
+        let secret = "lp-0123456789abcdefghijklmnopqrstuvwxyzABCDEFG";
+        assert!(matches!(keyring.lookup(secret, 1_000), Lookup::Unknown));
+        assert!(!keyring.refresh(1_000).await.unwrap(), "nothing changed");
+
+        store.insert_key(&row("key_a", secret)).await.unwrap();
+        assert!(keyring.refresh(1_000).await.unwrap());
+        assert!(matches!(keyring.lookup(secret, 1_000), Lookup::Found(_)));
+
+        let fingerprint = keyring.fingerprint(b"sk-caller");
+        assert_eq!(fingerprint.len(), CALLER_FINGERPRINT_HEX);
+        assert!(fingerprint.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(fingerprint, keyring.fingerprint(b"sk-caller"));
+        assert_ne!(fingerprint, keyring.fingerprint(b"sk-other"));
+    }
+}
