@@ -54,6 +54,16 @@ pub enum ProxyError {
     Timeout,
     /// A browser origin, method or header that CORS does not allow; the message names it.
     Forbidden(String),
+    /// A key the proxy issues was presented and is not (or no longer) good: unknown,
+    /// revoked, disabled, expired; or a provider that only serves such keys got another.
+    KeyRejected(String),
+    /// An issued key's limit (`requests_per_minute`, `tokens_per_minute`, `max_concurrent`,
+    /// `budget`) turned the request away before any upstream call.
+    LimitReached {
+        limit: &'static str,
+        retry_after_secs: u64,
+        message: String,
+    },
     /// `MAX_CONCURRENT_REQUESTS` are in flight already.
     Overloaded,
     /// Request bodies still arriving hold `MAX_PENDING_BODY_BYTES` already.
@@ -82,6 +92,8 @@ impl ProxyError {
             Self::BadUpstreamBody(_) | Self::Unreachable(_) => "bad_gateway",
             Self::Timeout => "gateway_timeout",
             Self::Forbidden(_) => "forbidden",
+            Self::KeyRejected(_) => "authentication",
+            Self::LimitReached { .. } => "rate_limit",
             Self::Overloaded | Self::BodiesOverloaded => "overloaded",
             Self::PoolExhausted => "pool_exhausted",
             Self::Exhausted { last, .. } => last.kind(),
@@ -104,6 +116,12 @@ impl ProxyError {
             Self::Overloaded | Self::BodiesOverloaded | Self::PoolExhausted => vec![(
                 actix_web::http::header::RETRY_AFTER,
                 HeaderValue::from_static("1"),
+            )],
+            Self::LimitReached {
+                retry_after_secs, ..
+            } => vec![(
+                actix_web::http::header::RETRY_AFTER,
+                HeaderValue::from(*retry_after_secs),
             )],
             _ => Vec::new(),
         }
@@ -159,11 +177,13 @@ impl ProxyError {
             | Self::MethodNotAllowed
             | Self::PayloadTooLarge { .. }
             | Self::BodyTimeout => "invalid_request_error",
-            Self::MissingKey => "authentication_error",
+            Self::MissingKey | Self::KeyRejected(_) => "authentication_error",
+            Self::LimitReached { .. } => "rate_limit_error",
             _ => "api_error",
         };
         let code = match error {
             Self::UnknownProvider { .. } => Some("model_not_found"),
+            Self::LimitReached { limit, .. } => Some(*limit),
             Self::Upstream { .. } | Self::StreamEvent(_) => None,
             _ => Some(error.kind()),
         };
@@ -283,7 +303,8 @@ impl fmt::Display for ProxyError {
             Self::BadUpstreamBody(why) => write!(f, "upstream sent an unusable response: {why}"),
             Self::Unreachable(why) => write!(f, "upstream unreachable: {why}"),
             Self::Timeout => f.write_str("upstream did not answer in time"),
-            Self::Forbidden(why) => f.write_str(why),
+            Self::Forbidden(why) | Self::KeyRejected(why) => f.write_str(why),
+            Self::LimitReached { message, .. } => f.write_str(message),
             Self::Overloaded => f.write_str(
                 "the proxy is handling as many requests as it may (MAX_CONCURRENT_REQUESTS); retry shortly",
             ),
@@ -315,6 +336,8 @@ impl ResponseError for ProxyError {
             }
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::KeyRejected(_) => StatusCode::UNAUTHORIZED,
+            Self::LimitReached { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded | Self::BodiesOverloaded | Self::PoolExhausted => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -119,11 +119,25 @@ fn llm_proxy(binary: &Path, mock: SocketAddr, cpu: Option<usize>) -> Command {
             ("RUST_LOG", "warn".to_owned()),
             ("OPENAI_BASE_URL", format!("http://{mock}/openai")),
             ("ANTHROPIC_BASE_URL", format!("http://{mock}/anthropic")),
+            // The default store (usage records of every request), on a fresh file of the
+            // benchmark's own rather than in the working directory.
+            ("DATABASE_URL", fresh_database()),
         ])
         // dotenvy reads a .env in the working directory or a parent: start where there is
         // none, so that only the variables above apply.
         .current_dir("/");
     command
+}
+
+/// `sqlite://target/bench/llm-proxy.db` (absolute), its old files removed.
+fn fresh_database() -> String {
+    let dir = crate::output_dir();
+    let _ = std::fs::create_dir_all(&dir);
+    let file = dir.join("llm-proxy.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+    }
+    format!("sqlite://{}", file.display())
 }
 
 /// nginx as the baseline: one process (no master, so its pid is the worker's), no

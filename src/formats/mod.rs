@@ -36,6 +36,9 @@ pub struct Endpoint {
     pub key_required: bool,
     /// Static headers from the providers file, sent on every request.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The key the proxy holds for this provider (`api_key_env`), marked sensitive: sent for
+    /// callers with keys the proxy issued, and then only to this endpoint.
+    pub held_key: Option<HeaderValue>,
 }
 
 impl Endpoint {

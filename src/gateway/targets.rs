@@ -122,13 +122,19 @@ impl Registry {
                     base_url: built_in_url(name).clone(),
                     key_required,
                     headers: Vec::new(),
+                    held_key: None,
                 };
                 (kind, endpoint)
             })
             .collect();
         for decl in &config.catalog.providers {
             match declared.iter_mut().find(|(_, e)| e.name == decl.name) {
-                Some((_, endpoint)) => apply_override(endpoint, decl),
+                Some((_, endpoint)) => {
+                    apply_override(endpoint, decl);
+                    if decl.api_key_env.is_some() {
+                        endpoint.held_key = held_key(config, decl.api_key_env.as_deref());
+                    }
+                }
                 None => declared.push((
                     decl.kind.as_deref().expect("new providers have a kind"),
                     Endpoint {
@@ -137,6 +143,7 @@ impl Registry {
                         base_url: decl.base_url.clone().expect("new providers have a URL"),
                         key_required: decl.key_required.unwrap_or(true),
                         headers: decl.headers.clone(),
+                        held_key: held_key(config, decl.api_key_env.as_deref()),
                     },
                 )),
             }
@@ -150,15 +157,21 @@ impl Registry {
                     .deployments
                     .iter()
                     .map(|deployment| {
-                        let url = deployment.base_url.as_ref()?;
+                        // A deployment of its own URL or key is an upstream of its own.
+                        if deployment.base_url.is_none() && deployment.api_key_env.is_none() {
+                            return None;
+                        }
                         let (kind, endpoint) = declared
                             .iter()
                             .find(|(_, e)| e.name == deployment.provider)
                             .expect("groups name known providers");
-                        let endpoint = Endpoint {
-                            base_url: url.clone(),
-                            ..endpoint.clone()
-                        };
+                        let mut endpoint = endpoint.clone();
+                        if let Some(url) = &deployment.base_url {
+                            endpoint.base_url = url.clone();
+                        }
+                        if deployment.api_key_env.is_some() {
+                            endpoint.held_key = held_key(config, deployment.api_key_env.as_deref());
+                        }
                         Some(wire_format(kind, endpoint, config))
                     })
                     .collect();
@@ -273,6 +286,14 @@ impl Registry {
             known: self.names().join(", "),
         }
     }
+}
+
+/// The key a variable holds, as a sensitive header value (the config is validated: it is set).
+fn held_key(config: &Config, variable: Option<&str>) -> Option<HeaderValue> {
+    let value = config.held_keys.get(variable?)?.trim();
+    let mut value = HeaderValue::from_str(value).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 fn apply_override(endpoint: &mut Endpoint, decl: &ProviderDecl) {

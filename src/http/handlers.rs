@@ -21,8 +21,10 @@ use crate::{
     gateway::exchange::{self, Door, Incoming, Outcome, State, Target},
     gateway::rules::{self, Facts, Rules},
     gateway::targets::{Group, Registry},
+    http::caller::{self, Caller},
     http::group_door,
     http::observe::{self, AccessInfo, RequestId},
+    keys::{self, Keyring},
     limits::{BodyBudget, RequestLimit, RequestPermit, UpstreamSlots},
     metrics::Metrics,
     util::fingerprint::KeyFingerprint,
@@ -90,7 +92,11 @@ pub struct Shared {
     pub budget: web::Data<BodyBudget>,
     pub metrics: web::Data<Metrics>,
     pub prices: web::Data<PriceTable>,
+    /// The store's keys, when the proxy has a store.
+    pub keyring: Option<web::Data<Keyring>>,
     pub request_id: HeaderValue,
+    /// Who is calling, once [`Shared::identify`] ran.
+    pub caller: Caller,
 }
 
 impl Shared {
@@ -130,11 +136,40 @@ impl Shared {
                 .app_data()
                 .cloned()
                 .unwrap_or_else(|| data("PriceTable")),
+            keyring: request.app_data().cloned(),
             request_id: request
                 .extensions()
                 .get::<RequestId>()
                 .map_or_else(|| observe::request_id(None), |id| id.0.clone()),
+            caller: Caller::Own,
         }
+    }
+
+    /// Finds out who is calling (see [`caller::identify`]), and notes it for the usage record:
+    /// an issued key's id, or else a keyed fingerprint of the caller's own key.
+    fn identify(&mut self, request: &HttpRequest, info: &mut AccessInfo) -> Result<(), ProxyError> {
+        let keyring = self.keyring.as_ref().map(|keyring| keyring.get_ref());
+        self.caller = caller::identify(request, keyring, keys::now_ms())?;
+        let Some(keyring) = keyring else {
+            return Ok(());
+        };
+        match &self.caller {
+            Caller::Issued(key) => info.key_id = Some(key.row.id.clone()),
+            Caller::Own => {
+                info.caller =
+                    request_key(request, true).map(|key| keyring.fingerprint(key.as_bytes()));
+            }
+        }
+        Ok(())
+    }
+
+    /// An issued key's checks before any upstream call: a model it may use (any of `names`,
+    /// the ways the request names it), and room in its limits.
+    fn admit(&self, info: &mut AccessInfo, names: &[&str]) -> Result<(), ProxyError> {
+        if let (Some(keyring), Caller::Issued(key)) = (&self.keyring, &self.caller) {
+            info.admission = Some(caller::admit(keyring, key, names, keys::now_ms())?);
+        }
+        Ok(())
     }
 
     fn state(&self) -> State<'_> {
@@ -157,45 +192,58 @@ pub async fn healthz() -> HttpResponse {
 
 /// `POST /v1/chat/{provider}`
 pub async fn chat(request: HttpRequest, payload: web::Payload) -> HttpResponse {
-    let shared = Shared::from_request(&request);
+    let mut shared = Shared::from_request(&request);
+    let registry = shared.registry.clone();
     // A known provider's own resource is named after it (see `app::configure`); any other name
     // comes through the `{provider}` pattern.
     let name = request
         .match_name()
         .or_else(|| request.match_info().get("provider"))
         .unwrap_or_default();
-    let Some(provider) = shared.registry.get(name) else {
-        return shared.registry.unknown(name).to_response(None);
+    let Some(provider) = registry.get(name) else {
+        return registry.unknown(name).to_response(None);
     };
     let mut info = AccessInfo {
         provider: Some(provider.endpoint().name),
         ..AccessInfo::default()
     };
-    let result = path_route(&request, payload, &shared, provider, &mut info).await;
+    let result = match shared.identify(&request, &mut info) {
+        Ok(()) => path_route(&request, payload, &shared, provider, &mut info).await,
+        Err(error) => Err(error.into()),
+    };
     finish(Door::Path, result, info)
 }
 
 /// `POST /v1/chat/completions`: the OpenAI-compatible door.
 pub async fn completions(request: HttpRequest, payload: web::Payload) -> HttpResponse {
-    let shared = Shared::from_request(&request);
+    let mut shared = Shared::from_request(&request);
     let mut info = AccessInfo::default();
-    let result = openai_door(&request, payload, &shared, &mut info).await;
+    let result = match shared.identify(&request, &mut info) {
+        Ok(()) => openai_door(&request, payload, &shared, &mut info).await,
+        Err(error) => Err(error.into()),
+    };
     finish(Door::OpenAi, result, info)
 }
 
 /// `POST /v1/messages`: the Anthropic-compatible door.
 pub async fn messages(request: HttpRequest, payload: web::Payload) -> HttpResponse {
-    let shared = Shared::from_request(&request);
+    let mut shared = Shared::from_request(&request);
     let mut info = AccessInfo::default();
-    let result = anthropic_door(&request, payload, &shared, &mut info).await;
+    let result = match shared.identify(&request, &mut info) {
+        Ok(()) => anthropic_door(&request, payload, &shared, &mut info).await,
+        Err(error) => Err(error.into()),
+    };
     finish(Door::Anthropic, result, info)
 }
 
 /// `POST /v1/messages/count_tokens`: Anthropic's token counter, for Anthropic upstreams.
 pub async fn count_tokens(request: HttpRequest, payload: web::Payload) -> HttpResponse {
-    let shared = Shared::from_request(&request);
+    let mut shared = Shared::from_request(&request);
     let mut info = AccessInfo::default();
-    let result = count_tokens_route(&request, payload, &shared, &mut info).await;
+    let result = match shared.identify(&request, &mut info) {
+        Ok(()) => count_tokens_route(&request, payload, &shared, &mut info).await,
+        Err(error) => Err(error.into()),
+    };
     finish(Door::Anthropic, result, info)
 }
 
@@ -222,8 +270,47 @@ fn finish(door: Door, result: Result<HttpResponse, Failure>, mut info: AccessInf
 /// needs none (`ollama`, or one declared with `"key_required": false`) never receives it: an
 /// SDK sends its key to whatever base URL it has, and an OpenAI key must not reach a local or
 /// third-party server that did not ask for it.
-fn key_for(provider: &dyn Upstream, key: Option<HeaderValue>) -> Option<HeaderValue> {
-    key.filter(|_| provider.endpoint().key_required)
+///
+/// A provider whose key the proxy holds gets that key, for callers with keys it issued only.
+/// A caller with an issued key and a provider without a held key may bring that provider's
+/// key in `X-API-Key-<Provider>`; the issued key itself is never sent anywhere.
+fn key_for(
+    request: &HttpRequest,
+    caller: &Caller,
+    provider: &dyn Upstream,
+    key: Option<HeaderValue>,
+) -> Result<Option<HeaderValue>, ProxyError> {
+    let endpoint = provider.endpoint();
+    if let Some(held) = &endpoint.held_key {
+        return match caller {
+            Caller::Issued(_) => Ok(Some(held.clone())),
+            Caller::Own => Err(ProxyError::KeyRejected(format!(
+                "provider {:?} serves only keys this proxy issues: present one (lp-...) as \
+                 Authorization: Bearer or X-API-Key",
+                endpoint.name
+            ))),
+        };
+    }
+    let key = match caller {
+        Caller::Issued(_) => header_key(request, &format!("x-api-key-{}", endpoint.name)),
+        Caller::Own => key,
+    };
+    Ok(key.filter(|_| endpoint.key_required))
+}
+
+/// The error for a provider that needs a key and got none.
+fn missing_key(caller: &Caller, provider: &dyn Upstream) -> ProxyError {
+    match caller {
+        Caller::Own => ProxyError::MissingKey,
+        Caller::Issued(_) => {
+            let name = provider.endpoint().name;
+            ProxyError::KeyRejected(format!(
+                "provider {name:?} has no key held by this proxy (api_key_env), so a key it \
+                 issued cannot call it alone; send the provider's key in X-API-Key-{}",
+                title_case(name)
+            ))
+        }
+    }
 }
 
 /// The path route's checks in order (key, size, shape), then the exchange.
@@ -234,11 +321,15 @@ async fn path_route(
     provider: &dyn Upstream,
     info: &mut AccessInfo,
 ) -> Result<HttpResponse, Failure> {
-    let key = request_key(request, false);
+    let key = key_for(
+        request,
+        &shared.caller,
+        provider,
+        request_key(request, false),
+    )?;
     if key.is_none() && provider.endpoint().key_required {
-        return Err(ProxyError::MissingKey.into());
+        return Err(missing_key(&shared.caller, provider).into());
     }
-    let key = key_for(provider, key);
     let body = read_body(request, payload, shared).await?;
     // Counted once the body is in: slow senders hold no place among requests in flight.
     let permit = shared.limit.try_acquire()?;
@@ -248,6 +339,10 @@ async fn path_route(
     let asked = std::mem::take(&mut chat.model);
     info.model = Some(asked.clone());
     info.stream = chat.stream;
+    if shared.caller.key().is_some() {
+        let named = format!("{}/{asked}", provider.endpoint().name);
+        shared.admit(info, &[&named])?;
+    }
     let registry = &shared.registry;
     // An alias of this provider stands for its model; an alias of another is a mistake.
     let (model, alias_fallbacks) = match registry.alias(&asked) {
@@ -275,7 +370,14 @@ async fn path_route(
         key: Ok(key.clone()),
         tracked: None,
     };
-    let targets = targets(registry, request, primary, &fallbacks, key.as_ref())?;
+    let targets = targets(
+        registry,
+        request,
+        &shared.caller,
+        primary,
+        &fallbacks,
+        key.as_ref(),
+    )?;
     let stream = chat.stream;
     let incoming = Incoming::new(Door::Path, &body, &asked, stream).with_request(chat);
     run(request, shared, &incoming, &targets, permit, info).await
@@ -296,6 +398,7 @@ async fn openai_door(
     let probe = openai::door::probe(&body).map_err(ProxyError::InvalidRequest)?;
     info.model = Some(probe.model.clone());
     info.stream = probe.stream;
+    shared.admit(info, &[&probe.model])?;
     let body_fallbacks = body_fallbacks(&body)?;
     let targets = door_plan(
         Door::OpenAi,
@@ -325,6 +428,7 @@ async fn anthropic_door(
     let probe = anthropic::door::probe(&body).map_err(ProxyError::InvalidRequest)?;
     info.model = Some(probe.model.clone());
     info.stream = probe.stream;
+    admit_anthropic(shared, info, &probe.model)?;
     let body_fallbacks = body_fallbacks(&body)?;
     let targets = door_plan(
         Door::Anthropic,
@@ -340,6 +444,20 @@ async fn anthropic_door(
     incoming.headers = anthropic_headers(request);
     incoming.remove = &PROXY_FIELDS;
     run(request, shared, &incoming, &targets, permit, info).await
+}
+
+/// The Anthropic door's admission: a bare Claude model is also `anthropic/<model>` to a key's
+/// allowed models.
+fn admit_anthropic(shared: &Shared, info: &mut AccessInfo, model: &str) -> Result<(), ProxyError> {
+    if shared.caller.key().is_none() {
+        return Ok(());
+    }
+    let qualified = format!("anthropic/{model}");
+    let names: &[&str] = match model.contains('/') {
+        true => &[model],
+        false => &[model, &qualified],
+    };
+    shared.admit(info, names)
 }
 
 /// Where the `routes` rules send a door's request, if one matches: the rule's `to` then
@@ -389,6 +507,7 @@ async fn count_tokens_route(
     let _permit = shared.limit.try_acquire()?;
     let probe = anthropic::door::probe(&body).map_err(ProxyError::InvalidRequest)?;
     info.model = Some(probe.model.clone());
+    admit_anthropic(shared, info, &probe.model)?;
     // The rules and groups of `/v1/messages` apply, so a count is for the model that would answer.
     let asked = route(request, shared, &probe.model, &body, info).unwrap_or(&probe.model);
     let (provider, model) = match shared.registry.group(asked) {
@@ -404,7 +523,7 @@ async fn count_tokens_route(
         ))
         .into());
     }
-    let key = door_key(request, provider)?;
+    let key = door_key(request, &shared.caller, provider)?;
     let mut incoming = Incoming::new(Door::Anthropic, &body, &probe.model, false);
     incoming.query = Some(request.query_string()).filter(|query| !query.is_empty());
     incoming.headers = anthropic_headers(request);
@@ -509,13 +628,14 @@ fn anthropic_headers(request: &HttpRequest) -> Vec<(HeaderName, HeaderValue)> {
 /// provider requires one.
 fn door_key(
     request: &HttpRequest,
+    caller: &Caller,
     provider: &dyn Upstream,
 ) -> Result<Option<HeaderValue>, ProxyError> {
-    let key = request_key(request, true);
+    let key = key_for(request, caller, provider, request_key(request, true))?;
     if key.is_none() && provider.endpoint().key_required {
-        return Err(ProxyError::MissingKey);
+        return Err(missing_key(caller, provider));
     }
-    Ok(key_for(provider, key))
+    Ok(key)
 }
 
 /// A door's targets: the provider its model names, then the fallbacks (`X-Fallbacks`, the
@@ -530,7 +650,7 @@ fn door_targets<'r>(
     body_fallbacks: &'r [String],
 ) -> Result<Vec<Target<'r>>, ProxyError> {
     info.provider = Some(provider.endpoint().name);
-    let key = door_key(request, provider)?;
+    let key = door_key(request, &shared.caller, provider)?;
     let registry = &shared.registry;
     let mut fallbacks = header_fallbacks(request)?;
     fallbacks.extend(body_fallbacks.iter().map(String::as_str));
@@ -545,7 +665,14 @@ fn door_targets<'r>(
         key: Ok(key.clone()),
         tracked: None,
     };
-    targets(registry, request, primary, &fallbacks, key.as_ref())
+    targets(
+        registry,
+        request,
+        &shared.caller,
+        primary,
+        &fallbacks,
+        key.as_ref(),
+    )
 }
 
 /// A door's targets for a group (an alias is a one-deployment group): its deployments in the
@@ -570,12 +697,13 @@ fn group_targets<'r>(
             true => caller_key.clone().or_else(own),
             false => own(),
         };
-        match key_for(upstream, key) {
-            None if upstream.endpoint().key_required => Err(format!(
+        match key_for(request, &shared.caller, upstream, key) {
+            Err(refused) => Err(format!("skipped: {refused}")),
+            Ok(None) if upstream.endpoint().key_required => Err(format!(
                 "skipped: no key (send it in X-API-Key-{})",
                 title_case(name)
             )),
-            key => Ok(key),
+            Ok(key) => Ok(key),
         }
     };
     let mut deployments = group_door::targets(
@@ -588,7 +716,13 @@ fn group_targets<'r>(
         key_of,
     );
     if deployments.iter().all(|target| target.key.is_err()) {
-        return Err(ProxyError::MissingKey);
+        let first = deployments[0].upstream;
+        return Err(
+            match key_for(request, &shared.caller, first, caller_key.clone()) {
+                Err(refused) => refused,
+                Ok(_) => missing_key(&shared.caller, first),
+            },
+        );
     }
     info.provider = deployments.first().map(|t| t.upstream.endpoint().name);
     let mut fallbacks = header_fallbacks(request)?;
@@ -602,7 +736,14 @@ fn group_targets<'r>(
     let rest = deployments.split_off(1);
     let first = deployments.pop().expect("a group has a deployment");
     let first_key = first.key.clone().ok().flatten();
-    let mut all = targets(registry, request, first, &fallbacks, first_key.as_ref())?;
+    let mut all = targets(
+        registry,
+        request,
+        &shared.caller,
+        first,
+        &fallbacks,
+        first_key.as_ref(),
+    )?;
     all.splice(1..1, rest);
     Ok(all)
 }
@@ -681,6 +822,7 @@ fn models_body(registry: &Registry) -> Vec<u8> {
 fn targets<'r>(
     registry: &'r Registry,
     request: &HttpRequest,
+    caller: &Caller,
     primary: Target<'r>,
     fallbacks: &[&'r str],
     primary_key: Option<&HeaderValue>,
@@ -708,12 +850,13 @@ fn targets<'r>(
         } else {
             header_key(request, &format!("x-api-key-{}", endpoint.name))
         };
-        let key = match key_for(provider, key) {
-            None if endpoint.key_required => Err(format!(
+        let key = match key_for(request, caller, provider, key) {
+            Err(refused) => Err(format!("skipped: {refused}")),
+            Ok(None) if endpoint.key_required => Err(format!(
                 "skipped: no key (send it in X-API-Key-{})",
                 title_case(endpoint.name)
             )),
-            key => Ok(key),
+            Ok(key) => Ok(key),
         };
         targets.push(Target {
             upstream: provider,
@@ -796,6 +939,10 @@ fn request_key(request: &HttpRequest, bearer: bool) -> Option<HeaderValue> {
         None if bearer => token()?,
         None => return None,
     };
+    // A key this proxy issued is its own business (see `caller`), never a provider's key.
+    if keys::looks_issued(std::str::from_utf8(key).unwrap_or_default().trim()) {
+        return None;
+    }
     non_blank(key)
 }
 

@@ -28,8 +28,14 @@ use crate::{
     model::cost::{self, Cost},
 };
 use crate::{
-    config::Config, gateway::targets::Registry, limits::RequestLimit, metrics, metrics::Metrics,
+    config::Config,
+    gateway::targets::Registry,
+    keys::{self, Keyring},
+    limits::RequestLimit,
+    metrics,
+    metrics::Metrics,
     model::Usage,
+    store::UsageRecord,
 };
 
 /// What a non-stream answer cost, in USD, when its price is known.
@@ -63,6 +69,12 @@ pub struct AccessInfo {
     /// The group whose deployment answered (or was tried last), when the model named one; the
     /// deployment is `provider` and `model`.
     pub group: Option<String>,
+    /// The issued key that called, by id.
+    pub key_id: Option<String>,
+    /// Else the keyed fingerprint of the caller's own key (with a store only).
+    pub caller: Option<String>,
+    /// The issued key's place among its requests in flight, held until the answer's end.
+    pub admission: Option<Rc<crate::keys::Admission>>,
 }
 
 /// The caller's `X-Request-Id` when it is printable and at most 128 characters; else a new one.
@@ -116,6 +128,7 @@ pub async fn observe(
         .app_data::<web::Data<Config>>()
         .is_some_and(|config| config.log_json);
     let prices = request.app_data::<web::Data<PriceTable>>().cloned();
+    let keyring = request.app_data::<web::Data<Keyring>>().cloned();
     let mut response = next.call(request).await?;
     response.headers_mut().insert(REQUEST_ID, id.clone());
     let info = response
@@ -157,6 +170,7 @@ pub async fn observe(
         json,
         prices,
         answer_cost,
+        keyring,
     };
     Ok(response.map_body(|_, body| Observed {
         body: BoxBody::new(body),
@@ -181,6 +195,8 @@ struct Record {
     prices: Option<web::Data<PriceTable>>,
     /// A non-stream answer's cost, as its header gave it.
     answer_cost: Option<Cost>,
+    /// Where usage is charged and recorded, when the proxy has a store.
+    keyring: Option<web::Data<Keyring>>,
 }
 
 /// What an answer cost: its usage priced by the table, as the model the upstream says
@@ -244,6 +260,11 @@ impl Record {
                 }
             }
         }
+        if let Some(keyring) = &self.keyring {
+            if USAGE_ROUTES.contains(&self.route) {
+                keyring.record(self.usage_record(usage, cost, duration), keys::now_ms());
+            }
+        }
         let line = Line {
             request_id: self.id.to_str().unwrap_or("-"),
             method: &self.method,
@@ -276,6 +297,49 @@ impl Record {
             }
         } else {
             log::info!(target: "access", "{}", line.text());
+        }
+    }
+}
+
+/// The routes whose requests leave a usage record: the chat routes, never the proxy's own.
+const USAGE_ROUTES: [&str; 4] = ["chat", "completions", "messages", "count_tokens"];
+
+impl Record {
+    /// The request as the store keeps it: who, where, what it cost; never content or a key.
+    fn usage_record(
+        &self,
+        usage: Option<Usage>,
+        cost: Option<Cost>,
+        took: Duration,
+    ) -> UsageRecord {
+        let info = &self.info;
+        let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let bounded = |text: &str| text.chars().take(256).collect::<String>();
+        UsageRecord {
+            time_ms: keys::now_ms(),
+            key_id: info.key_id.clone(),
+            caller: info.caller.clone(),
+            route: self.route.to_owned(),
+            provider: info.provider.map(str::to_owned),
+            model: info.model.as_deref().map(bounded),
+            group: info.group.as_deref().map(bounded),
+            deployment: match (&info.group, info.provider, &info.model) {
+                (Some(_), Some(provider), Some(model)) => {
+                    Some(bounded(&format!("{provider}/{model}")))
+                }
+                _ => None,
+            },
+            status: self.status,
+            input_tokens: usage.map_or(0, |u| tokens(u.input_tokens)),
+            output_tokens: usage.map_or(0, |u| tokens(u.output_tokens)),
+            cached_tokens: usage.map_or(0, |u| tokens(u.cache_read_tokens)),
+            cost_usd: cost.map(|c| c.usd),
+            latency_ms: millis(took),
+            ttfb_ms: self
+                .first_byte
+                .map(|at| millis(at.duration_since(self.started))),
+            request_id: self.id.to_str().unwrap_or("-").to_owned(),
+            cached: false,
         }
     }
 }

@@ -610,6 +610,8 @@ pub async fn read_to_end(response: &mut awc::ClientResponse) -> Vec<u8> {
 pub struct Accounted {
     pub proxy: Proxy,
     pub accounts: llm_proxy::http::server::Accounts,
+    /// For tests that open the same store from outside, as the `keys` command does.
+    #[allow(dead_code)]
     pub database_url: String,
     _dir: TempDirGuard,
 }

@@ -12,6 +12,7 @@ mod front_door;
 mod gemini;
 mod grafana;
 mod groups;
+mod keys;
 mod messages;
 mod observability;
 mod openai;

@@ -833,6 +833,7 @@ mod tests {
             base_url: "http://upstream.test/v1".into(),
             key_required: true,
             headers: vec![],
+            held_key: None,
         };
         Anthropic::new(endpoint, HeaderValue::from_static("2023-06-01"), 1024)
     }

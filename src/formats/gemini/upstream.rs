@@ -682,6 +682,7 @@ mod tests {
             base_url: "http://upstream.test/v1beta".into(),
             key_required: true,
             headers: vec![],
+            held_key: None,
         })
     }
 

@@ -905,6 +905,7 @@ mod tests {
             base_url: "http://upstream.test/v1/".into(),
             key_required: true,
             headers: vec![],
+            held_key: None,
         })
     }
 
@@ -1109,6 +1110,7 @@ mod tests {
             base_url: "http://upstream.test/v1/".into(),
             key_required: true,
             headers: vec![],
+            held_key: None,
         });
         let groq = body_of(&groq.translate_request(&request, "m", None).unwrap());
         assert_eq!(groq["max_tokens"], 7);
@@ -2011,6 +2013,7 @@ mod tests {
                     base_url: "http://upstream.test/v1/".into(),
                     key_required: false,
                     headers: vec![],
+                    held_key: None,
                 });
                 let upstream = vllm.translate_request(&request, &request.model, None).unwrap();
                 let parsed = door::parse(&upstream.body).unwrap();
