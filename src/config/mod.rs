@@ -682,6 +682,44 @@ mod tests {
         assert!(err.to_string().contains("missing.json"), "{err}");
     }
 
+    #[test]
+    fn held_keys_are_read_by_name_and_refuse_to_start_without_a_store_or_a_value() {
+        let dir = std::env::temp_dir().join(format!("llm-proxy-held-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("held.json");
+        std::fs::write(
+            &file,
+            r#"{"providers": {"openai": {"api_key_env": "TEAM_OPENAI_KEY"}}}"#,
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let config = Config::from_vars(vars(&[
+            ("PROVIDERS_FILE", file),
+            ("TEAM_OPENAI_KEY", "sk-team-1234"),
+        ]))
+        .unwrap();
+        assert_eq!(config.held_keys.get("TEAM_OPENAI_KEY"), Some("sk-team-1234"));
+        assert_eq!(config.database_url.as_deref(), Some(crate::store::DEFAULT_URL));
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("sk-team-1234"), "{printed}");
+
+        // The open relay: a held key, and no issued keys to guard it.
+        let err = Config::from_vars(vars(&[
+            ("PROVIDERS_FILE", file),
+            ("TEAM_OPENAI_KEY", "sk-team-1234"),
+            ("DATABASE_URL", "none"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("open relay"), "{err}");
+        assert!(!err.contains("sk-team-1234"), "{err}");
+
+        let err = Config::from_vars(vars(&[("PROVIDERS_FILE", file)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TEAM_OPENAI_KEY") && err.contains("not set"), "{err}");
+    }
+
     /// `.env.example`'s `NAME=value` lines.
     fn env_example() -> Vec<(String, String)> {
         let text = include_str!("../../.env.example");
