@@ -274,7 +274,8 @@ pub async fn run(
             let in_flight = target.tracked.map(|t| t.health.start(t.clock.now()));
             let result = try_once(state, incoming, target, key, &mut permit, outcome).await;
             if let Some(tracked) = target.tracked {
-                report(tracked, &result, outcome.first_byte);
+                let held_key = endpoint.held_key.is_some();
+                report(tracked, &result, outcome.first_byte, held_key);
             }
             let Failed {
                 error,
@@ -409,6 +410,7 @@ fn report(
     tracked: Tracked<'_>,
     result: &Result<HttpResponse, Failed>,
     first_byte: Option<Duration>,
+    held_key: bool,
 ) {
     let now = tracked.clock.now();
     let verdict = match result {
@@ -418,7 +420,7 @@ fn report(
             }
             Verdict::Success
         }
-        Err(failed) => Verdict::of(&failed.error),
+        Err(failed) => Verdict::of(&failed.error, held_key),
     };
     tracked.health.record(verdict, now);
 }

@@ -55,11 +55,18 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// The verdict on a failed attempt.
-    pub fn of(error: &ProxyError) -> Self {
+    /// The verdict on a failed attempt. `held_key`: the attempt used a key the proxy holds,
+    /// whose 429 says the deployment's quota is spent for everyone; on a caller's own key it
+    /// says something about that caller alone.
+    pub fn of(error: &ProxyError, held_key: bool) -> Self {
         match error {
             ProxyError::Unreachable(_) | ProxyError::Timeout => Self::Failure,
             ProxyError::Upstream { status, .. } if status.is_server_error() => Self::Failure,
+            ProxyError::Upstream { status, .. }
+                if held_key && *status == actix_web::http::StatusCode::TOO_MANY_REQUESTS =>
+            {
+                Self::Failure
+            }
             _ => Self::Neutral,
         }
     }
@@ -278,17 +285,33 @@ mod tests {
     #[test]
     fn only_what_is_about_the_deployment_is_a_failure() {
         for status in [500, 502, 503, 504, 529] {
-            assert_eq!(Verdict::of(&upstream(status)), Verdict::Failure, "{status}");
+            assert_eq!(Verdict::of(&upstream(status), false), Verdict::Failure, "{status}");
         }
         for status in [400, 401, 403, 404, 408, 422, 429] {
-            assert_eq!(Verdict::of(&upstream(status)), Verdict::Neutral, "{status}");
+            assert_eq!(
+                Verdict::of(&upstream(status), false),
+                Verdict::Neutral,
+                "{status}"
+            );
         }
-        assert_eq!(Verdict::of(&ProxyError::Timeout), Verdict::Failure);
+        // On a key the proxy holds, a 429 is the deployment's quota, spent for every caller.
+        assert_eq!(Verdict::of(&upstream(429), true), Verdict::Failure);
+        for status in [400, 401, 403, 404] {
+            assert_eq!(
+                Verdict::of(&upstream(status), true),
+                Verdict::Neutral,
+                "{status}"
+            );
+        }
+        assert_eq!(Verdict::of(&ProxyError::Timeout, false), Verdict::Failure);
         assert_eq!(
-            Verdict::of(&ProxyError::Unreachable("refused".into())),
+            Verdict::of(&ProxyError::Unreachable("refused".into()), false),
             Verdict::Failure
         );
-        assert_eq!(Verdict::of(&ProxyError::MissingKey), Verdict::Neutral);
+        assert_eq!(
+            Verdict::of(&ProxyError::MissingKey, false),
+            Verdict::Neutral
+        );
     }
 
     #[test]
@@ -309,7 +332,7 @@ mod tests {
         let d = Deployment::default();
         for status in [400, 401, 403, 404, 429] {
             for _ in 0..10 {
-                d.record(Verdict::of(&upstream(status)), secs(0));
+                d.record(Verdict::of(&upstream(status), false), secs(0));
             }
         }
         assert!(d.is_up());
@@ -364,7 +387,7 @@ mod tests {
         let d = Deployment::default();
         fail(&d, EJECT_AFTER, secs(0));
         let _probe = d.start(secs(2));
-        d.record(Verdict::of(&upstream(401)), secs(2));
+        d.record(Verdict::of(&upstream(401), false), secs(2));
         assert!(d.is_up());
     }
 

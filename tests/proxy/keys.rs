@@ -429,3 +429,36 @@ async fn every_request_leaves_a_usage_record_without_content_or_keys() {
     let all = format!("{records:?}");
     assert!(!all.contains(TEST_KEY) && !all.contains("Hello"), "{all}");
 }
+
+#[actix_web::test]
+async fn a_429_on_a_held_key_ejects_the_deployment_as_a_spent_quota() {
+    let limited = Mock::always(
+        429,
+        "application/json",
+        r#"{"error":{"message":"Rate limit reached","type":"requests"}}"#,
+    );
+    let ok = upstream();
+    let catalog = format!(
+        r#"{{"groups": {{"g": {{"strategy": "ordered", "deployments": [
+            {{"provider": "openai", "model": "m0", "base_url": "{}", "api_key_env": "OPENAI_API_KEY"}},
+            {{"provider": "openai", "model": "m1", "base_url": "{}", "api_key_env": "OPENAI_API_KEY"}}]}}}}}}"#,
+        limited.base_url(),
+        ok.base_url()
+    );
+    let config = Config {
+        held_keys: HeldKeys(vec![("OPENAI_API_KEY".into(), HELD.into())]),
+        ..config_with_catalog(&ok, &catalog)
+    };
+    let accounted = start_accounted(config).await;
+    let secret = issue(&accounted, |_| {}).await;
+    for _ in 0..6 {
+        let answer = completions_with(&accounted.proxy, &secret, "g").await;
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        assert_eq!(answer.header("x-proxy-deployment"), Some("openai/m1"));
+    }
+    assert_eq!(
+        limited.requests().len(),
+        3,
+        "ejected after three 429s on the proxy's own key"
+    );
+}
