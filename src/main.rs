@@ -42,12 +42,6 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if let Ok(address) = listener.local_addr() {
-        log::info!(
-            "listening on http://{address} with {} workers",
-            config.workers
-        );
-    }
     let accounts = match &config.database_url {
         None => None,
         Some(url) => match server::Accounts::open(url).await {
@@ -58,6 +52,13 @@ async fn main() -> ExitCode {
             }
         },
     };
+    // Said once the store is open: a caller that waits for this line finds everything ready.
+    if let Ok(address) = listener.local_addr() {
+        log::info!(
+            "listening on http://{address} with {} workers",
+            config.workers
+        );
+    }
     let server = match server::build(config, accounts.as_ref(), listener) {
         Ok(server) => server,
         Err(e) => {

@@ -285,7 +285,11 @@ mod tests {
     #[test]
     fn only_what_is_about_the_deployment_is_a_failure() {
         for status in [500, 502, 503, 504, 529] {
-            assert_eq!(Verdict::of(&upstream(status), false), Verdict::Failure, "{status}");
+            assert_eq!(
+                Verdict::of(&upstream(status), false),
+                Verdict::Failure,
+                "{status}"
+            );
         }
         for status in [400, 401, 403, 404, 408, 422, 429] {
             assert_eq!(

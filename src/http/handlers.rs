@@ -207,10 +207,7 @@ pub async fn chat(request: HttpRequest, payload: web::Payload) -> HttpResponse {
         provider: Some(provider.endpoint().name),
         ..AccessInfo::default()
     };
-    let result = match shared.identify(&request, &mut info) {
-        Ok(()) => path_route(&request, payload, &shared, provider, &mut info).await,
-        Err(error) => Err(error.into()),
-    };
+    let result = path_route(&request, payload, &mut shared, provider, &mut info).await;
     finish(Door::Path, result, info)
 }
 
@@ -218,10 +215,7 @@ pub async fn chat(request: HttpRequest, payload: web::Payload) -> HttpResponse {
 pub async fn completions(request: HttpRequest, payload: web::Payload) -> HttpResponse {
     let mut shared = Shared::from_request(&request);
     let mut info = AccessInfo::default();
-    let result = match shared.identify(&request, &mut info) {
-        Ok(()) => openai_door(&request, payload, &shared, &mut info).await,
-        Err(error) => Err(error.into()),
-    };
+    let result = openai_door(&request, payload, &mut shared, &mut info).await;
     finish(Door::OpenAi, result, info)
 }
 
@@ -229,10 +223,7 @@ pub async fn completions(request: HttpRequest, payload: web::Payload) -> HttpRes
 pub async fn messages(request: HttpRequest, payload: web::Payload) -> HttpResponse {
     let mut shared = Shared::from_request(&request);
     let mut info = AccessInfo::default();
-    let result = match shared.identify(&request, &mut info) {
-        Ok(()) => anthropic_door(&request, payload, &shared, &mut info).await,
-        Err(error) => Err(error.into()),
-    };
+    let result = anthropic_door(&request, payload, &mut shared, &mut info).await;
     finish(Door::Anthropic, result, info)
 }
 
@@ -240,10 +231,7 @@ pub async fn messages(request: HttpRequest, payload: web::Payload) -> HttpRespon
 pub async fn count_tokens(request: HttpRequest, payload: web::Payload) -> HttpResponse {
     let mut shared = Shared::from_request(&request);
     let mut info = AccessInfo::default();
-    let result = match shared.identify(&request, &mut info) {
-        Ok(()) => count_tokens_route(&request, payload, &shared, &mut info).await,
-        Err(error) => Err(error.into()),
-    };
+    let result = count_tokens_route(&request, payload, &mut shared, &mut info).await;
     finish(Door::Anthropic, result, info)
 }
 
@@ -317,10 +305,12 @@ fn missing_key(caller: &Caller, provider: &dyn Upstream) -> ProxyError {
 async fn path_route(
     request: &HttpRequest,
     payload: web::Payload,
-    shared: &Shared,
+    shared: &mut Shared,
     provider: &dyn Upstream,
     info: &mut AccessInfo,
 ) -> Result<HttpResponse, Failure> {
+    // The path route's checks run in a documented order: the key before the body.
+    shared.identify(request, info)?;
     let key = key_for(
         request,
         &shared.caller,
@@ -389,10 +379,11 @@ async fn path_route(
 async fn openai_door(
     request: &HttpRequest,
     payload: web::Payload,
-    shared: &Shared,
+    shared: &mut Shared,
     info: &mut AccessInfo,
 ) -> Result<HttpResponse, Failure> {
     let body = read_body(request, payload, shared).await?;
+    shared.identify(request, info)?;
     // Counted once the body is in: slow senders hold no place among requests in flight.
     let permit = shared.limit.try_acquire()?;
     let probe = openai::door::probe(&body).map_err(ProxyError::InvalidRequest)?;
@@ -420,10 +411,11 @@ async fn openai_door(
 async fn anthropic_door(
     request: &HttpRequest,
     payload: web::Payload,
-    shared: &Shared,
+    shared: &mut Shared,
     info: &mut AccessInfo,
 ) -> Result<HttpResponse, Failure> {
     let body = read_body(request, payload, shared).await?;
+    shared.identify(request, info)?;
     let permit = shared.limit.try_acquire()?;
     let probe = anthropic::door::probe(&body).map_err(ProxyError::InvalidRequest)?;
     info.model = Some(probe.model.clone());
@@ -500,10 +492,11 @@ fn route<'s>(
 async fn count_tokens_route(
     request: &HttpRequest,
     payload: web::Payload,
-    shared: &Shared,
+    shared: &mut Shared,
     info: &mut AccessInfo,
 ) -> Result<HttpResponse, Failure> {
     let body = read_body(request, payload, shared).await?;
+    shared.identify(request, info)?;
     let _permit = shared.limit.try_acquire()?;
     let probe = anthropic::door::probe(&body).map_err(ProxyError::InvalidRequest)?;
     info.model = Some(probe.model.clone());

@@ -323,6 +323,17 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn several_stores_opening_a_new_file_at_once_all_open_it() {
+        let dir = test_db::TempDir::new("race");
+        let url = format!("sqlite://{}", dir.0.join("llm-proxy.db").display());
+        let opened = futures_util::future::join_all((0..4).map(|_| Store::open(&url))).await;
+        for store in opened {
+            let store = store.expect("every store opens");
+            assert_eq!(store.keys_version().await.unwrap(), 0);
+        }
+    }
+
+    #[tokio::test]
     #[ignore = "starts a Postgres server"]
     async fn keys_are_stored_read_and_updated_postgres() {
         keys_are_stored_read_and_updated(&test_db::postgres().await.store).await;

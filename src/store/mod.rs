@@ -95,6 +95,9 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// How many times opening retries the migrations after a failure (see [`Store::open`]).
+const MIGRATE_TRIES: u64 = 3;
+
 impl Store {
     /// Connects to `url` (`sqlite://FILE`, created when missing, or `postgres://...`) and applies
     /// the migrations that are not applied yet.
@@ -115,10 +118,21 @@ impl Store {
                         .execute(&pool)
                         .await?;
                 }
-                sqlx::migrate!()
-                    .run(&pool)
-                    .await
-                    .map_err(StoreError::Migrate)?;
+                // Two processes may open a new database at once (instances starting together,
+                // the `keys` command beside a starting proxy): Postgres serializes them with an
+                // advisory lock, SQLite does not, and the loser finds the tables made. Its second
+                // try sees the migrations applied and does nothing.
+                let mut tries = 0;
+                loop {
+                    match sqlx::migrate!().run(&pool).await {
+                        Ok(()) => break,
+                        Err(_) if tries < MIGRATE_TRIES => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                        }
+                        Err(e) => return Err(StoreError::Migrate(e)),
+                    }
+                }
                 Ok::<_, StoreError>(pool)
             })
             .await

@@ -548,3 +548,116 @@ async fn the_access_line_names_the_group_and_the_deployment_that_answered() {
     process.signal("-TERM");
     assert!(process.exit_within(Duration::from_secs(20)).0.success());
 }
+
+#[test]
+fn holding_a_key_without_a_store_to_issue_keys_refuses_to_start() {
+    let dir = temp_dir("relay");
+    let file = dir.0.join("providers.json");
+    std::fs::write(
+        &file,
+        r#"{"providers": {"openai": {"api_key_env": "TEAM_KEY"}}}"#,
+    )
+    .unwrap();
+    let process = Process::start(&[
+        ("PROVIDERS_FILE", file.to_str().unwrap()),
+        ("TEAM_KEY", "sk-team-held-4c1d"),
+        ("DATABASE_URL", "none"),
+    ]);
+    let (status, lines) = process.exit_within(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(2), "{lines:?}");
+    let all = lines.join("\n");
+    assert!(all.contains("open relay"), "{all}");
+    assert!(!all.contains("sk-team-held-4c1d"), "{all}");
+}
+
+#[actix_web::test]
+async fn held_and_issued_keys_appear_in_no_log_line() {
+    const HELD: &str = "sk-team-held-9a8b7c";
+    let mock = Mock::start(|request| match request.json()["model"].as_str() {
+        Some("fails") => Reply::json(500, r#"{"error":{"message":"boom"}}"#),
+        _ => Reply::json(200, fixture("openai/completion.json")),
+    });
+    let dir = temp_dir("held-logs");
+    let file = dir.0.join("providers.json");
+    std::fs::write(
+        &file,
+        r#"{"providers": {"openai": {"api_key_env": "TEAM_KEY"}}}"#,
+    )
+    .unwrap();
+    let database = format!("sqlite://{}", dir.0.join("llm-proxy.db").display());
+    let mut process = Process::start(&[
+        ("PROVIDERS_FILE", file.to_str().unwrap()),
+        ("TEAM_KEY", HELD),
+        ("DATABASE_URL", &database),
+        ("OPENAI_BASE_URL", &mock.base_url()),
+        ("RUST_LOG", "debug"),
+        ("MAX_RETRIES", "0"),
+    ]);
+    let base = process.address();
+
+    // A key issued beside the running proxy, as the `keys` command does.
+    let store = llm_proxy::store::Store::open(&database).await.unwrap();
+    let (secret, hash) = llm_proxy::keys::generate().unwrap();
+    let now = llm_proxy::keys::now_ms();
+    store
+        .insert_key(&llm_proxy::store::KeyRow {
+            id: llm_proxy::keys::new_id().unwrap(),
+            hash,
+            prefix: secret.prefix().to_owned(),
+            name: "logs".into(),
+            owner: None,
+            models: vec![],
+            rpm: None,
+            tpm: None,
+            max_concurrent: None,
+            budget_usd: None,
+            budget_period: None,
+            expires_at: None,
+            metadata: Default::default(),
+            enabled: true,
+            created_at: now,
+            updated_at: now,
+            revoked_at: None,
+        })
+        .await
+        .unwrap();
+    let secret = secret.expose().to_owned();
+    let send = |model: &'static str, key: String| {
+        let url = format!("{base}/v1/chat/completions");
+        async move {
+            client()
+                .post(url)
+                .insert_header(("Authorization", format!("Bearer {key}")))
+                .send_body(
+                    json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+                        .to_string(),
+                )
+                .await
+                .map_or(0, |response| response.status().as_u16())
+        }
+    };
+    let mut served = false;
+    for _ in 0..100 {
+        if send("openai/gpt-4o-mini", secret.clone()).await == 200 {
+            served = true;
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !served {
+        process.signal("-TERM");
+        let (_, lines) = process.exit_within(Duration::from_secs(20));
+        panic!("the issued key was never served: {lines:#?}");
+    }
+    assert_eq!(send("openai/fails", secret.clone()).await, 500);
+    assert_eq!(send("openai/gpt-4o-mini", TEST_KEY.into()).await, 401);
+    assert_eq!(send("openai/gpt-4o-mini", "lp-unknown".into()).await, 401);
+
+    process.signal("-TERM");
+    let (_, lines) = process.exit_within(Duration::from_secs(20));
+    let all = lines.join("\n");
+    assert!(all.contains("access"), "the requests were logged: {all}");
+    assert!(!all.contains(HELD), "{all}");
+    assert!(!all.contains(&secret[3..]), "{all}");
+    assert!(!all.contains(TEST_KEY), "{all}");
+}
