@@ -4,6 +4,7 @@ mod budget;
 mod keyring;
 mod limits;
 mod secret;
+pub mod spec;
 mod table;
 
 pub use crate::store::KeyRow;
@@ -13,6 +14,7 @@ pub use limits::{Admission, Limits, Refusal};
 pub use secret::{
     generate, hash_hex, looks_issued, new_id, Secret, ISSUED_PREFIX, PREFIX_CHARS, SECRET_CHARS,
 };
+pub use spec::{ChangeError, KeySpec, SpecError};
 pub use table::{allows_model, Key, KeyTable, Lookup};
 
 /// The current time as the keys count it: unix milliseconds.
