@@ -1,6 +1,7 @@
 //! Keys the proxy issues: making them, finding them by what callers present, and their limits.
 
 mod budget;
+pub mod cli;
 mod keyring;
 mod limits;
 mod secret;
