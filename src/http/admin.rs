@@ -1,4 +1,5 @@
-//! The admin API under `/admin/`: issued keys (create, list, show, change, revoke) and usage totals, for callers that present `ADMIN_TOKEN`.
+//! The admin API under `/admin/`: issued keys (create, list, show, change, revoke) and usage
+//! totals, for callers that present `ADMIN_TOKEN`.
 
 use std::collections::HashMap;
 use std::fmt;

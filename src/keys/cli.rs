@@ -1,4 +1,4 @@
-//! `llm-proxy keys ...`: the admin API's key operations straight on the store, from a shell beside the proxy.
+//! `llm-proxy keys ...`: the admin API's key operations straight on the store, from a shell.
 
 use std::io::Write;
 
@@ -121,7 +121,8 @@ async fn execute(store: &Store, command: Command, out: &mut dyn Write) -> Result
             let (row, secret) = spec::create(store, &spec, now).await?;
             let _ = writeln!(
                 out,
-                "created key {} ({})\n\n    {}\n\nThis is the only time the key is shown: store it now.",
+                "created key {} ({})\n\n    {}\n\n\
+                 This is the only time the key is shown: store it now.",
                 row.id,
                 row.name,
                 secret.expose()

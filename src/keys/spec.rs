@@ -1,4 +1,5 @@
-//! What a key is made of when it is created or changed: one parser and one set of rules for the admin API and the `keys` command, and the operations that store the result.
+//! What a key is made of when created or changed (one set of rules for the admin API and the
+//! `keys` command), and those changes on the store.
 
 use jiff::Timestamp;
 use serde_json::{Map, Value};
@@ -457,7 +458,8 @@ fn metadata(value: &Value) -> Result<Map<String, Value>, String> {
         };
         if !fits {
             return Err(format!(
-                "{key:?} must be a string of at most {MAX_METADATA_VALUE_CHARS} characters, a number or a boolean"
+                "{key:?} must be a string of at most {MAX_METADATA_VALUE_CHARS} characters, \
+                 a number or a boolean"
             ));
         }
     }
@@ -683,7 +685,9 @@ mod tests {
         }
 
         #[test]
-        fn any_bytes_are_taken_or_refused_without_panicking(body in proptest::collection::vec(any::<u8>(), 0..128)) {
+        fn any_bytes_are_taken_or_refused_without_panicking(
+            body in proptest::collection::vec(any::<u8>(), 0..128)
+        ) {
             let _ = KeySpec::from_json(&body);
         }
     }
