@@ -29,7 +29,9 @@
 //!   upstream connections).
 //! - [`keys`]: keys the proxy issues, in memory: [`keys::generate`] and the hash stored in
 //!   the secret's place, the [`keys::KeyTable`] a presented key is looked up in, each key's
-//!   [`keys::Limits`] (requests and tokens per minute, requests in flight, budget per period).
+//!   [`keys::Limits`] (requests and tokens per minute, requests in flight, budget per period);
+//!   [`keys::spec`]: what a key is made of when created or changed, one set of rules for the
+//!   admin API and [`keys::cli`] (`llm-proxy keys`), and those changes on the store.
 //! - [`formats`]: the traits every wire format implements, and one folder per format, each
 //!   speaking it both ways: [`formats::openai`] (door and upstream),
 //!   [`formats::anthropic`] (door and upstream), [`formats::gemini`] (upstream). Pure
@@ -48,8 +50,8 @@
 //!   [`gateway::exchange`] (the doors, and trying each target until one answers in the door's
 //!   shape).
 //! - [`http`]: actix: [`http::routes`], one thin handler per door in [`http::handlers`],
-//!   [`http::server`], and what wraps every request: [`http::observe`] (request ids, the
-//!   access log) and [`http::cors`].
+//!   [`http::server`], [`http::admin`] (the admin API, only with `ADMIN_TOKEN`), and what wraps
+//!   every request: [`http::observe`] (request ids, the access log) and [`http::cors`].
 
 pub mod config;
 pub mod dashboard;

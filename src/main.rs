@@ -1,4 +1,5 @@
-//! The `llm-proxy` binary: configuration from the environment, then the server until a signal.
+//! The `llm-proxy` binary: configuration from the environment, then the server until a signal;
+//! or `llm-proxy keys ...`, the key commands ([`llm_proxy::keys::cli`]).
 
 use std::{net::TcpListener, process::ExitCode};
 
@@ -14,12 +15,22 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    let keys_command = args.first().is_some_and(|arg| arg == "keys");
+    // A command's output is its answer: only warnings and errors go beside it.
+    let default_level = if keys_command { "warn" } else { "info" };
     let mut logger =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level));
     if std::env::var("LOG_FORMAT").is_ok_and(|format| format == "json") {
         logger.format(json_line);
     }
     logger.init();
+    if keys_command {
+        return ExitCode::from(llm_proxy::keys::cli::main(&args[1..]).await);
+    }
 
     let config = match Config::from_env() {
         Ok(config) => config,

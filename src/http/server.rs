@@ -87,7 +87,7 @@ pub fn build(
                 upstream::connections_per_worker(&config),
                 config.http_pool_timeout,
             )))
-            .configure(|cfg| routes::configure(cfg, &registry))
+            .configure(|cfg| routes::configure(cfg, &registry, &config))
     })
     .workers(workers)
     // Small SSE writes to the caller must not wait on Nagle's algorithm.

@@ -1,9 +1,11 @@
 //! Keys the proxy issues: making them, finding them by what callers present, and their limits.
 
 mod budget;
+pub mod cli;
 mod keyring;
 mod limits;
 mod secret;
+pub mod spec;
 mod table;
 
 pub use crate::store::KeyRow;
@@ -13,6 +15,7 @@ pub use limits::{Admission, Limits, Refusal};
 pub use secret::{
     generate, hash_hex, looks_issued, new_id, Secret, ISSUED_PREFIX, PREFIX_CHARS, SECRET_CHARS,
 };
+pub use spec::{ChangeError, KeySpec, SpecError};
 pub use table::{allows_model, Key, KeyTable, Lookup};
 
 /// The current time as the keys count it: unix milliseconds.

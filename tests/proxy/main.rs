@@ -1,6 +1,7 @@
 //! The one integration test binary: the proxy on a loopback port in front of mock upstreams
 //! that speak each provider's documented wire format.
 
+mod admin;
 mod admission;
 mod anthropic;
 mod common;
