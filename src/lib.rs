@@ -6,7 +6,9 @@
 //! (Anthropic's Messages). Every door parses into one internal chat model and every upstream
 //! is built from it, so tools, tool results, structured output, reasoning and images survive
 //! any door-to-provider pair; when the door and the upstream speak the same format, the body
-//! and the stream bytes go as they came. The proxy holds no keys of its own.
+//! and the stream bytes go as they came. A proxy may also hold provider keys itself, for callers
+//! presenting keys it issued, each with its models, limits and budget; every chat request
+//! leaves a usage record in its store.
 //!
 //! # Layout
 //!
@@ -29,7 +31,8 @@
 //!   upstream connections).
 //! - [`keys`]: keys the proxy issues, in memory: [`keys::generate`] and the hash stored in
 //!   the secret's place, the [`keys::KeyTable`] a presented key is looked up in, each key's
-//!   [`keys::Limits`] (requests and tokens per minute, requests in flight, budget per period);
+//!   [`keys::Limits`] (requests and tokens per minute, requests in flight, budget per period),
+//!   and the [`keys::Keyring`] that keeps them in step with the store and takes usage records;
 //!   [`keys::spec`]: what a key is made of when created or changed, one set of rules for the
 //!   admin API and [`keys::cli`] (`llm-proxy keys`), and those changes on the store.
 //! - [`formats`]: the traits every wire format implements, and one folder per format, each
@@ -50,7 +53,8 @@
 //!   [`gateway::exchange`] (the doors, and trying each target until one answers in the door's
 //!   shape).
 //! - [`http`]: actix: [`http::routes`], one thin handler per door in [`http::handlers`],
-//!   [`http::server`], [`http::admin`] (the admin API, only with `ADMIN_TOKEN`), and what wraps
+//!   [`http::server`], [`http::caller`] (who is calling: an issued key, or the caller's own),
+//!   [`http::admin`] (the admin API, only with `ADMIN_TOKEN`), and what wraps
 //!   every request: [`http::observe`] (request ids, the access log) and [`http::cors`].
 
 pub mod config;
