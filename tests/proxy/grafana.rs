@@ -107,6 +107,7 @@ async fn every_metric_the_grafana_dashboard_queries_is_in_metrics_after_traffic(
         "llm_proxy_cost_usd_total",
         "llm_proxy_deployment_up",
         "llm_proxy_deployment_ttfb_ewma_seconds",
+        "llm_proxy_usage_records_dropped_total",
     ] {
         assert!(
             used.contains(family),
