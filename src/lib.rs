@@ -48,7 +48,7 @@
 //!   [`gateway::exchange`] (the doors, and trying each target until one answers in the door's
 //!   shape).
 //! - [`http`]: actix: [`http::routes`], one thin handler per door in [`http::handlers`],
-//!   [`http::server`], and what wraps every request: [`http::observe`] (request ids, the
+//!   [`http::dashboard`] (the page and its sign-in), [`http::server`], and what wraps every request: [`http::observe`] (request ids, the
 //!   access log) and [`http::cors`].
 
 pub mod config;

@@ -2,7 +2,7 @@
 
 use actix_web::web;
 
-use crate::{gateway::targets::Registry, http::handlers, http::observe};
+use crate::{gateway::targets::Registry, http::dashboard, http::handlers, http::observe};
 
 /// Registers every route. The state it needs is added by the caller, see `server::build`.
 ///
@@ -40,7 +40,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, registry: &Registry) {
         web::resource("/v1/models")
             .route(web::get().to(handlers::models))
             .default_service(web::to(handlers::method_not_allowed_openai)),
-    );
+    )
+    .configure(dashboard::configure);
     // Provider names are checked at start to be `[a-z0-9._-]`, so none is read as a pattern.
     // The resource's name is the provider's: `handlers::chat` reads it back with `match_name`.
     for name in registry.names() {
