@@ -698,8 +698,14 @@ mod tests {
             ("TEAM_OPENAI_KEY", "sk-team-1234"),
         ]))
         .unwrap();
-        assert_eq!(config.held_keys.get("TEAM_OPENAI_KEY"), Some("sk-team-1234"));
-        assert_eq!(config.database_url.as_deref(), Some(crate::store::DEFAULT_URL));
+        assert_eq!(
+            config.held_keys.get("TEAM_OPENAI_KEY"),
+            Some("sk-team-1234")
+        );
+        assert_eq!(
+            config.database_url.as_deref(),
+            Some(crate::store::DEFAULT_URL)
+        );
         let printed = format!("{config:?}");
         assert!(!printed.contains("sk-team-1234"), "{printed}");
 
@@ -717,7 +723,10 @@ mod tests {
         let err = Config::from_vars(vars(&[("PROVIDERS_FILE", file)]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("TEAM_OPENAI_KEY") && err.contains("not set"), "{err}");
+        assert!(
+            err.contains("TEAM_OPENAI_KEY") && err.contains("not set"),
+            "{err}"
+        );
     }
 
     /// `.env.example`'s `NAME=value` lines.
