@@ -1,4 +1,5 @@
-"""The dashboard in a real browser: after known traffic, headless Chromium signs in through the page's form and the page shows the right totals.
+"""The dashboard in a real browser: after known traffic, Chromium signs in through its form and
+sees the right totals.
 
 setUpModule starts, on loopback: a mock OpenAI upstream that answers the fixture
 tests/fixtures/openai/completion.json for `gpt-4o-mini` and OpenAI's 400 for any other model, and
@@ -28,8 +29,9 @@ from test_browser import (BROWSER_TIMEOUT_SECONDS, CHROMIUM, REPO_ROOT, TARGET_D
 TOKEN = "dash-browser-4f0c2a9e71b3d865"
 KEY = "sk-browser-dashboard-8e21c7"
 FIXTURE = (REPO_ROOT / "tests" / "fixtures" / "openai" / "completion.json").read_bytes()
-MODEL_ERROR = json.dumps({"error": {"message": "The model does not exist", "code": "model_not_found",
-                                    "type": "invalid_request_error", "param": "model"}}).encode()
+MODEL_ERROR = json.dumps({"error": {"message": "The model does not exist",
+                                    "code": "model_not_found", "type": "invalid_request_error",
+                                    "param": "model"}}).encode()
 SUCCEEDING, FAILING = 5, 2
 SCREENSHOT = TARGET_DIR / "browser" / "dashboard.png"
 # The fixture's usage is 19 tokens in and 9 out, $0.00000825 at the shipped price.
@@ -44,7 +46,8 @@ class MockOpenAI(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-        status, answer = (200, FIXTURE) if body.get("model") == "gpt-4o-mini" else (400, MODEL_ERROR)
+        known = body.get("model") == "gpt-4o-mini"
+        status, answer = (200, FIXTURE) if known else (400, MODEL_ERROR)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(answer)))

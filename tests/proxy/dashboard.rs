@@ -1,4 +1,4 @@
-//! The dashboard over HTTP: off without a token, its sign-in and cookie, and the totals of known traffic.
+//! The dashboard over HTTP: off without a token, its sign-in and cookie, known traffic's totals.
 
 use std::time::Duration;
 
