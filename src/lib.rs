@@ -54,8 +54,9 @@
 //!   shape).
 //! - [`http`]: actix: [`http::routes`], one thin handler per door in [`http::handlers`],
 //!   [`http::server`], [`http::caller`] (who is calling: an issued key, or the caller's own),
-//!   [`http::admin`] (the admin API, only with `ADMIN_TOKEN`), and what wraps
-//!   every request: [`http::observe`] (request ids, the access log) and [`http::cors`].
+//!   [`http::admin`] (the admin API, only with `ADMIN_TOKEN`), [`http::dashboard`] (the page
+//!   and its sign-in), and what wraps every request: [`http::observe`] (request ids, the
+//!   access log) and [`http::cors`].
 
 pub mod config;
 pub mod dashboard;

@@ -108,6 +108,7 @@ fn route_of(path: &str) -> &'static str {
         "/healthz" => "healthz",
         "/metrics" => "metrics",
         _ if path.starts_with("/v1/chat/") => "chat",
+        _ if path == "/dashboard" || path.starts_with("/dashboard/") => "dashboard",
         _ => "other",
     }
 }
@@ -543,6 +544,8 @@ mod tests {
         assert_eq!(route_of("/v1/messages/count_tokens"), "count_tokens");
         assert_eq!(route_of("/v1/chat/openai"), "chat");
         assert_eq!(route_of("/v1/chat/anything-a-caller-sends"), "chat");
+        assert_eq!(route_of("/dashboard/sign-in"), "dashboard");
+        assert_eq!(route_of("/dashboards"), "other");
         assert_eq!(route_of("/wp-admin"), "other");
     }
 

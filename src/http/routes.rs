@@ -3,7 +3,8 @@
 use actix_web::web;
 
 use crate::{
-    config::Config, gateway::targets::Registry, http::admin, http::handlers, http::observe,
+    config::Config, gateway::targets::Registry, http::admin, http::dashboard, http::handlers,
+    http::observe,
 };
 
 /// Registers every route. The state it needs is added by the caller, see `server::build`. The
@@ -46,7 +47,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, registry: &Registry, config: &Con
         web::resource("/v1/models")
             .route(web::get().to(handlers::models))
             .default_service(web::to(handlers::method_not_allowed_openai)),
-    );
+    )
+    .configure(dashboard::configure);
     // Provider names are checked at start to be `[a-z0-9._-]`, so none is read as a pattern.
     // The resource's name is the provider's: `handlers::chat` reads it back with `match_name`.
     for name in registry.names() {

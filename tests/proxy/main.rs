@@ -7,6 +7,7 @@ mod anthropic;
 mod common;
 mod cors;
 mod cost;
+mod dashboard;
 mod errors;
 mod faults;
 mod front_door;
