@@ -88,7 +88,7 @@ pub fn render(report: &Report) -> String {
     }
     let _ = write!(
         page,
-        r#"</nav><p class="muted">{}, to {} UTC</p></header>"#,
+        r#"</nav><p class="muted">{}, to {} UTC</p><form method="post" action="/dashboard/sign-out"><button type="submit">Sign out</button></form></header>"#,
         report.range.label(),
         clock(report.now_ms),
     );
@@ -488,6 +488,12 @@ mod tests {
                 "{chart}"
             );
         }
+    }
+
+    #[test]
+    fn the_page_offers_a_sign_out() {
+        let report = Report::build(&[], &[], Range::Day, 1_700_000_000_000);
+        assert!(render(&report).contains(r#"action="/dashboard/sign-out""#));
     }
 
     #[test]
