@@ -1,7 +1,7 @@
 //! The usage writer: a bounded queue that never blocks a request, drained in batches.
 //!
-//! A writer task on the store's runtime takes what is queued (up to [`BATCH`] records, or what
-//! came within [`FLUSH_EVERY`] of the first) and inserts it in one transaction. When the
+//! A writer task on the store's runtime takes what is queued (what came within [`FLUSH_EVERY`]
+//! of the first, in transactions of up to [`BATCH`] records) and inserts it. When the
 //! database fails it keeps the batch and retries with backoff while new records queue up to the
 //! bound; past the bound they are dropped and counted, so a slow or dead database never slows
 //! a request and never grows memory. Rows the database refuses are dropped and counted too,
@@ -11,10 +11,8 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use sqlx::{error::ErrorKind, postgres::PgDatabaseError, AnyPool};
-use tokio::{
-    sync::{mpsc, oneshot},
-    time::Instant,
-};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::{usage::insert_batch, Store, UsageRecord};
 
@@ -34,6 +32,8 @@ const ATTEMPTS_WHEN_CLOSING: u32 = 3;
 pub struct UsageSink {
     queue: mpsc::Sender<Message>,
     dropped: Counter,
+    /// Wakes the writer before its timer once a batch's worth is queued.
+    full: Arc<Notify>,
 }
 
 // Nearly every message is a record: boxing it to shrink the rare flush would cost every request
@@ -51,12 +51,12 @@ impl Store {
     /// a process makes one and clones it.
     pub fn usage_sink(&self, capacity: usize, dropped: Counter) -> UsageSink {
         let (sink, queue) = UsageSink::new(capacity, dropped.clone());
-        self.spawn_writer(queue, dropped);
+        self.spawn_writer(queue, dropped, Arc::clone(&sink.full));
         sink
     }
 
-    fn spawn_writer(&self, queue: mpsc::Receiver<Message>, dropped: Counter) {
-        let writer = write(self.inner.pool.clone(), queue, dropped);
+    fn spawn_writer(&self, queue: mpsc::Receiver<Message>, dropped: Counter, full: Arc<Notify>) {
+        let writer = write(self.inner.pool.clone(), queue, dropped, full);
         let alive = self.inner.alive.clone();
         self.inner.runtime.spawn(async move {
             writer.await;
@@ -68,7 +68,15 @@ impl Store {
 impl UsageSink {
     fn new(capacity: usize, dropped: Counter) -> (UsageSink, mpsc::Receiver<Message>) {
         let (queue, receiver) = mpsc::channel(capacity.max(1));
-        (UsageSink { queue, dropped }, receiver)
+        let full = Arc::new(Notify::new());
+        (
+            UsageSink {
+                queue,
+                dropped,
+                full,
+            },
+            receiver,
+        )
     }
 
     /// Queues the record, or drops and counts it when the queue is full. Never blocks, never
@@ -76,6 +84,9 @@ impl UsageSink {
     pub fn record(&self, record: UsageRecord) {
         if self.queue.try_send(Message::Record(record)).is_err() {
             self.dropped.inc();
+        }
+        if self.queue.max_capacity() - self.queue.capacity() >= BATCH {
+            self.full.notify_one();
         }
     }
 
@@ -90,7 +101,17 @@ impl UsageSink {
 }
 
 /// The writer: runs until every sender of `queue` is dropped and what they queued is written.
-async fn write(pool: AnyPool, mut queue: mpsc::Receiver<Message>, dropped: Counter) {
+///
+/// It waits for a batch's first record, then sleeps [`FLUSH_EVERY`] (or until [`BATCH`] are
+/// queued) and takes what came meanwhile without polling the queue: a writer waiting on the
+/// queue would be woken by every record, a cross-thread wake-up on every request. A flush is
+/// written without the wait.
+async fn write(
+    pool: AnyPool,
+    mut queue: mpsc::Receiver<Message>,
+    dropped: Counter,
+    full: Arc<Notify>,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut flushes = Vec::new();
     let mut open = true;
@@ -99,20 +120,31 @@ async fn write(pool: AnyPool, mut queue: mpsc::Receiver<Message>, dropped: Count
             break;
         };
         take(first, &mut batch, &mut flushes);
-        let deadline = Instant::now() + FLUSH_EVERY;
-        while batch.len() < BATCH && flushes.is_empty() {
-            match tokio::time::timeout_at(deadline, queue.recv()).await {
-                Ok(Some(message)) => take(message, &mut batch, &mut flushes),
-                Ok(None) => {
-                    open = false;
-                    break;
-                }
-                Err(_) => break,
-            }
+        if flushes.is_empty() {
+            // Cut short once a batch's worth is queued, so a fast stream of requests never
+            // fills the queue while the writer sleeps.
+            let _ = tokio::time::timeout(FLUSH_EVERY, full.notified()).await;
         }
-        if !batch.is_empty() {
+        loop {
+            while batch.len() < BATCH {
+                match queue.try_recv() {
+                    Ok(message) => take(message, &mut batch, &mut flushes),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let full = batch.len() == BATCH;
             write_batch(&pool, &batch, &queue, &dropped).await;
             batch.clear();
+            if !full {
+                break;
+            }
         }
         for flush in flushes.drain(..) {
             let _ = flush.send(());
@@ -240,7 +272,7 @@ mod tests {
         let (sink, queue) = UsageSink::new(3, dropped.clone());
         (0..5).for_each(|t| sink.record(record(t, None, None)));
         assert_eq!(dropped.get(), 2);
-        store.spawn_writer(queue, dropped.clone());
+        store.spawn_writer(queue, dropped.clone(), Arc::clone(&sink.full));
         sink.flush().await;
         let found = store.usage_since(0, i64::MAX, 10).await.unwrap();
         assert_eq!(written_times(found), [0, 1, 2]);
