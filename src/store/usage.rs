@@ -90,33 +90,59 @@ pub(crate) async fn insert_batch(
     pool: &AnyPool,
     records: &[UsageRecord],
 ) -> Result<(), sqlx::Error> {
-    let sql = format!(
-        "INSERT INTO usage_records ({COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
-    );
     let mut tx = pool.begin().await?;
-    for r in records {
-        let query = sqlx::query(&sql)
-            .bind(r.time_ms)
-            .bind(r.key_id.as_deref())
-            .bind(r.caller.as_deref())
-            .bind(r.route.as_str())
-            .bind(r.provider.as_deref())
-            .bind(r.model.as_deref())
-            .bind(r.group.as_deref())
-            .bind(r.deployment.as_deref())
-            .bind(i64::from(r.status))
-            .bind(r.input_tokens)
-            .bind(r.output_tokens)
-            .bind(r.cached_tokens);
-        let query = bind_double(query, r.cost_usd).bind(r.latency_ms);
-        bind_double(query, r.ttfb_ms)
-            .bind(r.request_id.as_str())
-            .bind(i64::from(r.cached))
-            .execute(&mut *tx)
-            .await?;
+    // Many rows per statement: one statement per row spent most of a record's cost in
+    // preparing, binding and stepping a statement.
+    for chunk in records.chunks(ROWS_PER_INSERT) {
+        let sql = insert_sql(chunk.len());
+        let mut query = sqlx::query(&sql);
+        for r in chunk {
+            query = query
+                .bind(r.time_ms)
+                .bind(r.key_id.as_deref())
+                .bind(r.caller.as_deref())
+                .bind(r.route.as_str())
+                .bind(r.provider.as_deref())
+                .bind(r.model.as_deref())
+                .bind(r.group.as_deref())
+                .bind(r.deployment.as_deref())
+                .bind(i64::from(r.status))
+                .bind(r.input_tokens)
+                .bind(r.output_tokens)
+                .bind(r.cached_tokens);
+            query = bind_double(query, r.cost_usd).bind(r.latency_ms);
+            query = bind_double(query, r.ttfb_ms)
+                .bind(r.request_id.as_str())
+                .bind(i64::from(r.cached));
+        }
+        query.execute(&mut *tx).await?;
     }
     tx.commit().await
+}
+
+/// Rows in one INSERT: 100 rows of 17 values stay far below SQLite's and Postgres's limits on
+/// bound parameters (32,766 and 65,535).
+const ROWS_PER_INSERT: usize = 100;
+const COLUMN_COUNT: usize = 17;
+
+/// `INSERT INTO usage_records (...) VALUES ($1, ..., $17), ($18, ...)` for `rows` rows.
+fn insert_sql(rows: usize) -> String {
+    let mut sql = format!("INSERT INTO usage_records ({COLUMNS}) VALUES ");
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..COLUMN_COUNT {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(row * COLUMN_COUNT + column + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 fn record_from_row(row: &AnyRow) -> Result<UsageRecord, StoreError> {
