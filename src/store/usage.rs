@@ -91,10 +91,21 @@ pub(crate) async fn insert_batch(
     records: &[UsageRecord],
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    // Many rows per statement: one statement per row spent most of a record's cost in
-    // preparing, binding and stepping a statement.
-    for chunk in records.chunks(ROWS_PER_INSERT) {
-        let sql = insert_sql(chunk.len());
+    // SQLite binds `?` by position; a `$N` is a named parameter to it, looked up by name on
+    // every bind. Postgres takes only `$N`.
+    let positional = tx.backend_name() == SQLITE_BACKEND;
+    let mut rest = records;
+    while !rest.is_empty() {
+        // Many rows per statement (one per row spent most of a record's cost in stepping a
+        // statement), in a few fixed sizes so that each size's statement is prepared once.
+        let rows = ROWS_PER_INSERT
+            .iter()
+            .copied()
+            .find(|&rows| rows <= rest.len())
+            .unwrap_or(1);
+        let (chunk, after) = rest.split_at(rows);
+        rest = after;
+        let sql = insert_sql(rows, positional);
         let mut query = sqlx::query(&sql);
         for r in chunk {
             query = query
@@ -120,13 +131,16 @@ pub(crate) async fn insert_batch(
     tx.commit().await
 }
 
-/// Rows in one INSERT: 100 rows of 17 values stay far below SQLite's and Postgres's limits on
-/// bound parameters (32,766 and 65,535).
-const ROWS_PER_INSERT: usize = 100;
+/// Rows in one INSERT, largest first: 100 rows of 17 values stay far below SQLite's and
+/// Postgres's limits on bound parameters (32,766 and 65,535).
+const ROWS_PER_INSERT: [usize; 3] = [100, 10, 1];
 const COLUMN_COUNT: usize = 17;
+/// What sqlx's SQLite driver calls itself (`AnyConnection::backend_name`).
+const SQLITE_BACKEND: &str = "SQLite";
 
-/// `INSERT INTO usage_records (...) VALUES ($1, ..., $17), ($18, ...)` for `rows` rows.
-fn insert_sql(rows: usize) -> String {
+/// `INSERT INTO usage_records (...) VALUES ($1, ..., $17), ($18, ...)` for `rows` rows, with
+/// `?` for each value instead when `positional`.
+fn insert_sql(rows: usize, positional: bool) -> String {
     let mut sql = format!("INSERT INTO usage_records ({COLUMNS}) VALUES ");
     for row in 0..rows {
         if row > 0 {
@@ -137,8 +151,12 @@ fn insert_sql(rows: usize) -> String {
             if column > 0 {
                 sql.push_str(", ");
             }
-            sql.push('$');
-            sql.push_str(&(row * COLUMN_COUNT + column + 1).to_string());
+            if positional {
+                sql.push('?');
+            } else {
+                sql.push('$');
+                sql.push_str(&(row * COLUMN_COUNT + column + 1).to_string());
+            }
         }
         sql.push(')');
     }
@@ -172,6 +190,17 @@ fn record_from_row(row: &AnyRow) -> Result<UsageRecord, StoreError> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn an_insert_numbers_its_values_for_postgres_and_places_them_for_sqlite() {
+        let postgres = super::insert_sql(2, false);
+        assert!(postgres.ends_with("($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17), ($18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34)"), "{postgres}");
+        let sqlite = super::insert_sql(1, true);
+        assert!(
+            sqlite.ends_with(&format!("({})", ["?"; 17].join(", "))),
+            "{sqlite}"
+        );
+    }
+
     use super::*;
     use crate::store::test_db;
 
