@@ -428,23 +428,10 @@ mod tests {
 
     fn key(id: &str, name: &str) -> KeyRow {
         KeyRow {
-            id: id.into(),
-            hash: String::new(),
-            prefix: "lp-AbCdE".into(),
-            name: name.into(),
             owner: Some("<b>team</b>".into()),
-            models: vec![],
-            rpm: None,
-            tpm: None,
-            max_concurrent: None,
             budget_usd: Some(20.0),
             budget_period: Some("month".into()),
-            expires_at: None,
-            metadata: serde_json::Map::new(),
-            enabled: true,
-            created_at: 0,
-            updated_at: 0,
-            revoked_at: None,
+            ..KeyRow::new(id.into(), String::new(), "lp-AbCdE".into(), name.into(), 0)
         }
     }
 

@@ -509,23 +509,15 @@ mod tests {
 
     fn key(id: &str, name: &str, budget: Option<(f64, &str)>) -> KeyRow {
         KeyRow {
-            id: id.into(),
-            hash: "00".repeat(32),
-            prefix: "lp-AbCdE".into(),
-            name: name.into(),
-            owner: None,
-            models: vec![],
-            rpm: None,
-            tpm: None,
-            max_concurrent: None,
             budget_usd: budget.map(|(usd, _)| usd),
             budget_period: budget.map(|(_, period)| period.into()),
-            expires_at: None,
-            metadata: serde_json::Map::new(),
-            enabled: true,
-            created_at: 0,
-            updated_at: 0,
-            revoked_at: None,
+            ..KeyRow::new(
+                id.into(),
+                "00".repeat(32),
+                "lp-AbCdE".into(),
+                name.into(),
+                0,
+            )
         }
     }
 

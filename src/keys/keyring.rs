@@ -165,23 +165,15 @@ mod tests {
 
     fn row(id: &str, secret: &str) -> KeyRow {
         KeyRow {
-            id: id.into(),
-            hash: crate::keys::hash_hex(secret),
-            prefix: secret[..8].into(),
-            name: format!("name-{id}"),
-            owner: None,
-            models: vec![],
-            rpm: None,
-            tpm: None,
-            max_concurrent: None,
             budget_usd: Some(1.0),
             budget_period: Some("day".into()),
-            expires_at: None,
-            metadata: Default::default(),
-            enabled: true,
-            created_at: 0,
-            updated_at: 0,
-            revoked_at: None,
+            ..KeyRow::new(
+                id.into(),
+                crate::keys::hash_hex(secret),
+                secret[..8].into(),
+                format!("name-{id}"),
+                0,
+            )
         }
     }
 

@@ -224,25 +224,8 @@ pub async fn create(
         )));
     };
     let (secret, hash) = generate().map_err(ChangeError::Random)?;
-    let mut row = KeyRow {
-        id: new_id().map_err(ChangeError::Random)?,
-        hash,
-        prefix: secret.prefix().to_owned(),
-        name: name.clone(),
-        owner: None,
-        models: Vec::new(),
-        rpm: None,
-        tpm: None,
-        max_concurrent: None,
-        budget_usd: None,
-        budget_period: None,
-        expires_at: None,
-        metadata: Map::new(),
-        enabled: true,
-        created_at: now,
-        updated_at: now,
-        revoked_at: None,
-    };
+    let id = new_id().map_err(ChangeError::Random)?;
+    let mut row = KeyRow::new(id, hash, secret.prefix().to_owned(), name.clone(), now);
     spec.apply(&mut row);
     store.insert_key(&row).await?;
     Ok((row, secret))
@@ -693,24 +676,6 @@ mod tests {
     }
 
     fn blank_row() -> KeyRow {
-        KeyRow {
-            id: "key_p".into(),
-            hash: String::new(),
-            prefix: String::new(),
-            name: "p".into(),
-            owner: None,
-            models: vec![],
-            rpm: None,
-            tpm: None,
-            max_concurrent: None,
-            budget_usd: None,
-            budget_period: None,
-            expires_at: None,
-            metadata: Map::new(),
-            enabled: true,
-            created_at: 0,
-            updated_at: 0,
-            revoked_at: None,
-        }
+        KeyRow::new("key_p".into(), String::new(), String::new(), "p".into(), 0)
     }
 }

@@ -138,25 +138,13 @@ pub(crate) mod tests {
 
     /// An enabled key named `name` whose secret is `secret`, with no limits.
     pub(crate) fn row(name: &str, secret: &str) -> KeyRow {
-        KeyRow {
-            id: format!("key_{name}"),
-            hash: hash_hex(secret),
-            prefix: secret.chars().take(8).collect(),
-            name: name.to_owned(),
-            owner: None,
-            models: Vec::new(),
-            rpm: None,
-            tpm: None,
-            max_concurrent: None,
-            budget_usd: None,
-            budget_period: None,
-            expires_at: None,
-            metadata: serde_json::Map::new(),
-            enabled: true,
-            created_at: 0,
-            updated_at: 0,
-            revoked_at: None,
-        }
+        KeyRow::new(
+            format!("key_{name}"),
+            hash_hex(secret),
+            secret.chars().take(8).collect(),
+            name.to_owned(),
+            0,
+        )
     }
 
     fn name(lookup: &Lookup) -> (&'static str, Option<&str>) {

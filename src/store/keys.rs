@@ -52,6 +52,31 @@ const UPDATE: &str = "UPDATE api_keys SET name = $2, owner = $3, models = $4, rp
     tpm = $6, max_concurrent = $7, budget_usd = $8, budget_period = $9, expires_at = $10, \
     metadata = $11, enabled = $12, updated_at = $13, revoked_at = $14 WHERE id = $1";
 
+impl KeyRow {
+    /// A key without limits, budget, expiry or metadata, enabled, made at `now`.
+    pub fn new(id: String, hash: String, prefix: String, name: String, now: i64) -> Self {
+        Self {
+            id,
+            hash,
+            prefix,
+            name,
+            owner: None,
+            models: Vec::new(),
+            rpm: None,
+            tpm: None,
+            max_concurrent: None,
+            budget_usd: None,
+            budget_period: None,
+            expires_at: None,
+            metadata: Map::new(),
+            enabled: true,
+            created_at: now,
+            updated_at: now,
+            revoked_at: None,
+        }
+    }
+}
+
 impl Store {
     /// Adds a key; fails on an id or hash that is already there.
     pub async fn insert_key(&self, key: &KeyRow) -> Result<(), StoreError> {
@@ -186,25 +211,13 @@ pub(crate) mod tests {
     use crate::store::test_db;
 
     pub(crate) fn key(id: &str, created_at: i64) -> KeyRow {
-        KeyRow {
-            id: id.into(),
-            hash: format!("hash-of-{id}"),
-            prefix: "lp-AbCdE".into(),
-            name: format!("name of {id}"),
-            owner: None,
-            models: vec![],
-            rpm: None,
-            tpm: None,
-            max_concurrent: None,
-            budget_usd: None,
-            budget_period: None,
-            expires_at: None,
-            metadata: Map::new(),
-            enabled: true,
+        KeyRow::new(
+            id.into(),
+            format!("hash-of-{id}"),
+            "lp-AbCdE".into(),
+            format!("name of {id}"),
             created_at,
-            updated_at: created_at,
-            revoked_at: None,
-        }
+        )
     }
 
     async fn keys_are_stored_read_and_updated(store: &Store) {

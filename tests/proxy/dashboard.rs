@@ -294,23 +294,16 @@ async fn the_page_shows_no_key_secret_key_hash_or_held_provider_key() {
     let (secret, hash) = keys::generate().unwrap();
     let now = keys::now_ms();
     let row = KeyRow {
-        id: keys::new_id().unwrap(),
-        hash: hash.clone(),
-        prefix: secret.prefix().to_owned(),
-        name: "team-a".into(),
         owner: Some("a@example.com".into()),
-        models: vec![],
-        rpm: None,
-        tpm: None,
-        max_concurrent: None,
         budget_usd: Some(10.0),
         budget_period: Some("month".into()),
-        expires_at: None,
-        metadata: Default::default(),
-        enabled: true,
-        created_at: now,
-        updated_at: now,
-        revoked_at: None,
+        ..KeyRow::new(
+            keys::new_id().unwrap(),
+            hash.clone(),
+            secret.prefix().to_owned(),
+            "team-a".into(),
+            now,
+        )
     };
     let keyring = &accounted.accounts.keyring;
     keyring.store().insert_key(&row).await.unwrap();

@@ -45,23 +45,14 @@ async fn issue(accounted: &Accounted, shape: impl FnOnce(&mut KeyRow)) -> String
     let (secret, hash) = keys::generate().unwrap();
     let now = keys::now_ms();
     let mut row = KeyRow {
-        id: keys::new_id().unwrap(),
-        hash,
-        prefix: secret.prefix().to_owned(),
-        name: "team-a".into(),
         owner: Some("a@example.com".into()),
-        models: vec![],
-        rpm: None,
-        tpm: None,
-        max_concurrent: None,
-        budget_usd: None,
-        budget_period: None,
-        expires_at: None,
-        metadata: Default::default(),
-        enabled: true,
-        created_at: now,
-        updated_at: now,
-        revoked_at: None,
+        ..KeyRow::new(
+            keys::new_id().unwrap(),
+            hash,
+            secret.prefix().to_owned(),
+            "team-a".into(),
+            now,
+        )
     };
     shape(&mut row);
     let keyring = &accounted.accounts.keyring;

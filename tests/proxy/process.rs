@@ -600,25 +600,13 @@ async fn held_and_issued_keys_appear_in_no_log_line() {
     let (secret, hash) = llm_proxy::keys::generate().unwrap();
     let now = llm_proxy::keys::now_ms();
     store
-        .insert_key(&llm_proxy::store::KeyRow {
-            id: llm_proxy::keys::new_id().unwrap(),
+        .insert_key(&llm_proxy::store::KeyRow::new(
+            llm_proxy::keys::new_id().unwrap(),
             hash,
-            prefix: secret.prefix().to_owned(),
-            name: "logs".into(),
-            owner: None,
-            models: vec![],
-            rpm: None,
-            tpm: None,
-            max_concurrent: None,
-            budget_usd: None,
-            budget_period: None,
-            expires_at: None,
-            metadata: Default::default(),
-            enabled: true,
-            created_at: now,
-            updated_at: now,
-            revoked_at: None,
-        })
+            secret.prefix().to_owned(),
+            "logs".into(),
+            now,
+        ))
         .await
         .unwrap();
     let secret = secret.expose().to_owned();
