@@ -453,3 +453,37 @@ async fn a_429_on_a_held_key_ejects_the_deployment_as_a_spent_quota() {
         "ejected after three 429s on the proxy's own key"
     );
 }
+
+#[actix_web::test]
+async fn a_streams_usage_is_charged_to_the_budget_when_it_ends() {
+    let mock = Mock::start(|_| Reply::sse(vec![fixture("openai/parallel_tool_calls.sse")]));
+    let accounted = start_accounted(held_config(&mock)).await;
+    // The stream's usage chunk: 86 prompt and 52 completion tokens of gpt-4o, $0.000735.
+    let secret = issue(&accounted, |row| {
+        row.budget_usd = Some(0.0005);
+        row.budget_period = Some("day".into());
+    })
+    .await;
+    let body = json!({"model": "openai/gpt-4o", "stream": true,
+                      "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let answer = post_with(
+        &accounted.proxy,
+        "/v1/chat/completions",
+        &[("Authorization", &format!("Bearer {secret}"))],
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    accounted.accounts.keyring.flush().await;
+    let spent = records(&accounted).await;
+    assert_eq!(spent.len(), 1);
+    assert!(
+        (spent[0].cost_usd.unwrap() - 0.000735).abs() < 1e-9,
+        "{spent:?}"
+    );
+
+    let answer = completions_with(&accounted.proxy, &secret, "openai/gpt-4o-mini").await;
+    assert_eq!(answer.status, 429, "{:?}", answer.body);
+    assert_eq!(answer.json()["error"]["code"], "budget");
+}
