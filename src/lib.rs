@@ -46,6 +46,8 @@
 //! - [`dashboard`]: usage records summed into a report in bounded memory
 //!   ([`dashboard::Report`]), and the report as one self-contained HTML page with its charts
 //!   drawn as inline SVG on the server ([`dashboard::render`]). Pure rendering, no actix.
+//! - [`cache`]: the response cache: successful whole answers by a hash of the tenant and the
+//!   request, in memory, bounded in bytes, with a time to live per entry.
 //! - [`gateway`]: what to call and in what order: [`gateway::targets`] (the registry of
 //!   providers, aliases and groups), [`gateway::rules`] (the compiled `routes`),
 //!   [`gateway::routing`] (the order to try a group's deployments in), [`gateway::health`]
@@ -58,6 +60,7 @@
 //!   and its sign-in), and what wraps every request: [`http::observe`] (request ids, the
 //!   access log) and [`http::cors`].
 
+pub mod cache;
 pub mod config;
 pub mod dashboard;
 pub mod error;

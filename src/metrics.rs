@@ -121,6 +121,8 @@ pub struct Metrics {
     tokens: Family<TokenLabels, Counter>,
     cost: Family<CostLabels, Counter<f64, AtomicU64>>,
     models: Models,
+    cache_hits: Counter,
+    cache_misses: Counter,
 }
 
 impl Default for Metrics {
@@ -146,6 +148,8 @@ impl Metrics {
             tokens: Family::default(),
             cost: Family::default(),
             models: Models::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
         };
         // The registry holds clones: each metric shares its values with the handle kept here.
         // Counters are registered without `_total` and histograms without their unit, which
@@ -205,6 +209,16 @@ impl Metrics {
             metrics.cost.clone(),
         );
         registry.register(
+            "llm_proxy_cache_hits",
+            "Requests answered from the response cache",
+            metrics.cache_hits.clone(),
+        );
+        registry.register(
+            "llm_proxy_cache_misses",
+            "Requests that asked for the cache and went upstream",
+            metrics.cache_misses.clone(),
+        );
+        registry.register(
             "llm_proxy_usage_records_dropped",
             "Usage records not stored because the store was too slow or down and the buffer full",
             usage_dropped,
@@ -214,6 +228,14 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// A request answered from the cache, or one that asked for it and missed.
+    pub fn cache(&self, hit: bool) {
+        match hit {
+            true => self.cache_hits.inc(),
+            false => self.cache_misses.inc(),
+        };
+    }
+
     /// A request has ended (for a stream: when the stream ended).
     pub fn finished(&self, request: &Finished<'_>) {
         let provider = request.provider.unwrap_or("none");

@@ -108,6 +108,8 @@ pub struct GroupDecl {
     pub strategy: Strategy,
     pub sticky: Option<Sticky>,
     pub deployments: Vec<DeploymentDecl>,
+    /// `cache: {"ttl_seconds": N}`: answers to the group's requests are kept this long.
+    pub cache_ttl: Option<std::time::Duration>,
 }
 
 impl GroupDecl {
@@ -138,7 +140,7 @@ fn group(name: &str, decl: &Value) -> Result<GroupDecl, String> {
         return Err(format!("{at}: a group name is not empty and has no `/`"));
     }
     let fields = object(decl, &at)?;
-    only_fields(fields, &at, &["strategy", "sticky", "deployments"])?;
+    only_fields(fields, &at, &["strategy", "sticky", "deployments", "cache"])?;
     let strategy = match fields.get("strategy") {
         None => Strategy::default(),
         Some(value) => value
@@ -176,12 +178,31 @@ fn group(name: &str, decl: &Value) -> Result<GroupDecl, String> {
         .enumerate()
         .map(|(index, decl)| deployment(decl, &format!("{at}.deployments[{index}]")))
         .collect::<Result<_, _>>()?;
+    let cache_ttl = match fields.get("cache") {
+        None => None,
+        Some(value) => Some(cache(value, &format!("{at}.cache"))?),
+    };
     Ok(GroupDecl {
         name: name.to_owned(),
         strategy,
         sticky,
         deployments,
+        cache_ttl,
     })
+}
+
+/// `{"ttl_seconds": N}`, from 1 s to a day.
+fn cache(value: &Value, at: &str) -> Result<std::time::Duration, String> {
+    let fields = object(value, at)?;
+    only_fields(fields, at, &["ttl_seconds"])?;
+    fields
+        .get("ttl_seconds")
+        .and_then(Value::as_u64)
+        .filter(|ttl| (1..=86_400).contains(ttl))
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| {
+            format!("{at}.ttl_seconds: required, a whole number of seconds from 1 to 86400")
+        })
 }
 
 fn sticky(value: &Value, at: &str) -> Result<Sticky, String> {
@@ -406,6 +427,14 @@ mod tests {
                     r#"{{"g": {{"strategy": "cost", "sticky": "key", "deployments": [{one}]}}}}"#
                 ),
                 "groups.g.sticky: only a `weighted` group",
+            ),
+            (
+                format!(r#"{{"g": {{"cache": {{"ttl_seconds": 0}}, "deployments": [{one}]}}}}"#),
+                "groups.g.cache.ttl_seconds: required, a whole number of seconds from 1 to 86400",
+            ),
+            (
+                format!(r#"{{"g": {{"cache": {{"ttl": 5}}, "deployments": [{one}]}}}}"#),
+                "groups.g.cache.ttl: unknown field",
             ),
             (
                 r#"{"g": {"deployments": [{"model": "m"}]}}"#.into(),

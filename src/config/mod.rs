@@ -86,6 +86,11 @@ pub struct Config {
     pub dashboard_token: Option<Secret>,
     /// The values of the variables the providers file's `api_key_env` names, read at start.
     pub held_keys: HeldKeys,
+    /// The response cache's bound: answers and their headers, in bytes.
+    pub cache_max_bytes: u64,
+    /// How long an answer cached for `X-Proxy-Cache: use` is kept (a group's `cache` says
+    /// its own).
+    pub cache_ttl: Duration,
 }
 
 /// A value that must never reach a log line: its `Debug` says only that it is set.
@@ -158,6 +163,8 @@ impl Default for Config {
             admin_token: None,
             dashboard_token: None,
             held_keys: HeldKeys::default(),
+            cache_max_bytes: 64 * 1024 * 1024,
+            cache_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -209,6 +216,8 @@ struct Env {
     database_url: Option<String>,
     admin_token: Option<String>,
     dashboard_token: Option<String>,
+    cache_max_bytes: Option<u64>,
+    cache_ttl_seconds: Option<u64>,
 }
 
 impl Config {
@@ -314,6 +323,10 @@ impl Config {
             admin_token: env.admin_token.filter(|t| !t.is_empty()).map(Secret),
             dashboard_token: env.dashboard_token.filter(|t| !t.is_empty()).map(Secret),
             held_keys: HeldKeys::default(),
+            cache_max_bytes: env.cache_max_bytes.unwrap_or(defaults.cache_max_bytes),
+            cache_ttl: env
+                .cache_ttl_seconds
+                .map_or(defaults.cache_ttl, Duration::from_secs),
         };
         let held_keys = config
             .catalog
@@ -354,6 +367,8 @@ impl Config {
             ("MAX_RESPONSE_BYTES", self.max_response_bytes as u64, 1, MAX_BYTES),
             ("MAX_EVENT_BYTES", self.max_event_bytes as u64, 1, MAX_BYTES),
             ("ANTHROPIC_DEFAULT_MAX_TOKENS", self.anthropic_default_max_tokens, 1, u64::from(u32::MAX)),
+            ("CACHE_MAX_BYTES", self.cache_max_bytes, 0, MAX_BYTES),
+            ("CACHE_TTL_SECONDS", secs(self.cache_ttl), 1, 86_400),
         ];
         for (name, value, min, max) in bounds {
             if value < min {

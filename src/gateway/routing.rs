@@ -258,6 +258,7 @@ mod tests {
             name: "g".into(),
             strategy,
             sticky: None,
+            cache_ttl: None,
             deployments: deployments
                 .iter()
                 .map(|&(model, weight)| DeploymentDecl {

@@ -78,6 +78,7 @@ impl Group {
             name: alias.name.clone(),
             strategy: Strategy::Ordered,
             sticky: None,
+            cache_ttl: None,
             deployments: vec![DeploymentDecl {
                 provider: alias.provider.to_owned(),
                 model: alias.model.clone(),

@@ -30,13 +30,15 @@ const ALLOW_METHODS: &str = "GET, POST, OPTIONS";
 /// How long a browser may cache a preflight answer, in seconds.
 const MAX_AGE: &str = "600";
 /// Request headers a page may send (lowercase), besides `X-API-Key-<Provider>`.
-const ALLOWED_HEADERS: [&str; 9] = [
+const ALLOWED_HEADERS: [&str; 11] = [
     "x-api-key",
     "authorization",
     "content-type",
     "x-request-id",
     "x-fallbacks",
     "x-max-retries",
+    "x-proxy-cache",
+    "cache-control",
     // What Anthropic's SDK sends from a browser, for `/v1/messages`.
     "anthropic-version",
     "anthropic-beta",
@@ -47,13 +49,13 @@ const PROVIDER_KEY_PREFIX: &str = "x-api-key-";
 /// How the allowed request headers are named in a refusal.
 const ALLOWED_HEADERS_TEXT: &str = "X-API-Key, X-API-Key-<Provider>, Authorization, \
                                     Content-Type, X-Request-Id, X-Fallbacks, X-Max-Retries, \
-                                    Anthropic-Version, Anthropic-Beta, \
+                                    X-Proxy-Cache, Cache-Control, Anthropic-Version, Anthropic-Beta, \
                                     Anthropic-Dangerous-Direct-Browser-Access";
 /// The response headers a page may read: ours, and the upstream's that we pass on (request ids
 /// and rate limits; see `upstream::is_passed_on`). Browsers do not expand wildcards in this
 /// list when a request carries credentials, so every name is spelled out.
 const EXPOSE_HEADERS: &str = "X-Request-Id, X-Proxy-Provider, X-Proxy-Model, X-Proxy-Attempts, \
-     X-Proxy-Cost-USD, \
+     X-Proxy-Cost-USD, X-Proxy-Cache, X-Proxy-Group, X-Proxy-Deployment, X-Proxy-Rule, \
      Retry-After, Retry-After-Ms, Request-Id, X-Upstream-Request-Id, \
      X-RateLimit-Limit-Requests, X-RateLimit-Limit-Tokens, X-RateLimit-Remaining-Requests, \
      X-RateLimit-Remaining-Tokens, X-RateLimit-Reset-Requests, X-RateLimit-Reset-Tokens, \

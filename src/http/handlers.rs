@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 
 use actix_web::{
+    body::{BodySize, BoxBody, MessageBody},
     http::header::{self, HeaderName, HeaderValue},
     web::{self, Bytes, BytesMut},
     HttpMessage, HttpRequest, HttpResponse,
@@ -14,6 +15,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::{
+    cache::ResponseCache,
     config::Config,
     config::{prices::PriceTable, providers_file::MAX_FALLBACKS},
     error::ProxyError,
@@ -92,6 +94,7 @@ pub struct Shared {
     pub budget: web::Data<BodyBudget>,
     pub metrics: web::Data<Metrics>,
     pub prices: web::Data<PriceTable>,
+    pub cache: web::Data<ResponseCache>,
     /// The store's keys, when the proxy has a store.
     pub keyring: Option<web::Data<Keyring>>,
     pub request_id: HeaderValue,
@@ -136,6 +139,10 @@ impl Shared {
                 .app_data()
                 .cloned()
                 .unwrap_or_else(|| data("PriceTable")),
+            cache: request
+                .app_data()
+                .cloned()
+                .unwrap_or_else(|| data("ResponseCache")),
             keyring: request.app_data().cloned(),
             request_id: request
                 .extensions()
@@ -369,8 +376,13 @@ async fn path_route(
         key.as_ref(),
     )?;
     let stream = chat.stream;
+    let plan = CachePlan::new(request, shared, info, None, stream, &body);
+    if let Some(hit) = plan.hit(shared, info) {
+        return Ok(hit);
+    }
     let incoming = Incoming::new(Door::Path, &body, &asked, stream).with_request(chat);
-    run(request, shared, &incoming, &targets, permit, info).await
+    let result = run(request, shared, &incoming, &targets, permit, info).await;
+    plan.keep(shared, result)
 }
 
 /// The OpenAI door's checks: size, shape, model, key (which may be optional for the provider
@@ -400,10 +412,22 @@ async fn openai_door(
         &body,
         &body_fallbacks,
     )?;
+    let plan = CachePlan::new(
+        request,
+        shared,
+        info,
+        Some(&probe.model),
+        probe.stream,
+        &body,
+    );
+    if let Some(hit) = plan.hit(shared, info) {
+        return Ok(hit);
+    }
     let mut incoming = Incoming::new(Door::OpenAi, &body, &probe.model, probe.stream);
     incoming.include_usage = probe.include_usage;
     incoming.remove = &PROXY_FIELDS;
-    run(request, shared, &incoming, &targets, permit, info).await
+    let result = run(request, shared, &incoming, &targets, permit, info).await;
+    plan.keep(shared, result)
 }
 
 /// The Anthropic door: as the OpenAI door, with Anthropic's model names (a bare Claude model
@@ -431,11 +455,23 @@ async fn anthropic_door(
         &body,
         &body_fallbacks,
     )?;
+    let plan = CachePlan::new(
+        request,
+        shared,
+        info,
+        Some(&probe.model),
+        probe.stream,
+        &body,
+    );
+    if let Some(hit) = plan.hit(shared, info) {
+        return Ok(hit);
+    }
     let mut incoming = Incoming::new(Door::Anthropic, &body, &probe.model, probe.stream);
     incoming.query = Some(request.query_string()).filter(|query| !query.is_empty());
     incoming.headers = anthropic_headers(request);
     incoming.remove = &PROXY_FIELDS;
-    run(request, shared, &incoming, &targets, permit, info).await
+    let result = run(request, shared, &incoming, &targets, permit, info).await;
+    plan.keep(shared, result)
 }
 
 /// The Anthropic door's admission: a bare Claude model is also `anthropic/<model>` to a key's
@@ -739,6 +775,154 @@ fn group_targets<'r>(
     )?;
     all.splice(1..1, rest);
     Ok(all)
+}
+
+/// `X-Proxy-Cache`: asks for the cache (`use`), and says what came of it (`HIT`, `MISS`,
+/// `BYPASS`).
+const PROXY_CACHE: HeaderName = HeaderName::from_static("x-proxy-cache");
+
+/// The headers a cached answer keeps: what it is and who answered it. Not the upstream's rate
+/// limits or request id, which were about that one call.
+const CACHED_HEADERS: [&str; 5] = [
+    "content-type",
+    "x-proxy-provider",
+    "x-proxy-model",
+    "x-proxy-group",
+    "x-proxy-deployment",
+];
+
+/// Whether a request uses the response cache, and under which key.
+enum CachePlan {
+    /// Nobody asked: the request never touches the cache.
+    Off,
+    /// Asked, but the caller's `Cache-Control` said not to, or the answer is a stream (not
+    /// cached yet).
+    Bypass,
+    Use {
+        key: [u8; 32],
+        ttl: std::time::Duration,
+    },
+}
+
+impl CachePlan {
+    /// A request uses the cache when its group has `cache`, or it sends `X-Proxy-Cache: use`.
+    /// The key holds the tenant (the issued key's id, else the caller's key fingerprint), the
+    /// route, the headers that change an answer, the rule that chose the target, and the body.
+    fn new(
+        request: &HttpRequest,
+        shared: &Shared,
+        info: &AccessInfo,
+        model: Option<&str>,
+        stream: bool,
+        body: &[u8],
+    ) -> Self {
+        let headers = request.headers();
+        let asked = headers
+            .get(&PROXY_CACHE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"use"));
+        let group_ttl = model
+            .and_then(|model| shared.registry.group(model))
+            .and_then(|group| group.decl.cache_ttl);
+        let ttl = match (group_ttl, asked) {
+            (Some(ttl), _) => ttl,
+            (None, true) => shared.config.cache_ttl,
+            (None, false) => return Self::Off,
+        };
+        let no_cache = headers.get_all(header::CACHE_CONTROL).any(|value| {
+            let value = value.to_str().unwrap_or_default().to_ascii_lowercase();
+            value.contains("no-cache") || value.contains("no-store")
+        });
+        if no_cache || stream || shared.config.cache_max_bytes == 0 {
+            return Self::Bypass;
+        }
+        let own_key;
+        let tenant = match (&info.key_id, &info.caller) {
+            (Some(id), _) => id.as_str(),
+            (None, Some(fingerprint)) => fingerprint.as_str(),
+            (None, None) => {
+                own_key = request_key(request, true)
+                    .map(|key| KeyFingerprint::of(key.as_bytes()).as_str().to_owned());
+                own_key.as_deref().unwrap_or_default()
+            }
+        };
+        let route = format!("{}?{}", request.path(), request.query_string());
+        let key = crate::cache::key(&crate::cache::KeyParts {
+            tenant,
+            route: &route,
+            headers: &ANTHROPIC_HEADERS.map(|name| headers.get(name).map(HeaderValue::as_bytes)),
+            rule: info.rule.as_ref().map(HeaderValue::as_bytes),
+            body,
+        });
+        Self::Use { key, ttl }
+    }
+
+    /// The cached answer, when there is one.
+    fn hit(&self, shared: &Shared, info: &mut AccessInfo) -> Option<HttpResponse> {
+        let Self::Use { key, .. } = self else {
+            return None;
+        };
+        let cached = shared.cache.get(key)?;
+        shared.metrics.cache(true);
+        info.cached = true;
+        let mut response = cached.response();
+        let headers = response.headers_mut();
+        headers.insert(PROXY_CACHE, HeaderValue::from_static("HIT"));
+        headers.insert(observe::PROXY_COST, HeaderValue::from_static("0"));
+        Some(response)
+    }
+
+    /// Keeps a whole successful answer, and says what the cache did.
+    fn keep(
+        self,
+        shared: &Shared,
+        result: Result<HttpResponse, Failure>,
+    ) -> Result<HttpResponse, Failure> {
+        let (key, ttl) = match self {
+            Self::Off => return result,
+            Self::Bypass => {
+                return result.map(|mut response| {
+                    let value = HeaderValue::from_static("BYPASS");
+                    response.headers_mut().insert(PROXY_CACHE, value);
+                    response
+                })
+            }
+            Self::Use { key, ttl } => (key, ttl),
+        };
+        shared.metrics.cache(false);
+        let response = result?;
+        let status = response.status();
+        let whole = matches!(response.body().size(), BodySize::Sized(_));
+        let mut response = match status.is_success() && whole {
+            false => response,
+            true => {
+                let (response, body) = response.into_parts();
+                let body = match body.try_into_bytes() {
+                    Ok(bytes) => bytes,
+                    Err(body) => return Ok(response.set_body(body)),
+                };
+                let headers = response
+                    .headers()
+                    .iter()
+                    .filter(|(name, _)| CACHED_HEADERS.contains(&name.as_str()))
+                    .map(|(name, value)| (name.clone(), value.clone()))
+                    .collect();
+                shared.cache.insert(
+                    key,
+                    crate::cache::Cached {
+                        status,
+                        headers,
+                        body: body.clone(),
+                        ttl,
+                    },
+                );
+                response.set_body(BoxBody::new(body))
+            }
+        };
+        response
+            .headers_mut()
+            .insert(PROXY_CACHE, HeaderValue::from_static("MISS"));
+        Ok(response)
+    }
 }
 
 /// Hands the targets to the exchange, and notes what came of it for the log.

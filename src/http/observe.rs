@@ -75,6 +75,8 @@ pub struct AccessInfo {
     pub caller: Option<String>,
     /// The issued key's place among its requests in flight, held until the answer's end.
     pub admission: Option<Rc<crate::keys::Admission>>,
+    /// Answered from the response cache: it cost nothing.
+    pub cached: bool,
 }
 
 /// The caller's `X-Request-Id` when it is printable and at most 128 characters; else a new one.
@@ -334,13 +336,16 @@ impl Record {
             input_tokens: usage.map_or(0, |u| tokens(u.input_tokens)),
             output_tokens: usage.map_or(0, |u| tokens(u.output_tokens)),
             cached_tokens: usage.map_or(0, |u| tokens(u.cache_read_tokens)),
-            cost_usd: cost.map(|c| c.usd),
+            cost_usd: match info.cached {
+                true => Some(0.0),
+                false => cost.map(|c| c.usd),
+            },
             latency_ms: millis(took),
             ttfb_ms: self
                 .first_byte
                 .map(|at| millis(at.duration_since(self.started))),
             request_id: self.id.to_str().unwrap_or("-").to_owned(),
-            cached: false,
+            cached: info.cached,
         }
     }
 }

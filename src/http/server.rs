@@ -5,6 +5,7 @@ use std::{net::TcpListener, sync::Arc};
 use actix_web::{dev::Server, dev::ServerHandle, middleware::from_fn, web, App, HttpServer};
 
 use crate::{
+    cache::ResponseCache,
     config::{prices::PriceTable, Config},
     gateway::{rules::Rules, targets::Registry},
     http::cors,
@@ -66,6 +67,7 @@ pub fn build(
     let keyring = accounts.map(|accounts| web::Data::from(Arc::clone(&accounts.keyring)));
     let prices = PriceTable::new(&config.catalog.prices).map_err(std::io::Error::other)?;
     let prices = web::Data::new(prices);
+    let cache = web::Data::new(ResponseCache::new(config.cache_max_bytes));
     let config = web::Data::new(config);
     let server = HttpServer::new(move || {
         let app = App::new();
@@ -78,6 +80,7 @@ pub fn build(
             .app_data(config.clone())
             .app_data(metrics.clone())
             .app_data(prices.clone())
+            .app_data(cache.clone())
             .app_data(registry.clone())
             .app_data(rules.clone())
             .app_data(limit.clone())

@@ -4,6 +4,7 @@
 mod admin;
 mod admission;
 mod anthropic;
+mod cache;
 mod common;
 mod cors;
 mod cost;

@@ -22,6 +22,8 @@ fn assert_documented_names(text: &str) {
         ("llm_proxy_deployment_up", "gauge"),
         ("llm_proxy_deployment_ttfb_ewma_seconds", "gauge"),
         ("llm_proxy_usage_records_dropped_total", "counter"),
+        ("llm_proxy_cache_hits_total", "counter"),
+        ("llm_proxy_cache_misses_total", "counter"),
     ];
     let page = include_str!("../../docs/observability.md");
     let mut samples = Vec::new();
