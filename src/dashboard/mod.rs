@@ -7,6 +7,4 @@ mod report;
 
 pub use crate::store::{KeyRow, UsageRecord};
 pub use render::{content_security_policy, render, render_sign_in};
-pub use report::{
-    period_start_ms, Bucket, Figures, KeySpend, Range, Report, Row, BUCKETS, MAX_ROWS, NONE, OTHER,
-};
+pub use report::{Bucket, Figures, KeySpend, Range, Report, Row, BUCKETS, MAX_ROWS, NONE, OTHER};

@@ -2,9 +2,8 @@
 
 use std::{borrow::Borrow, collections::HashMap, hash::Hash};
 
-use jiff::{tz::TimeZone, Span, Timestamp};
-
 use super::{KeyRow, UsageRecord};
+use crate::keys::Budget;
 
 /// Buckets in every chart, whatever the range: enough to see a shape, few enough to stay small.
 pub const BUCKETS: usize = 60;
@@ -73,28 +72,6 @@ impl Range {
         let width = self.bucket_ms();
         (now_ms.div_euclid(width) + 1) * width - self.span_ms()
     }
-}
-
-/// The start of the budget period that holds `now`, in UTC: a `day` at 00:00, a `week` on
-/// Monday at 00:00, a `month` on the 1st at 00:00; `total` (or a period not known) from the
-/// beginning, 0.
-pub fn period_start_ms(period: &str, now_ms: i64) -> i64 {
-    let Ok(now) = Timestamp::from_millisecond(now_ms) else {
-        return 0;
-    };
-    let today = now.to_zoned(TimeZone::UTC).date();
-    let start = match period {
-        "day" => Some(today),
-        "week" => {
-            let since_monday = i64::from(today.weekday().to_monday_zero_offset());
-            today.checked_sub(Span::new().days(since_monday)).ok()
-        }
-        "month" => Some(today.first_of_month()),
-        _ => None,
-    };
-    start
-        .and_then(|day| day.to_zoned(TimeZone::UTC).ok())
-        .map_or(0, |midnight| midnight.timestamp().as_millisecond())
 }
 
 /// Counts and sums over some requests.
@@ -326,14 +303,10 @@ impl Caller<'_> {
     }
 }
 
-/// Where a key's spend is counted from: its budget period's start, or the range's.
+/// Where a key's spend is counted from: its budget period's start (as its limits count it),
+/// or the range's.
 fn spend_since(key: &KeyRow, range: Range, now_ms: i64) -> i64 {
-    match (key.budget_usd, &key.budget_period) {
-        (Some(_), Some(period)) => period_start_ms(period, now_ms),
-        // A budget without a period is a total budget.
-        (Some(_), None) => 0,
-        (None, _) => range.start_ms(now_ms),
-    }
+    Budget::of(key).map_or(range.start_ms(now_ms), |budget| budget.period.start(now_ms))
 }
 
 fn spend(key: &KeyRow, range: Range, now_ms: i64) -> KeySpend {
@@ -482,7 +455,7 @@ mod tests {
     const NOW: i64 = 1_796_223_845_678;
 
     fn at(text: &str) -> i64 {
-        text.parse::<Timestamp>().unwrap().as_millisecond()
+        text.parse::<jiff::Timestamp>().unwrap().as_millisecond()
     }
 
     fn record(time_ms: i64) -> UsageRecord {
@@ -647,6 +620,11 @@ mod tests {
         assert_eq!(report.totals.requests, 1);
         assert_eq!(report.by_provider.len(), 1);
         assert_eq!(report.by_provider[0].figures.requests, 1);
+    }
+
+    /// A period's start as the dashboard counts spend: through the keys' own rule.
+    fn period_start_ms(period: &str, now_ms: i64) -> i64 {
+        crate::keys::Period::parse(period).map_or(0, |period| period.start(now_ms))
     }
 
     #[test]

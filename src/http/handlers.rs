@@ -376,13 +376,8 @@ async fn path_route(
         key.as_ref(),
     )?;
     let stream = chat.stream;
-    let plan = CachePlan::new(request, shared, info, None, stream, &body);
-    if let Some(hit) = plan.hit(shared, info) {
-        return Ok(hit);
-    }
     let incoming = Incoming::new(Door::Path, &body, &asked, stream).with_request(chat);
-    let result = run(request, shared, &incoming, &targets, permit, info).await;
-    plan.keep(shared, result)
+    run(request, shared, &incoming, &targets, permit, info).await
 }
 
 /// The OpenAI door's checks: size, shape, model, key (which may be optional for the provider
@@ -412,22 +407,10 @@ async fn openai_door(
         &body,
         &body_fallbacks,
     )?;
-    let plan = CachePlan::new(
-        request,
-        shared,
-        info,
-        Some(&probe.model),
-        probe.stream,
-        &body,
-    );
-    if let Some(hit) = plan.hit(shared, info) {
-        return Ok(hit);
-    }
     let mut incoming = Incoming::new(Door::OpenAi, &body, &probe.model, probe.stream);
     incoming.include_usage = probe.include_usage;
     incoming.remove = &PROXY_FIELDS;
-    let result = run(request, shared, &incoming, &targets, permit, info).await;
-    plan.keep(shared, result)
+    run(request, shared, &incoming, &targets, permit, info).await
 }
 
 /// The Anthropic door: as the OpenAI door, with Anthropic's model names (a bare Claude model
@@ -455,23 +438,11 @@ async fn anthropic_door(
         &body,
         &body_fallbacks,
     )?;
-    let plan = CachePlan::new(
-        request,
-        shared,
-        info,
-        Some(&probe.model),
-        probe.stream,
-        &body,
-    );
-    if let Some(hit) = plan.hit(shared, info) {
-        return Ok(hit);
-    }
     let mut incoming = Incoming::new(Door::Anthropic, &body, &probe.model, probe.stream);
     incoming.query = Some(request.query_string()).filter(|query| !query.is_empty());
     incoming.headers = anthropic_headers(request);
     incoming.remove = &PROXY_FIELDS;
-    let result = run(request, shared, &incoming, &targets, permit, info).await;
-    plan.keep(shared, result)
+    run(request, shared, &incoming, &targets, permit, info).await
 }
 
 /// The Anthropic door's admission: a bare Claude model is also `anthropic/<model>` to a key's
@@ -925,7 +896,8 @@ impl CachePlan {
     }
 }
 
-/// Hands the targets to the exchange, and notes what came of it for the log.
+/// Answers from the cache when the request asks for it and an answer is there; else hands the
+/// targets to the exchange, notes what came of it for the log, and keeps a cacheable answer.
 async fn run(
     request: &HttpRequest,
     shared: &Shared,
@@ -934,13 +906,19 @@ async fn run(
     permit: RequestPermit,
     info: &mut AccessInfo,
 ) -> Result<HttpResponse, Failure> {
+    // The path route names a provider, never a group whose `cache` could apply.
+    let group = (incoming.door != Door::Path).then_some(incoming.model);
+    let plan = CachePlan::new(request, shared, info, group, incoming.stream, incoming.body);
+    if let Some(hit) = plan.hit(shared, info) {
+        return Ok(hit);
+    }
     let max_retries = max_retries(request, shared.config.max_retries)?;
     let mut outcome = Outcome::default();
     let state = shared.state();
     let result = exchange::run(&state, incoming, targets, max_retries, permit, &mut outcome).await;
     let headers = std::mem::take(&mut outcome.upstream_headers);
     record(info, outcome);
-    result.map_err(|error| Failure { error, headers })
+    plan.keep(shared, result.map_err(|error| Failure { error, headers }))
 }
 
 /// `GET /v1/models`
