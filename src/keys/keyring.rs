@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     keys::{Budget, KeyTable, Limits, Lookup},
-    store::{KeyRow, Store, StoreError, UsageRecord, UsageSink},
+    store::{Store, StoreError, UsageRecord, UsageSink},
 };
 
 /// How often the store is asked whether a key changed (by another instance, or the `keys`
@@ -151,17 +151,12 @@ impl Keyring {
     pub async fn flush(&self) {
         self.sink.flush().await;
     }
-
-    /// A key row as stored, by id (for the admin API).
-    pub fn row(&self, id: &str) -> Option<KeyRow> {
-        self.table().get(id).map(|key| key.row.clone())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_db;
+    use crate::store::{test_db, KeyRow};
 
     fn row(id: &str, secret: &str) -> KeyRow {
         KeyRow {
