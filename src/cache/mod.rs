@@ -1,5 +1,9 @@
-//! The response cache: successful whole answers by a hash of who asked and exactly what, in
-//! memory, bounded in bytes, each entry with its time to live.
+//! The response cache: successful answers, whole or streamed, by a hash of who asked and
+//! exactly what, in memory, bounded in bytes, each entry with its time to live.
+//!
+//! [`record`] keeps a stream as it passes to the caller, to be given again whole.
+
+pub mod record;
 
 use std::{sync::Arc, time::Duration};
 
@@ -98,6 +102,8 @@ pub struct ResponseCache {
     entries: Cache<[u8; 32], Arc<Cached>>,
     /// An answer larger than this is not kept: one answer never takes the whole cache.
     max_entry_bytes: usize,
+    /// What streams being recorded hold between them: at most the cache's own bound.
+    recordings: Arc<record::Budget>,
 }
 
 impl ResponseCache {
@@ -109,7 +115,20 @@ impl ResponseCache {
                 .expire_after(PerEntry)
                 .build(),
             max_entry_bytes: usize::try_from(max_bytes / 8).unwrap_or(usize::MAX),
+            recordings: Arc::new(record::Budget::new(
+                usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            )),
         }
+    }
+
+    /// The largest answer kept, in bytes: an eighth of the cache.
+    pub fn max_entry_bytes(&self) -> usize {
+        self.max_entry_bytes
+    }
+
+    /// A new recording of a stream, bounded as an entry is.
+    pub fn recording(&self) -> record::Recording {
+        record::Recording::new(self.max_entry_bytes, self.recordings.clone())
     }
 
     pub fn get(&self, key: &[u8; 32]) -> Option<Arc<Cached>> {
