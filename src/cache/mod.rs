@@ -121,11 +121,6 @@ impl ResponseCache {
         }
     }
 
-    /// The largest answer kept, in bytes: an eighth of the cache.
-    pub fn max_entry_bytes(&self) -> usize {
-        self.max_entry_bytes
-    }
-
     /// A new recording of a stream, bounded as an entry is.
     pub fn recording(&self) -> record::Recording {
         record::Recording::new(self.max_entry_bytes, self.recordings.clone())
