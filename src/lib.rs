@@ -49,8 +49,9 @@
 //! - [`dashboard`]: usage records summed into a report in bounded memory
 //!   ([`dashboard::Report`]), and the report as one self-contained HTML page with its charts
 //!   drawn as inline SVG on the server ([`dashboard::render`]). Pure rendering, no actix.
-//! - [`cache`]: the response cache: successful whole answers by a hash of the tenant and the
-//!   request, in memory, bounded in bytes, with a time to live per entry.
+//! - [`cache`]: the response cache: successful answers by a hash of the tenant and the
+//!   request, in memory, bounded in bytes, with a time to live per entry; [`cache::record`]
+//!   records a stream as it passes, to replay it.
 //! - [`gateway`]: what to call and in what order: [`gateway::targets`] (the registry of
 //!   providers, aliases and groups), [`gateway::rules`] (the compiled `routes`),
 //!   [`gateway::routing`] (the order to try a group's deployments in), [`gateway::health`]

@@ -83,6 +83,26 @@ impl Target {
         }
     }
 
+    /// The response cache: through the proxy, the OpenAI door with `X-Proxy-Cache: use` and
+    /// the same body every time, so every request after the first is a hit; direct, the same
+    /// OpenAI request as [`Target::new`]'s, which the mock answers as it answers any.
+    pub fn cached(addr: SocketAddr, via: Via) -> Target {
+        let (json, stream) = match via {
+            Via::Direct => (
+                request(addr, Provider::OpenAi, via, false),
+                request(addr, Provider::OpenAi, via, true),
+            ),
+            Via::Proxy => (cached_request(addr, false), cached_request(addr, true)),
+        };
+        Target {
+            addr,
+            via,
+            stamps: Stamps::Comment,
+            json: json.into(),
+            stream: stream.into(),
+        }
+    }
+
     pub fn request(&self, stream: bool) -> Arc<[u8]> {
         if stream {
             self.stream.clone()
@@ -157,6 +177,20 @@ fn translated_request(addr: SocketAddr, via: Via, stream: bool) -> Vec<u8> {
         "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{auth}\
          x-request-id: {}\r\ncontent-length: {}\r\n\r\n{body}",
         mock::TEXT_STAMPS_ID,
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The bytes of one [`Target::cached`] request through the proxy.
+fn cached_request(addr: SocketAddr, stream: bool) -> Vec<u8> {
+    let stream_field = if stream { r#","stream":true"# } else { "" };
+    let body = format!(
+        r#"{{"model":"openai/gpt-4o-mini","messages":[{{"role":"system","content":"Be brief."}},{{"role":"user","content":"Say hello"}}]{stream_field}}}"#
+    );
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         authorization: Bearer sk-bench\r\nx-proxy-cache: use\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()

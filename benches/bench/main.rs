@@ -14,6 +14,8 @@
 //!   then non-stream latency one at a time and at 500 req/s.
 //! - 1,000 streams opened at once: time to first byte, whether every one completes, and the
 //!   proxy's resident memory meanwhile.
+//! - A hit of the response cache (the OpenAI door with `X-Proxy-Cache: use`, the same body
+//!   every time), one at a time: its latency against "under 1 ms", and its CPU time.
 //! - The proxy's resident memory idle, then every 3 s through 60 s of mixed load (non-stream
 //!   requests and streams, both providers), and whether it levelled off.
 //!
@@ -85,7 +87,7 @@ use mock::Provider;
 use proxy::{Proxy, Subject};
 use report::{
     ConcurrentStreams, Latency, MaxThroughput, Memory, Results, RssSample, Soak, Streaming,
-    TRANSLATED_ROUTE,
+    CACHE_HIT_ROUTE, TRANSLATED_ROUTE,
 };
 
 /// The binary under test; cargo builds it before a bench.
@@ -219,9 +221,20 @@ impl Pair {
         }
     }
 
+    /// OpenAI through the OpenAI door with the response cache asked for: all but the first
+    /// request are hits.
+    fn cached(mock: std::net::SocketAddr, proxy: &Proxy) -> Pair {
+        Pair {
+            provider: Provider::OpenAi,
+            route: CACHE_HIT_ROUTE,
+            direct: Target::cached(mock, Via::Direct),
+            proxy: Target::cached(proxy.addr, Via::Proxy),
+        }
+    }
+
     /// How the scenarios name it.
     fn name(&self) -> String {
-        if self.route == TRANSLATED_ROUTE {
+        if self.route == TRANSLATED_ROUTE || self.route == CACHE_HIT_ROUTE {
             format!("{} via {}", self.provider.name(), self.route)
         } else {
             self.provider.name().to_owned()
@@ -304,6 +317,15 @@ async fn run(options: Options, machine: Machine, pinning: Pinning) -> io::Result
                 .await?,
         );
     }
+    // nginx has no cache.
+    let cache_hit = match subject {
+        Subject::LlmProxy(_) => {
+            let pair = Pair::cached(mock, &proxy);
+            let what = format!("one at a time, cache hits, {}", pair.name());
+            Some(steps.run(what, cache_hits(&pair, &proxy)).await?)
+        }
+        Subject::Nginx(_) => None,
+    };
     let what = format!("{} s of mixed load", SOAK.as_secs());
     let soak = steps.run(what, soak(&pairs, &proxy)).await?;
     let what = format!("{CONCURRENT_STREAMS} streams at once, openai");
@@ -326,6 +348,7 @@ async fn run(options: Options, machine: Machine, pinning: Pinning) -> io::Result
         pinning: pinning.clone(),
         under_test,
         latency,
+        cache_hit,
         throughput,
         streaming,
         concurrent_streams: concurrent,
@@ -519,6 +542,43 @@ async fn one_at_a_time(pair: &Pair, proxy: &Proxy) -> io::Result<Latency> {
         &via_proxy,
         cpu,
     ))
+}
+
+/// A hit of the response cache, one at a time: the first request (the miss that fills the
+/// cache) and as many as are measured go unmeasured first; then the proxy's count of hits says
+/// every measured request was one.
+async fn cache_hits(pair: &Pair, proxy: &Proxy) -> io::Result<Latency> {
+    let warm = load::one_at_a_time(&pair.proxy, ONE_AT_A_TIME).await?;
+    if warm.errors > 0 {
+        return Err(io::Error::other(format!(
+            "{} failed cache requests while warming up",
+            warm.errors
+        )));
+    }
+    let hits_before = cache_hits_counted(proxy).await?;
+    let latency = one_at_a_time(pair, proxy).await?;
+    let hits = cache_hits_counted(proxy).await? - hits_before;
+    if hits != ONE_AT_A_TIME as u64 {
+        return Err(io::Error::other(format!(
+            "{hits} of {ONE_AT_A_TIME} measured cache requests were hits"
+        )));
+    }
+    Ok(latency)
+}
+
+/// `llm_proxy_cache_hits_total`, from the proxy's `/metrics`.
+async fn cache_hits_counted(proxy: &Proxy) -> io::Result<u64> {
+    let mut conn = http::Conn::open(proxy.addr).await?;
+    let request = format!(
+        "GET /metrics HTTP/1.1\r\nhost: {}\r\ncontent-length: 0\r\n\r\n",
+        proxy.addr
+    );
+    let reply = load::call(&mut conn, request.as_bytes()).await?;
+    let text = String::from_utf8_lossy(&reply.body);
+    text.lines()
+        .find_map(|line| line.strip_prefix("llm_proxy_cache_hits_total "))
+        .and_then(|count| count.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no llm_proxy_cache_hits_total in /metrics"))
 }
 
 async fn at_rate(pair: &Pair, proxy: &Proxy, rate: f64, duration: Duration) -> io::Result<Latency> {

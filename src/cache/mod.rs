@@ -1,7 +1,10 @@
-//! The response cache: successful whole answers by a hash of who asked and exactly what, in
-//! memory, bounded in bytes, each entry with its time to live; shared between instances
-//! through Redis when `REDIS_URL` is set, with the memory in front of it.
+//! The response cache: successful answers, whole or streamed, by a hash of who asked and
+//! exactly what, in memory, bounded in bytes, each entry with its time to live; shared between
+//! instances through Redis when `REDIS_URL` is set, with the memory in front of it.
+//!
+//! [`record`] keeps a stream as it passes to the caller, to be given again whole.
 
+pub mod record;
 mod wire;
 
 use std::{sync::Arc, time::Duration};
@@ -106,6 +109,8 @@ pub struct ResponseCache {
     max_entry_bytes: usize,
     /// The level behind the memory, shared with other instances.
     redis: Option<Redis>,
+    /// What streams being recorded hold between them: at most the cache's own bound.
+    recordings: Arc<record::Budget>,
 }
 
 impl ResponseCache {
@@ -118,7 +123,15 @@ impl ResponseCache {
                 .build(),
             max_entry_bytes: usize::try_from(max_bytes / 8).unwrap_or(usize::MAX),
             redis,
+            recordings: Arc::new(record::Budget::new(
+                usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            )),
         }
+    }
+
+    /// A new recording of a stream, bounded as an entry is.
+    pub fn recording(&self) -> record::Recording {
+        record::Recording::new(self.max_entry_bytes, self.recordings.clone())
     }
 
     /// The answer kept in this process's memory under `key`.

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::{
-    cache::ResponseCache,
+    cache::{record, ResponseCache},
     config::Config,
     config::{prices::PriceTable, providers_file::MAX_FALLBACKS},
     error::ProxyError,
@@ -770,8 +770,7 @@ const CACHED_HEADERS: [&str; 5] = [
 enum CachePlan {
     /// Nobody asked: the request never touches the cache.
     Off,
-    /// Asked, but the caller's `Cache-Control` said not to, or the answer is a stream (not
-    /// cached yet).
+    /// Asked, but the caller's `Cache-Control` said not to (or the cache keeps nothing).
     Bypass,
     Use {
         key: [u8; 32],
@@ -788,7 +787,6 @@ impl CachePlan {
         shared: &Shared,
         info: &AccessInfo,
         model: Option<&str>,
-        stream: bool,
         body: &[u8],
     ) -> Self {
         let headers = request.headers();
@@ -807,7 +805,7 @@ impl CachePlan {
             let value = value.to_str().unwrap_or_default().to_ascii_lowercase();
             value.contains("no-cache") || value.contains("no-store")
         });
-        if no_cache || stream || shared.config.cache_max_bytes == 0 {
+        if no_cache || shared.config.cache_max_bytes == 0 {
             return Self::Bypass;
         }
         let own_key;
@@ -846,10 +844,12 @@ impl CachePlan {
         Some(response)
     }
 
-    /// Keeps a whole successful answer, and says what the cache did.
+    /// Keeps a successful answer (a stream once it has passed whole, see
+    /// [`crate::cache::record`]), and says what the cache did.
     fn keep(
         self,
         shared: &Shared,
+        info: &AccessInfo,
         result: Result<HttpResponse, Failure>,
     ) -> Result<HttpResponse, Failure> {
         let (key, ttl) = match self {
@@ -866,21 +866,35 @@ impl CachePlan {
         shared.metrics.cache(false);
         let response = result?;
         let status = response.status();
-        let whole = matches!(response.body().size(), BodySize::Sized(_));
-        let mut response = match status.is_success() && whole {
-            false => response,
-            true => {
+        let kept = |response: &HttpResponse| -> Vec<(HeaderName, HeaderValue)> {
+            response
+                .headers()
+                .iter()
+                .filter(|(name, _)| CACHED_HEADERS.contains(&name.as_str()))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect()
+        };
+        let mut response = match (status.is_success(), response.body().size()) {
+            (true, BodySize::Stream) => {
+                let entry = record::Entry {
+                    key,
+                    status,
+                    headers: kept(&response),
+                    ttl,
+                };
+                let report = info.stream_report.clone();
+                let cache = shared.cache.clone();
+                response.map_body(|_, body| {
+                    BoxBody::new(record::Recorder::new(body, entry, report, cache))
+                })
+            }
+            (true, BodySize::Sized(_)) => {
+                let headers = kept(&response);
                 let (response, body) = response.into_parts();
                 let body = match body.try_into_bytes() {
                     Ok(bytes) => bytes,
                     Err(body) => return Ok(response.set_body(body)),
                 };
-                let headers = response
-                    .headers()
-                    .iter()
-                    .filter(|(name, _)| CACHED_HEADERS.contains(&name.as_str()))
-                    .map(|(name, value)| (name.clone(), value.clone()))
-                    .collect();
                 shared.cache.insert(
                     key,
                     crate::cache::Cached {
@@ -892,6 +906,7 @@ impl CachePlan {
                 );
                 response.set_body(BoxBody::new(body))
             }
+            _ => response,
         };
         response
             .headers_mut()
@@ -912,7 +927,7 @@ async fn run(
 ) -> Result<HttpResponse, Failure> {
     // The path route names a provider, never a group whose `cache` could apply.
     let group = (incoming.door != Door::Path).then_some(incoming.model);
-    let plan = CachePlan::new(request, shared, info, group, incoming.stream, incoming.body);
+    let plan = CachePlan::new(request, shared, info, group, incoming.body);
     if let Some(hit) = plan.hit(shared, info).await {
         return Ok(hit);
     }
@@ -922,7 +937,11 @@ async fn run(
     let result = exchange::run(&state, incoming, targets, max_retries, permit, &mut outcome).await;
     let headers = std::mem::take(&mut outcome.upstream_headers);
     record(info, outcome);
-    plan.keep(shared, result.map_err(|error| Failure { error, headers }))
+    plan.keep(
+        shared,
+        info,
+        result.map_err(|error| Failure { error, headers }),
+    )
 }
 
 /// `GET /v1/models`

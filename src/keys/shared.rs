@@ -349,7 +349,13 @@ mod tests {
             max_concurrent: Some(2),
             budget_usd: Some(1.0),
             budget_period: Some("day".into()),
-            ..KeyRow::new("key_a".into(), "h".into(), "lp-AbCdE".into(), "team".into(), 0)
+            ..KeyRow::new(
+                "key_a".into(),
+                "h".into(),
+                "lp-AbCdE".into(),
+                "team".into(),
+                0,
+            )
         }
     }
 
@@ -362,12 +368,19 @@ mod tests {
         assert_eq!(budget.limit, "budget");
         assert!(budget.message.contains("$1.5000"), "{}", budget.message);
         let tokens = refused(vec![Value::Int(2), Value::Int(1500), bulk("")]).unwrap_err();
-        assert_eq!((tokens.limit, tokens.retry_after.as_millis()), ("tokens_per_minute", 1500));
+        assert_eq!(
+            (tokens.limit, tokens.retry_after.as_millis()),
+            ("tokens_per_minute", 1500)
+        );
         let requests = refused(vec![Value::Int(3), Value::Int(20), bulk("")]).unwrap_err();
         assert_eq!(requests.limit, "requests_per_minute");
         let in_flight = refused(vec![Value::Int(4), Value::Int(1000), bulk("2")]).unwrap_err();
         assert_eq!(in_flight.limit, "max_concurrent");
-        assert!(in_flight.message.contains("2 requests in flight"), "{}", in_flight.message);
+        assert!(
+            in_flight.message.contains("2 requests in flight"),
+            "{}",
+            in_flight.message
+        );
     }
 
     proptest::proptest! {

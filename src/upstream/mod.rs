@@ -295,7 +295,7 @@ pub async fn peek_first_event(body: &mut Body) -> Result<Bytes, ProxyError> {
 
 /// An SSE `error` event (Anthropic), or data that is an `{"error": ...}` object (OpenAI,
 /// Gemini).
-fn is_error_event(event: &sse::Event<'_>) -> bool {
+pub fn is_error_event(event: &sse::Event<'_>) -> bool {
     #[derive(serde::Deserialize)]
     struct Probe {
         #[allow(dead_code)]

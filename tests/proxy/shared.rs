@@ -135,16 +135,19 @@ async fn chat(proxy: &Proxy, secret: &str, extra: &[(&str, &str)]) -> Answer {
 }
 
 async fn chat_to(proxy: &Proxy, secret: &str, model: &str, extra: &[(&str, &str)]) -> Answer {
+    chat_body(proxy, secret, hi(model), extra).await
+}
+
+async fn chat_body(
+    proxy: &Proxy,
+    secret: &str,
+    body: serde_json::Value,
+    extra: &[(&str, &str)],
+) -> Answer {
     let bearer = format!("Bearer {secret}");
     let mut headers = vec![("Authorization", bearer.as_str())];
     headers.extend_from_slice(extra);
-    post_with(
-        proxy,
-        "/v1/chat/completions",
-        &headers,
-        hi(model).to_string(),
-    )
-    .await
+    post_with(proxy, "/v1/chat/completions", &headers, body.to_string()).await
 }
 
 /// The statuses of `count` requests of `secret`, sent through A and B in turn.
@@ -279,6 +282,44 @@ async fn an_answer_cached_through_one_instance_is_a_hit_through_the_other_for_it
         misses_before + 1,
         "another tenant went upstream"
     );
+}
+
+#[actix_web::test]
+#[ignore = "needs redis-server: .ci/run installs it and runs the ignored tests"]
+async fn a_stream_cached_through_one_instance_is_replayed_whole_through_the_other() {
+    let redis = RedisServer::start();
+    let sse = fixture("openai/stream.sse");
+    let mock = Mock::start(move |_| Reply::sse(vec![sse.clone()]));
+    let pair = pair(config_for(&mock), &redis).await;
+    let ask = |proxy: &Proxy| {
+        let proxy = proxy.clone();
+        async move {
+            chat_body(
+                &proxy,
+                TEST_KEY,
+                streamed("openai/gpt-4o-mini"),
+                &[("X-Proxy-Cache", "use")],
+            )
+            .await
+        }
+    };
+    let first = ask(&pair.a).await;
+    assert_eq!(first.header("x-proxy-cache"), Some("MISS"));
+    let started = Instant::now();
+    let hit = loop {
+        let answer = ask(&pair.b).await;
+        if answer.header("x-proxy-cache") == Some("HIT") {
+            break answer;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "never a hit on B"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(hit.header("content-type"), Some("text/event-stream"));
+    assert_eq!(hit.body, first.body, "the same bytes as the live stream");
+    assert_eq!(mock.requests().len(), 1);
 }
 
 #[actix_web::test]

@@ -413,6 +413,27 @@ class UpstreamErrorTests(FrontDoorTestCase):
         self.assert_openai_error_shape(raised.exception)
 
 
+class CacheTests(FrontDoorTestCase):
+    def test_a_cached_stream_is_replayed_to_the_sdk_as_the_same_chunks(self) -> None:
+        messages = [{"role": "user", "content": "Say hello, once, from the cache"}]
+
+        def stream_with_cache() -> tuple[str | None, StreamedAnswer]:
+            raw = client.chat.completions.with_raw_response.create(
+                model="openai/gpt-4o-mini", messages=messages, stream=True,
+                stream_options={"include_usage": True},
+                extra_headers={"X-Proxy-Cache": "use"})
+            with raw.parse() as stream:
+                return raw.headers.get("x-proxy-cache"), StreamedAnswer(list(stream))
+
+        first_says, first = stream_with_cache()
+        second_says, second = stream_with_cache()
+        self.assertEqual((first_says, second_says), ("MISS", "HIT"))
+        self.assert_stream(second, upstreams.openai, with_usage=True)
+        self.assertEqual([chunk.model_dump() for chunk in second.chunks],
+                         [chunk.model_dump() for chunk in first.chunks])
+        upstreams.openai.only_request()
+
+
 def image_message(url: str) -> dict[str, Any]:
     """A user message asking about one image, as OpenAI's content parts."""
     return {"role": "user", "content": [
