@@ -114,20 +114,38 @@ async fn pair(config: Config, redis: &RedisServer) -> Pair {
     }
 }
 
-/// Waits up to 5 s for `line` in `proxy`'s metrics.
-async fn wait_for_line(proxy: &Proxy, line: &str) {
+/// Asks `answer` every 20 ms until it gives something, for up to 5 s: what another instance
+/// did reaches this one a moment later (a write to Redis, a watcher's tick).
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut answer: impl FnMut() -> F,
+) -> T {
     let started = Instant::now();
     loop {
-        let metrics = metrics_text(proxy).await;
-        if has_line(&metrics, line) {
-            return;
+        if let Some(found) = answer().await {
+            return found;
         }
         assert!(
             started.elapsed() < Duration::from_secs(5),
-            "no {line:?} in\n{metrics}"
+            "{what}: not within 5 s"
         );
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits for `line` in `proxy`'s metrics.
+async fn wait_for_line(proxy: &Proxy, line: &str) {
+    let found = || async { has_line(&metrics_text(proxy).await, line).then_some(()) };
+    eventually(&format!("{line:?} in the metrics"), found).await;
+}
+
+/// Asks with `ask` until the answer is a cache hit.
+async fn hit<F: std::future::Future<Output = Answer>>(mut ask: impl FnMut() -> F) -> Answer {
+    let hit = || {
+        let answer = ask();
+        async { Some(answer.await).filter(|a| a.header("x-proxy-cache") == Some("HIT")) }
+    };
+    eventually("a hit on B", hit).await
 }
 
 async fn chat(proxy: &Proxy, secret: &str, extra: &[(&str, &str)]) -> Answer {
@@ -199,19 +217,10 @@ async fn tokens_and_budgets_charged_on_one_instance_refuse_on_the_other() {
     }
     for (secret, code) in [(&tokens, "tokens_per_minute"), (&budget, "budget")] {
         // The charge goes to Redis as the answer ends, without holding the answer back.
-        let started = Instant::now();
-        loop {
-            let answer = chat(&pair.b, secret, &[]).await;
-            if answer.status == 429 {
-                assert_eq!(answer.json()["error"]["code"], code);
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(2),
-                "{code} never refused on B"
-            );
-            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-        }
+        let refused =
+            || async { Some(chat(&pair.b, secret, &[]).await).filter(|a| a.status == 429) };
+        let answer = eventually(&format!("{code} refusing on B"), refused).await;
+        assert_eq!(answer.json()["error"]["code"], code);
     }
 }
 
@@ -239,14 +248,8 @@ async fn requests_in_flight_count_across_instances_and_free_as_they_end() {
     assert_eq!(refused.json()["error"]["code"], "max_concurrent");
     assert_eq!(slow.await.unwrap(), 200);
     // A's release reaches Redis as its answer ends.
-    let started = Instant::now();
-    while chat(&pair.b, &secret, &[]).await.status != 200 {
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "the slot never freed on B"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    let freed = || async { (chat(&pair.b, &secret, &[]).await.status == 200).then_some(()) };
+    eventually("the slot freed on B", freed).await;
 }
 
 #[actix_web::test]
@@ -261,18 +264,7 @@ async fn an_answer_cached_through_one_instance_is_a_hit_through_the_other_for_it
     let first = chat(&pair.a, &tenant, &cache).await;
     assert_eq!(first.header("x-proxy-cache"), Some("MISS"));
     // The entry goes to Redis as the answer is given.
-    let started = Instant::now();
-    let hit = loop {
-        let answer = chat(&pair.b, &tenant, &cache).await;
-        if answer.header("x-proxy-cache") == Some("HIT") {
-            break answer;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "never a hit on B"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    };
+    let hit = hit(|| chat(&pair.b, &tenant, &cache)).await;
     assert_eq!(hit.body, first.body);
     let misses_before = mock.requests().len();
     let another = chat(&pair.b, &other, &cache).await;
@@ -305,18 +297,7 @@ async fn a_stream_cached_through_one_instance_is_replayed_whole_through_the_othe
     };
     let first = ask(&pair.a).await;
     assert_eq!(first.header("x-proxy-cache"), Some("MISS"));
-    let started = Instant::now();
-    let hit = loop {
-        let answer = ask(&pair.b).await;
-        if answer.header("x-proxy-cache") == Some("HIT") {
-            break answer;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "never a hit on B"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    };
+    let hit = hit(|| ask(&pair.b)).await;
     assert_eq!(hit.header("content-type"), Some("text/event-stream"));
     assert_eq!(hit.body, first.body, "the same bytes as the live stream");
     assert_eq!(mock.requests().len(), 1);
@@ -404,14 +385,8 @@ async fn limits_fail_closed_refuses_keys_with_limits_while_redis_is_down() {
     let free = pair.issue(|_| {}).await;
     assert_eq!(chat(&pair.a, &limited, &[]).await.status, 200);
     redis.stop();
-    let started = Instant::now();
-    let refused = loop {
-        let answer = chat(&pair.a, &limited, &[]).await;
-        if answer.status != 200 {
-            break answer;
-        }
-        assert!(started.elapsed() < Duration::from_secs(5), "never refused");
-    };
+    let refused = || async { Some(chat(&pair.a, &limited, &[]).await).filter(|a| a.status != 200) };
+    let refused = eventually("a refusal without Redis", refused).await;
     assert_eq!(refused.status, 503, "{:?}", refused.body);
     assert_eq!(refused.json()["error"]["code"], "limits_unavailable");
     assert_eq!(refused.header("retry-after"), Some("1"));
