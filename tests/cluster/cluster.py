@@ -37,6 +37,7 @@ BINARY = Path(os.environ.get("LLM_PROXY_BIN", TARGET_DIR / "debug" / "llm-proxy"
 LOG_DIR = TARGET_DIR / "cluster"
 PID_DIR = LOG_DIR / "pids"
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "openai" / "completion.json"
+STREAM_FIXTURE = REPO_ROOT / "tests" / "fixtures" / "openai" / "stream.sse"
 NGINX_CONF = REPO_ROOT / "deploy" / "nginx.conf"
 START_TIMEOUT_SECONDS = 30
 #: The header the test copy of nginx.conf adds: every upstream address nginx tried, in order.
@@ -140,7 +141,8 @@ def chat(port: int, key: str, content: str, headers: dict[str, str] | None = Non
 
 
 class MockOpenAI:
-    """OpenAI's Chat Completions on loopback: the documented answer after `delay` seconds.
+    """OpenAI's Chat Completions on loopback: the documented answer after `delay` seconds, or
+    for `"stream": true` the documented stream, one event every `stream_gap` seconds.
 
     It counts the calls it received and the ones still being answered, so a test can tell what
     reached the upstream.
@@ -148,7 +150,10 @@ class MockOpenAI:
 
     def __init__(self) -> None:
         self.answer = FIXTURE.read_bytes()
+        self.events = [event + b"\n\n" for event in STREAM_FIXTURE.read_bytes().split(b"\n\n")
+                       if event.strip()]
         self.delay = 0.0
+        self.stream_gap = 0.2
         self.calls = 0
         self.in_flight = 0
         self._lock = threading.Lock()
@@ -158,7 +163,7 @@ class MockOpenAI:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 if not self.path.endswith("/chat/completions"):
                     self.send_error(404)
                     return
@@ -167,6 +172,9 @@ class MockOpenAI:
                     mock.in_flight += 1
                 try:
                     time.sleep(mock.delay)
+                    if body.get("stream"):
+                        self.stream()
+                        return
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(mock.answer)))
@@ -177,6 +185,18 @@ class MockOpenAI:
                 finally:
                     with mock._lock:
                         mock.in_flight -= 1
+
+            def stream(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for i, event in enumerate(mock.events):
+                    if i > 0:
+                        time.sleep(mock.stream_gap)
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass

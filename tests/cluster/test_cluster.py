@@ -6,12 +6,14 @@ nginx up, starting again whatever a test before stopped, and makes its own keys.
 
 from __future__ import annotations
 
+import http.client
+import json
 import re
 import secrets
 import time
 import unittest
 
-from cluster import Cluster, Load, Sent, chat
+from cluster import MODEL, Cluster, Load, Sent, chat
 
 cluster: Cluster
 
@@ -135,6 +137,28 @@ class ClusterTest(unittest.TestCase):
         for s in after:
             self.assertEqual(s.answer.status, 200, describe(s))
             self.assertEqual(s.answer.upstreams[-1], cluster.b.address, describe(s))
+
+    def test_a_stream_through_nginx_arrives_event_by_event(self) -> None:
+        _, secret = cluster.create_key("stream")
+        cluster.wait_until_known(secret)
+        gap = cluster.upstream.stream_gap
+        connection = http.client.HTTPConnection("127.0.0.1", cluster.nginx.port, timeout=10)
+        connection.request("POST", "/v1/chat/completions", json.dumps(
+            {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "Hi"}]}),
+            {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"})
+        response = connection.getresponse()
+        self.assertEqual(response.status, 200)
+        arrivals = []
+        while line := response.readline():
+            if line.startswith(b"data:"):
+                arrivals.append(time.monotonic())
+        connection.close()
+        events = len(cluster.upstream.events)
+        self.assertEqual(len(arrivals), events)
+        # Held back in a buffer, they would come together at the end.
+        spread = arrivals[-1] - arrivals[0]
+        self.assertGreater(spread, (events - 1) * gap * 0.75,
+                           [round(t - arrivals[0], 3) for t in arrivals])
 
     def test_stopping_redis_under_load_keeps_serving_and_restarting_it_restores_shared_limits(
             self) -> None:
