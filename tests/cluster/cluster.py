@@ -140,6 +140,13 @@ def chat(port: int, key: str, content: str, headers: dict[str, str] | None = Non
 # --- The mock upstream ----------------------------------------------------------------------
 
 
+class QuietServer(ThreadingHTTPServer):
+    """A killed proxy resets its idle connections to the upstream: not worth a traceback."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
+
+
 class MockOpenAI:
     """OpenAI's Chat Completions on loopback: the documented answer after `delay` seconds, or
     for `"stream": true` the documented stream, one event every `stream_gap` seconds.
@@ -201,7 +208,7 @@ class MockOpenAI:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
