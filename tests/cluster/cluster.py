@@ -71,6 +71,32 @@ def wait_for_port(port: int, process: subprocess.Popen[Any] | None, what: str) -
     raise RuntimeError(f"{what} did not listen on port {port} in {START_TIMEOUT_SECONDS} s")
 
 
+_scratch: Path | None = None
+
+
+def scratch_dir(name: str) -> Path:
+    """A new directory for one server's files, under this run's one temp directory (which
+    tests/cluster/run removes if this process dies before `remove_scratch`)."""
+    global _scratch
+    if _scratch is None:
+        _scratch = Path(tempfile.mkdtemp(prefix="llm-proxy-cluster-"))
+        # Postgres runs as its own user when we are root, and must reach its directory.
+        _scratch.chmod(0o755)
+        PID_DIR.mkdir(parents=True, exist_ok=True)
+        (PID_DIR / "scratch.dir").write_text(f"{_scratch}\n")
+    path = _scratch / name
+    path.mkdir()
+    return path
+
+
+def remove_scratch() -> None:
+    global _scratch
+    if _scratch is not None:
+        shutil.rmtree(_scratch, ignore_errors=True)
+        (PID_DIR / "scratch.dir").unlink(missing_ok=True)
+        _scratch = None
+
+
 def write_pid(name: str, pid: int) -> None:
     PID_DIR.mkdir(parents=True, exist_ok=True)
     (PID_DIR / f"{name}.pid").write_text(f"{pid}\n")
@@ -241,12 +267,10 @@ class Postgres:
     def __init__(self) -> None:
         self.bin = postgres_bin()
         self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="llm-proxy-cluster-postgres-"))
+        self.dir = scratch_dir("postgres")
         if IS_ROOT:
             shutil.chown(self.dir, "postgres", "postgres")
         self.data = self.dir / "data"
-        (PID_DIR / "postgres.dir").parent.mkdir(parents=True, exist_ok=True)
-        (PID_DIR / "postgres.dir").write_text(f"{self.dir}\n")
         self._run("initdb", "-D", str(self.data), "-U", "llm", "-A", "trust", "-E", "UTF8",
                   "--locale=C", "--no-sync")
         options = f"-p {self.port} -h 127.0.0.1 -k {self.dir} -F"
@@ -267,8 +291,6 @@ class Postgres:
             log = self.dir / "server.log"
             if log.exists():
                 shutil.copyfile(log, LOG_DIR / "postgres.log")
-            shutil.rmtree(self.dir, ignore_errors=True)
-            (PID_DIR / "postgres.dir").unlink(missing_ok=True)
 
     def _run(self, program: str, *args: str) -> None:
         command = [str(self.bin / program), *args]
@@ -343,7 +365,7 @@ class Proxy:
         self.name = name
         self.port = free_port()
         self.env = env
-        self.dir = tempfile.mkdtemp(prefix=f"llm-proxy-cluster-{name}-")
+        self.dir = scratch_dir(f"proxy-{name.lower()}")
         self.log_path = LOG_DIR / f"proxy-{name.lower()}.log"
         self.process: subprocess.Popen[str] | None = None
         self.start()
@@ -487,14 +509,13 @@ class Cluster:
         self.redis: Redis | None = None
         self.proxies: list[Proxy] = []
         self.nginx: Nginx | None = None
-        self.started = False
+        # The providers file: the proxies hold the OpenAI key, so callers use issued keys.
+        providers = scratch_dir("config") / "providers.json"
+        providers.write_text(json.dumps(
+            {"providers": {"openai": {"api_key_env": "OPENAI_API_KEY"}}}))
         try:
             self.postgres = Postgres()
             self.redis = Redis()
-            providers = Path(tempfile.mkdtemp(prefix="llm-proxy-cluster-")) / "providers.json"
-            providers.write_text(json.dumps(
-                {"providers": {"openai": {"api_key_env": "OPENAI_API_KEY"}}}))
-            self.providers_file = providers
             env = {
                 "DATABASE_URL": self.postgres.url,
                 "REDIS_URL": self.redis.url,
@@ -504,8 +525,9 @@ class Cluster:
                 "OPENAI_BASE_URL": f"http://127.0.0.1:{self.upstream.port}/v1",
             }
             self.a = Proxy("A", env)
+            self.proxies.append(self.a)
             self.b = Proxy("B", env)
-            self.proxies = [self.a, self.b]
+            self.proxies.append(self.b)
             self.nginx = Nginx(self.a, self.b)
         except BaseException:
             self.stop()
@@ -564,14 +586,15 @@ class Cluster:
                 time.sleep(0.02)
 
     def stop(self) -> None:
-        for stop in ([self.nginx.stop] if self.nginx else []) + \
-                [proxy.stop for proxy in self.proxies] + \
-                ([self.redis.stop] if self.redis else []) + \
-                ([self.postgres.stop] if self.postgres else []) + [self.upstream.stop]:
+        servers = [self.nginx, *self.proxies, self.redis, self.postgres, self.upstream]
+        for server in servers:
+            if server is None:
+                continue
             try:
-                stop()
+                server.stop()
             except Exception as e:  # noqa: BLE001 (stop the rest all the same)
                 print(f"cluster: stopping: {e}")
+        remove_scratch()
 
 
 # --- Load -----------------------------------------------------------------------------------
