@@ -73,6 +73,7 @@ class ClusterTest(unittest.TestCase):
         content = f"cache {secrets.token_hex(8)}"
         use = {"X-Proxy-Cache": "use"}
         calls = cluster.upstream.calls
+        entries = len(cluster.redis.keys("*cache:*"))
 
         through_a = chat(cluster.a.port, tenant, content, use)
         self.assertEqual((through_a.status, through_a.headers.get("x-proxy-cache")), (200, "MISS"))
@@ -80,7 +81,7 @@ class ClusterTest(unittest.TestCase):
         # A writes the answer to Redis beside answering; B is asked once the entry is there.
         # (Any prefix: the design said `lp:cache:<hex>`, the code on main writes
         # `llm-proxy:cache:<hex>`.)
-        wait_for("A's answer in Redis", lambda: cluster.redis.keys("*cache:*"), 2)
+        wait_for("A's answer in Redis", lambda: len(cluster.redis.keys("*cache:*")) > entries, 2)
 
         through_b = chat(cluster.b.port, tenant, content, use)
         self.assertEqual((through_b.status, through_b.headers.get("x-proxy-cache")), (200, "HIT"))
