@@ -64,6 +64,9 @@ pub enum ProxyError {
         retry_after_secs: u64,
         message: String,
     },
+    /// The shared limits (Redis) cannot be asked, and `LIMITS_FAIL_CLOSED` refuses keys with
+    /// limits until they can.
+    LimitsUnavailable,
     /// `MAX_CONCURRENT_REQUESTS` are in flight already.
     Overloaded,
     /// Request bodies still arriving hold `MAX_PENDING_BODY_BYTES` already.
@@ -96,6 +99,7 @@ impl ProxyError {
             Self::LimitReached { .. } => "rate_limit",
             Self::Overloaded | Self::BodiesOverloaded => "overloaded",
             Self::PoolExhausted => "pool_exhausted",
+            Self::LimitsUnavailable => "limits_unavailable",
             Self::Exhausted { last, .. } => last.kind(),
         }
     }
@@ -113,7 +117,10 @@ impl ProxyError {
     fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         match self.unwrap_attempts().0 {
             Self::Upstream { headers, .. } => headers.clone(),
-            Self::Overloaded | Self::BodiesOverloaded | Self::PoolExhausted => vec![(
+            Self::Overloaded
+            | Self::BodiesOverloaded
+            | Self::PoolExhausted
+            | Self::LimitsUnavailable => vec![(
                 actix_web::http::header::RETRY_AFTER,
                 HeaderValue::from_static("1"),
             )],
@@ -305,6 +312,10 @@ impl fmt::Display for ProxyError {
             Self::Timeout => f.write_str("upstream did not answer in time"),
             Self::Forbidden(why) | Self::KeyRejected(why) => f.write_str(why),
             Self::LimitReached { message, .. } => f.write_str(message),
+            Self::LimitsUnavailable => f.write_str(
+                "this key's limits are shared through Redis, which cannot be reached, and the proxy \
+                 refuses keys with limits meanwhile (LIMITS_FAIL_CLOSED); retry shortly",
+            ),
             Self::Overloaded => f.write_str(
                 "the proxy is handling as many requests as it may (MAX_CONCURRENT_REQUESTS); retry shortly",
             ),
@@ -338,9 +349,10 @@ impl ResponseError for ProxyError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::KeyRejected(_) => StatusCode::UNAUTHORIZED,
             Self::LimitReached { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Overloaded | Self::BodiesOverloaded | Self::PoolExhausted => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Overloaded
+            | Self::BodiesOverloaded
+            | Self::PoolExhausted
+            | Self::LimitsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Exhausted { last, .. } => last.status_code(),
         }
     }
@@ -676,6 +688,7 @@ mod tests {
                 "invalid_request",
             ),
             (ProxyError::PoolExhausted, 503, "pool_exhausted"),
+            (ProxyError::LimitsUnavailable, 503, "limits_unavailable"),
         ];
         for (error, status, kind) in cases {
             assert_eq!(error.status_code().as_u16(), status, "{error:?}");

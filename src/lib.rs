@@ -26,6 +26,8 @@
 //! - [`store`]: the database (SQLite by default, Postgres for several instances) on its own
 //!   thread: [`store::keys`] (issued keys' rows), [`store::usage`] (usage records, spend),
 //!   [`store::sink`] (the batch writer that keeps them off the request path).
+//! - [`cluster`]: the Redis connection several instances share state through (`REDIS_URL`),
+//!   bounded in time, marked down when it fails and watched until it answers again.
 //! - [`error`]: `ProxyError`, the one place that picks an error's status and its body in
 //!   each door's shape; [`limits`]: admission (requests in flight, bodies arriving,
 //!   upstream connections).
@@ -34,7 +36,8 @@
 //!   [`keys::Limits`] (requests and tokens per minute, requests in flight, budget per period),
 //!   and the [`keys::Keyring`] that keeps them in step with the store and takes usage records;
 //!   [`keys::spec`]: what a key is made of when created or changed, one set of rules for the
-//!   admin API and [`keys::cli`] (`llm-proxy keys`), and those changes on the store.
+//!   admin API and [`keys::cli`] (`llm-proxy keys`), and those changes on the store;
+//!   [`keys::shared`]: the same limits counted across instances by scripts on Redis.
 //! - [`formats`]: the traits every wire format implements, and one folder per format, each
 //!   speaking it both ways: [`formats::openai`] (door and upstream),
 //!   [`formats::anthropic`] (door and upstream), [`formats::gemini`] (upstream). Pure
@@ -61,6 +64,7 @@
 //!   access log) and [`http::cors`].
 
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod dashboard;
 pub mod error;

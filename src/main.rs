@@ -53,9 +53,16 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let redis = match llm_proxy::cluster::Redis::from_config(&config) {
+        Ok(redis) => redis,
+        Err(e) => {
+            eprintln!("llm-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let accounts = match &config.database_url {
         None => None,
-        Some(url) => match server::Accounts::open(url).await {
+        Some(url) => match server::Accounts::open(url, redis).await {
             Ok(accounts) => Some(accounts),
             Err(e) => {
                 eprintln!("llm-proxy: cannot open the store (DATABASE_URL): {e}");

@@ -228,6 +228,20 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// Adds Redis's health: whether it answers, and how many calls to it failed.
+    pub fn register_redis(&mut self, redis: &crate::cluster::RedisMetrics) {
+        self.registry.register(
+            "llm_proxy_redis_up",
+            "Whether Redis (REDIS_URL) answers: 1, or 0 while the cache misses and limits count per instance",
+            redis.up.clone(),
+        );
+        self.registry.register(
+            "llm_proxy_redis_errors",
+            "Calls to Redis that failed or took longer than REDIS_TIMEOUT_MS",
+            redis.errors.clone(),
+        );
+    }
+
     /// A request answered from the cache, or one that asked for it and missed.
     pub fn cache(&self, hit: bool) {
         match hit {

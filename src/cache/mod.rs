@@ -1,5 +1,8 @@
 //! The response cache: successful whole answers by a hash of who asked and exactly what, in
-//! memory, bounded in bytes, each entry with its time to live.
+//! memory, bounded in bytes, each entry with its time to live; shared between instances
+//! through Redis when `REDIS_URL` is set, with the memory in front of it.
+
+mod wire;
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,7 +13,10 @@ use actix_web::{
     HttpResponse,
 };
 use moka::{sync::Cache, Expiry};
+use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
+
+use crate::cluster::Redis;
 
 /// What a request's cache key is made of. The tenant always comes first: one tenant is never
 /// served another's answer, however alike the two requests.
@@ -98,10 +104,12 @@ pub struct ResponseCache {
     entries: Cache<[u8; 32], Arc<Cached>>,
     /// An answer larger than this is not kept: one answer never takes the whole cache.
     max_entry_bytes: usize,
+    /// The level behind the memory, shared with other instances.
+    redis: Option<Redis>,
 }
 
 impl ResponseCache {
-    pub fn new(max_bytes: u64) -> Self {
+    pub fn new(max_bytes: u64, redis: Option<Redis>) -> Self {
         Self {
             entries: Cache::builder()
                 .max_capacity(max_bytes)
@@ -109,20 +117,74 @@ impl ResponseCache {
                 .expire_after(PerEntry)
                 .build(),
             max_entry_bytes: usize::try_from(max_bytes / 8).unwrap_or(usize::MAX),
+            redis,
         }
     }
 
+    /// The answer kept in this process's memory under `key`.
     pub fn get(&self, key: &[u8; 32]) -> Option<Arc<Cached>> {
         self.entries.get(key)
     }
 
-    /// Keeps a successful answer; anything else, or one too big, is not kept.
+    /// The answer under `key`: from memory, else from Redis (then kept in memory for the rest
+    /// of its time to live). A Redis that is down or slow is a miss.
+    pub async fn lookup(&self, key: &[u8; 32]) -> Option<Arc<Cached>> {
+        if let Some(hit) = self.entries.get(key) {
+            return Some(hit);
+        }
+        let redis = self.redis.as_ref()?;
+        let name = redis_key(key);
+        let stored: Vec<u8> = redis
+            .call(move |mut conn: ConnectionManager| async move {
+                redis::cmd("GET")
+                    .arg(&name)
+                    .query_async::<Option<Vec<u8>>>(&mut conn)
+                    .await
+            })
+            .await??;
+        let answer = wire::decode(&stored, crate::keys::now_ms())?;
+        if answer.body.len() > self.max_entry_bytes {
+            return None;
+        }
+        let answer = Arc::new(answer);
+        self.entries.insert(*key, Arc::clone(&answer));
+        Some(answer)
+    }
+
+    /// Keeps a successful answer, in memory and in Redis; anything else, or one too big, is
+    /// not kept.
     pub fn insert(&self, key: [u8; 32], answer: Cached) {
         if !answer.status.is_success() || answer.body.len() > self.max_entry_bytes {
             return;
         }
+        if let Some(redis) = &self.redis {
+            let ttl_ms = u64::try_from(answer.ttl.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            let stored = wire::encode(&answer, crate::keys::now_ms());
+            let name = redis_key(&key);
+            redis.send(move |mut conn: ConnectionManager| async move {
+                redis::cmd("SET")
+                    .arg(&name)
+                    .arg(stored)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async::<()>(&mut conn)
+                    .await
+            });
+        }
         self.entries.insert(key, Arc::new(answer));
     }
+}
+
+/// The Redis key of cache key `key`: the proxy's prefix and the key in hex.
+fn redis_key(key: &[u8; 32]) -> String {
+    let mut hex = String::with_capacity(64);
+    for byte in key {
+        hex.push(char::from_digit(u32::from(byte >> 4), 16).unwrap_or('0'));
+        hex.push(char::from_digit(u32::from(byte & 0xf), 16).unwrap_or('0'));
+    }
+    Redis::key(&["cache", &hex])
 }
 
 #[cfg(test)]
@@ -173,7 +235,7 @@ mod tests {
 
     #[test]
     fn only_successful_answers_within_the_bound_are_kept() {
-        let cache = ResponseCache::new(8 * 1024);
+        let cache = ResponseCache::new(8 * 1024, None);
         cache.insert([1; 32], answer("ok", Duration::from_secs(60)));
         assert_eq!(cache.get(&[1; 32]).unwrap().body, "ok");
         let mut failed = answer("no", Duration::from_secs(60));
@@ -190,7 +252,7 @@ mod tests {
 
     #[test]
     fn an_entry_expires_after_its_own_time_to_live() {
-        let cache = ResponseCache::new(1 << 20);
+        let cache = ResponseCache::new(1 << 20, None);
         cache.insert([1; 32], answer("short", Duration::from_millis(1)));
         cache.insert([2; 32], answer("long", Duration::from_secs(600)));
         std::thread::sleep(Duration::from_millis(20));

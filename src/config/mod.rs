@@ -91,6 +91,14 @@ pub struct Config {
     /// How long an answer cached for `X-Proxy-Cache: use` is kept (a group's `cache` says
     /// its own).
     pub cache_ttl: Duration,
+    /// `REDIS_URL`: shares the cache, issued keys' limits and deployment ejections between
+    /// instances (a `Secret`: the URL may hold a password).
+    pub redis_url: Option<Secret>,
+    /// `REDIS_TIMEOUT_MS`: the longest any Redis call may take before it counts as down.
+    pub redis_timeout: Duration,
+    /// `LIMITS_FAIL_CLOSED`: while Redis is down, refuse keys with limits (503) instead of
+    /// counting them per instance.
+    pub limits_fail_closed: bool,
 }
 
 /// A value that must never reach a log line: its `Debug` says only that it is set.
@@ -165,6 +173,9 @@ impl Default for Config {
             held_keys: HeldKeys::default(),
             cache_max_bytes: 64 * 1024 * 1024,
             cache_ttl: Duration::from_secs(300),
+            redis_url: None,
+            redis_timeout: Duration::from_millis(100),
+            limits_fail_closed: false,
         }
     }
 }
@@ -218,6 +229,9 @@ struct Env {
     dashboard_token: Option<String>,
     cache_max_bytes: Option<u64>,
     cache_ttl_seconds: Option<u64>,
+    redis_url: Option<String>,
+    redis_timeout_ms: Option<u64>,
+    limits_fail_closed: Option<bool>,
 }
 
 impl Config {
@@ -327,6 +341,17 @@ impl Config {
             cache_ttl: env
                 .cache_ttl_seconds
                 .map_or(defaults.cache_ttl, Duration::from_secs),
+            redis_url: env
+                .redis_url
+                .map(|url| url.trim().to_owned())
+                .filter(|url| !url.is_empty())
+                .map(Secret),
+            redis_timeout: match env.redis_timeout_ms {
+                Some(0) => return Err(ConfigError("REDIS_TIMEOUT_MS must be at least 1".into())),
+                Some(ms) => Duration::from_millis(ms),
+                None => defaults.redis_timeout,
+            },
+            limits_fail_closed: env.limits_fail_closed.unwrap_or(false),
         };
         let held_keys = config
             .catalog

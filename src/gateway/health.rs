@@ -118,6 +118,9 @@ struct Inner {
     /// When the one request let through after the backoff was sent.
     probe_since: Option<Duration>,
     ttfb: Option<PeakEwma>,
+    /// Moves whenever this process ejects or readmits the deployment; not when another
+    /// instance's ejection is applied here.
+    epoch: u64,
 }
 
 impl Inner {
@@ -134,6 +137,9 @@ impl Inner {
     }
 
     fn readmit(&mut self) {
+        if self.ejected_at.is_some() {
+            self.epoch += 1;
+        }
         self.failures = 0;
         self.ejected_at = None;
         self.backoff = Duration::ZERO;
@@ -203,14 +209,39 @@ impl Deployment {
                 inner.backoff = (inner.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
                 inner.ejected_at = Some(now);
                 inner.probe_since = None;
+                inner.epoch += 1;
             }
             Verdict::Failure => {
                 inner.failures += 1;
                 if inner.failures >= EJECT_AFTER {
                     inner.ejected_at = Some(now);
                     inner.backoff = FIRST_BACKOFF;
+                    inner.epoch += 1;
                 }
             }
+        }
+    }
+
+    /// The count of this process's ejections and readmissions, to see whether one happened.
+    pub fn epoch(&self) -> u64 {
+        self.lock().epoch
+    }
+
+    /// How much longer it stays out at `now`, when it is ejected and not yet probing.
+    pub fn out_for(&self, now: Duration) -> Option<Duration> {
+        let inner = self.lock();
+        let at = inner.ejected_at.filter(|_| inner.probe_since.is_none())?;
+        Some(inner.backoff.saturating_sub(now.saturating_sub(at))).filter(|left| !left.is_zero())
+    }
+
+    /// Another instance ejected it, for `left` more: out here too from `now`, unless it is out
+    /// already. Its own probe after `left` readmits it, as after an ejection of its own.
+    pub fn eject_for(&self, left: Duration, now: Duration) {
+        let mut inner = self.lock();
+        if inner.ejected_at.is_none() {
+            inner.failures = EJECT_AFTER;
+            inner.ejected_at = Some(now);
+            inner.backoff = left.clamp(Duration::from_millis(1), MAX_BACKOFF);
         }
     }
 

@@ -2,6 +2,7 @@
 //! its deployments and their health, the retry policy, and the exchange that tries them and
 //! answers in the door's shape.
 
+pub mod ejections;
 pub mod exchange;
 pub mod health;
 pub mod retry;

@@ -79,7 +79,7 @@ pub fn identify(
 /// An issued key's checks before any upstream call: the model is one it may use, and its
 /// limits have room. The admission holds its place among the key's requests in flight until
 /// the answer's last byte.
-pub fn admit(
+pub async fn admit(
     keyring: &Keyring,
     key: &Key,
     names: &[&str],
@@ -93,8 +93,9 @@ pub fn admit(
             key.row.models.join(", ")
         )));
     }
-    match keyring.limits().admit(&key.row, now) {
+    match keyring.admit(&key.row, now).await {
         Ok(admission) => Ok(Rc::new(admission)),
+        Err(refusal) if refusal.limit == "limits_unavailable" => Err(ProxyError::LimitsUnavailable),
         Err(refusal) => Err(ProxyError::LimitReached {
             limit: refusal.limit,
             // Whole seconds, rounded up: a client that waits this long finds room.

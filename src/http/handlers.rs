@@ -172,9 +172,9 @@ impl Shared {
 
     /// An issued key's checks before any upstream call: a model it may use (any of `names`,
     /// the ways the request names it), and room in its limits.
-    fn admit(&self, info: &mut AccessInfo, names: &[&str]) -> Result<(), ProxyError> {
+    async fn admit(&self, info: &mut AccessInfo, names: &[&str]) -> Result<(), ProxyError> {
         if let (Some(keyring), Caller::Issued(key)) = (&self.keyring, &self.caller) {
-            info.admission = Some(caller::admit(keyring, key, names, keys::now_ms())?);
+            info.admission = Some(caller::admit(keyring, key, names, keys::now_ms()).await?);
         }
         Ok(())
     }
@@ -338,7 +338,7 @@ async fn path_route(
     info.stream = chat.stream;
     if shared.caller.key().is_some() {
         let named = format!("{}/{asked}", provider.endpoint().name);
-        shared.admit(info, &[&named])?;
+        shared.admit(info, &[&named]).await?;
     }
     let registry = &shared.registry;
     // An alias of this provider stands for its model; an alias of another is a mistake.
@@ -396,7 +396,7 @@ async fn openai_door(
     let probe = openai::door::probe(&body).map_err(ProxyError::InvalidRequest)?;
     info.model = Some(probe.model.clone());
     info.stream = probe.stream;
-    shared.admit(info, &[&probe.model])?;
+    shared.admit(info, &[&probe.model]).await?;
     let body_fallbacks = body_fallbacks(&body)?;
     let targets = door_plan(
         Door::OpenAi,
@@ -427,7 +427,7 @@ async fn anthropic_door(
     let probe = anthropic::door::probe(&body).map_err(ProxyError::InvalidRequest)?;
     info.model = Some(probe.model.clone());
     info.stream = probe.stream;
-    admit_anthropic(shared, info, &probe.model)?;
+    admit_anthropic(shared, info, &probe.model).await?;
     let body_fallbacks = body_fallbacks(&body)?;
     let targets = door_plan(
         Door::Anthropic,
@@ -447,7 +447,11 @@ async fn anthropic_door(
 
 /// The Anthropic door's admission: a bare Claude model is also `anthropic/<model>` to a key's
 /// allowed models.
-fn admit_anthropic(shared: &Shared, info: &mut AccessInfo, model: &str) -> Result<(), ProxyError> {
+async fn admit_anthropic(
+    shared: &Shared,
+    info: &mut AccessInfo,
+    model: &str,
+) -> Result<(), ProxyError> {
     if shared.caller.key().is_none() {
         return Ok(());
     }
@@ -456,7 +460,7 @@ fn admit_anthropic(shared: &Shared, info: &mut AccessInfo, model: &str) -> Resul
         true => &[model],
         false => &[model, &qualified],
     };
-    shared.admit(info, names)
+    shared.admit(info, names).await
 }
 
 /// Where the `routes` rules send a door's request, if one matches: the rule's `to` then
@@ -507,7 +511,7 @@ async fn count_tokens_route(
     let _permit = shared.limit.try_acquire()?;
     let probe = anthropic::door::probe(&body).map_err(ProxyError::InvalidRequest)?;
     info.model = Some(probe.model.clone());
-    admit_anthropic(shared, info, &probe.model)?;
+    admit_anthropic(shared, info, &probe.model).await?;
     // The rules and groups of `/v1/messages` apply, so a count is for the model that would answer.
     let asked = route(request, shared, &probe.model, &body, info).unwrap_or(&probe.model);
     let (provider, model) = match shared.registry.group(asked) {
@@ -828,11 +832,11 @@ impl CachePlan {
     }
 
     /// The cached answer, when there is one.
-    fn hit(&self, shared: &Shared, info: &mut AccessInfo) -> Option<HttpResponse> {
+    async fn hit(&self, shared: &Shared, info: &mut AccessInfo) -> Option<HttpResponse> {
         let Self::Use { key, .. } = self else {
             return None;
         };
-        let cached = shared.cache.get(key)?;
+        let cached = shared.cache.lookup(key).await?;
         shared.metrics.cache(true);
         info.cached = true;
         let mut response = cached.response();
@@ -909,7 +913,7 @@ async fn run(
     // The path route names a provider, never a group whose `cache` could apply.
     let group = (incoming.door != Door::Path).then_some(incoming.model);
     let plan = CachePlan::new(request, shared, info, group, incoming.stream, incoming.body);
-    if let Some(hit) = plan.hit(shared, info) {
+    if let Some(hit) = plan.hit(shared, info).await {
         return Ok(hit);
     }
     let max_retries = max_retries(request, shared.config.max_retries)?;

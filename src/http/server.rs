@@ -6,8 +6,9 @@ use actix_web::{dev::Server, dev::ServerHandle, middleware::from_fn, web, App, H
 
 use crate::{
     cache::ResponseCache,
+    cluster::Redis,
     config::{prices::PriceTable, Config},
-    gateway::{rules::Rules, targets::Registry},
+    gateway::{ejections, rules::Rules, targets::Registry},
     http::cors,
     http::observe,
     http::routes,
@@ -28,20 +29,39 @@ pub const USAGE_BUFFER_RECORDS: usize = 10_000;
 pub struct Accounts {
     pub keyring: Arc<Keyring>,
     pub usage_dropped: Counter,
+    /// Where the keys' limits are shared with other instances, if anywhere.
+    pub redis: Option<Redis>,
 }
 
 impl Accounts {
     /// Opens (creating and migrating) the store at `url`, reads its keys, and keeps them in
-    /// step with it from now on. Call it inside the runtime that will run the server.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    /// step with it from now on; with `redis`, their limits are counted there. Call it inside
+    /// the runtime that will run the server.
+    pub async fn open(url: &str, redis: Option<Redis>) -> Result<Self, StoreError> {
         let store = Store::open(url).await?;
         let usage_dropped = Counter::default();
         let sink = store.usage_sink(USAGE_BUFFER_RECORDS, usage_dropped.clone());
-        let keyring = Arc::new(Keyring::open(store, sink, crate::keys::now_ms()).await?);
+        let now = crate::keys::now_ms();
+        let keyring = Arc::new(Keyring::open(store, sink, redis.clone(), now).await?);
         actix_web::rt::spawn(Arc::clone(&keyring).watch());
+        if let Some(redis) = &redis {
+            let keyring = Arc::downgrade(&keyring);
+            redis.add_chore(Box::new(move |redis, came_back| {
+                let keyring = keyring.clone();
+                Box::pin(async move {
+                    let Some(keyring) = keyring.upgrade().filter(|_| came_back) else {
+                        return;
+                    };
+                    if let Err(e) = keyring.restore_shared(&redis, crate::keys::now_ms()).await {
+                        log::warn!("cannot restore the shared budgets from the store: {e}");
+                    }
+                })
+            }));
+        }
         Ok(Self {
             keyring,
             usage_dropped,
+            redis,
         })
     }
 }
@@ -54,20 +74,29 @@ pub fn build(
     accounts: Option<&Accounts>,
     listener: TcpListener,
 ) -> std::io::Result<Server> {
+    let redis = match accounts {
+        Some(accounts) => accounts.redis.clone(),
+        None => Redis::from_config(&config).map_err(std::io::Error::other)?,
+    };
     let workers = config.workers;
     let shutdown_timeout = config.shutdown_timeout.as_secs();
     let registry = web::Data::new(Registry::new(&config));
     let rules = web::Data::new(Rules::compile(&config.catalog.routes));
     let limit = web::Data::new(RequestLimit::new(config.max_concurrent_requests));
     let budget = web::Data::new(BodyBudget::new(config.max_pending_body_bytes));
-    let metrics = web::Data::new(match accounts {
+    let mut metrics = match accounts {
         Some(accounts) => Metrics::new(accounts.usage_dropped.clone()),
         None => Metrics::default(),
-    });
+    };
+    if let Some(redis) = &redis {
+        metrics.register_redis(redis.metrics());
+        ejections::share(redis, registry.clone().into_inner());
+    }
+    let metrics = web::Data::new(metrics);
     let keyring = accounts.map(|accounts| web::Data::from(Arc::clone(&accounts.keyring)));
     let prices = PriceTable::new(&config.catalog.prices).map_err(std::io::Error::other)?;
     let prices = web::Data::new(prices);
-    let cache = web::Data::new(ResponseCache::new(config.cache_max_bytes));
+    let cache = web::Data::new(ResponseCache::new(config.cache_max_bytes, redis));
     let config = web::Data::new(config);
     let server = HttpServer::new(move || {
         let app = App::new();

@@ -10,7 +10,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    keys::{Budget, KeyTable, Limits, Lookup},
+    cluster::Redis,
+    keys::{shared, Admission, Budget, KeyRow, KeyTable, Limits, Lookup, Refusal},
     store::{Store, StoreError, UsageRecord, UsageSink},
 };
 
@@ -28,6 +29,8 @@ pub struct Keyring {
     sink: UsageSink,
     table: RwLock<Arc<KeyTable>>,
     limits: Limits,
+    /// Where limits and budgets are counted across instances, when `REDIS_URL` is set.
+    redis: Option<Redis>,
     /// The store's key version the table was read at.
     version: AtomicI64,
     /// Keys the fingerprints of caller-supplied keys, so a usage record cannot be matched
@@ -37,13 +40,19 @@ pub struct Keyring {
 
 impl Keyring {
     /// Reads every key and the spend of each budget's current period.
-    pub async fn open(store: Store, sink: UsageSink, now: i64) -> Result<Self, StoreError> {
+    pub async fn open(
+        store: Store,
+        sink: UsageSink,
+        redis: Option<Redis>,
+        now: i64,
+    ) -> Result<Self, StoreError> {
         let fingerprint_secret = store.secret("caller-fingerprint").await?;
         let keyring = Self {
             store,
             sink,
             table: RwLock::new(Arc::default()),
             limits: Limits::new(),
+            redis,
             version: AtomicI64::new(i64::MIN),
             fingerprint_secret,
         };
@@ -93,6 +102,9 @@ impl Keyring {
         for (id, since) in reseed {
             let spent = self.store.spend_since(&id, since).await?;
             self.limits.seed_spend(&id, since, spent);
+            if let (Some(redis), Some(row)) = (&self.redis, rows.iter().find(|r| r.id == id)) {
+                shared::seed_spend(redis, row, spent, now).await;
+            }
         }
         let table = Arc::new(KeyTable::new(rows));
         self.limits.retain(&table);
@@ -122,6 +134,60 @@ impl Keyring {
         }
     }
 
+    /// Lets a request of `key` through at `now`, or says which limit refuses it: counted across
+    /// instances when Redis is set and answers, else in this process (see [`Limits::admit`]).
+    /// While Redis is down, `LIMITS_FAIL_CLOSED` refuses a key with limits instead, with the
+    /// limit `limits_unavailable`.
+    pub async fn admit(&self, key: &KeyRow, now: i64) -> Result<Admission, Refusal> {
+        let Some(redis) = self.redis.as_ref().filter(|_| has_limits(key)) else {
+            return self.limits.admit(key, now);
+        };
+        let release = match key.max_concurrent {
+            Some(_) => shared::SharedRelease::of(redis),
+            None => Arc::new(NoRelease),
+        };
+        let (admission, here) = self.limits.hold(&key.id, release);
+        match shared::admit(redis, key, here, now).await {
+            Some(Ok(())) => {
+                self.limits.note(key, now);
+                Ok(admission)
+            }
+            Some(Err(refusal)) => Err(refusal),
+            None if redis.fail_closed() => Err(Refusal {
+                limit: "limits_unavailable",
+                retry_after: Duration::from_secs(1),
+                message: String::new(),
+            }),
+            None => {
+                drop(admission);
+                self.limits.admit(key, now)
+            }
+        }
+    }
+
+    /// Puts this instance's share of the shared limits back after Redis was away: each
+    /// budget's spend as the store has it (Redis may have restarted empty, or missed charges),
+    /// and the requests in flight here.
+    pub async fn restore_shared(&self, redis: &Redis, now: i64) -> Result<(), StoreError> {
+        let table = self.table();
+        let mut in_flight = Vec::new();
+        for key in table.keys() {
+            let row = &key.row;
+            if let Some(budget) = Budget::of(row) {
+                let spent = self
+                    .store
+                    .spend_since(&row.id, budget.period.start(now))
+                    .await?;
+                shared::seed_spend(redis, row, spent, now).await;
+            }
+            if row.max_concurrent.is_some() {
+                in_flight.push((row.id.clone(), self.limits.in_flight(&row.id)));
+            }
+        }
+        shared::SharedRelease::rewrite(redis, in_flight);
+        Ok(())
+    }
+
     /// A caller-supplied key's fingerprint: 12 hex digits of SHA-256 over the database's
     /// secret and the key.
     pub fn fingerprint(&self, key: &[u8]) -> String {
@@ -143,6 +209,11 @@ impl Keyring {
         if let Some(id) = &record.key_id {
             let tokens = (record.input_tokens.max(0) + record.output_tokens.max(0)) as u64;
             self.limits.charge(id, tokens, record.cost_usd, now);
+            if let Some(redis) = &self.redis {
+                if let Some(key) = self.table().get(id) {
+                    shared::charge(redis, &key.row, tokens, record.cost_usd, now);
+                }
+            }
         }
         self.sink.record(record);
     }
@@ -151,6 +222,21 @@ impl Keyring {
     pub async fn flush(&self) {
         self.sink.flush().await;
     }
+}
+
+/// Whether any of `key`'s limits counts requests, tokens or spend.
+fn has_limits(key: &KeyRow) -> bool {
+    key.rpm.is_some()
+        || key.tpm.is_some()
+        || key.max_concurrent.is_some()
+        || Budget::of(key).is_some()
+}
+
+/// A release nobody needs to hear of: a key without `max_concurrent` shares no count in flight.
+struct NoRelease;
+
+impl crate::keys::limits::Release for NoRelease {
+    fn released(&self, _key_id: &str, _in_flight: u64) {}
 }
 
 #[cfg(test)]
@@ -177,7 +263,7 @@ mod tests {
         let db = test_db::sqlite().await;
         let store = db.store.clone();
         let counter = prometheus_client::metrics::counter::Counter::default();
-        let keyring = Keyring::open(store.clone(), store.usage_sink(10, counter), 1_000)
+        let keyring = Keyring::open(store.clone(), store.usage_sink(10, counter), None, 1_000)
             .await
             .unwrap();
         let secret = "lp-0123456789abcdefghijklmnopqrstuvwxyzABCDEFG";

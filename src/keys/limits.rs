@@ -26,9 +26,23 @@ pub struct Limits {
 
 /// A request let through. Holds one of its key's concurrency slots until dropped, so keep it
 /// until the answer's last byte has gone.
-#[derive(Debug)]
 pub struct Admission {
     state: Arc<KeyState>,
+    release: Option<Arc<dyn Release>>,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("key", &self.state.id)
+            .finish()
+    }
+}
+
+/// Told when an admission counted by [`Limits::count`] ends: the key, and how many of its
+/// requests are still in flight in this process.
+pub trait Release: Send + Sync {
+    fn released(&self, key_id: &str, in_flight: u64);
 }
 
 /// A request turned away: a 429 with `Retry-After`.
@@ -42,8 +56,9 @@ pub struct Refusal {
     pub message: String,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct KeyState {
+    id: Arc<str>,
     counters: Mutex<Counters>,
 }
 
@@ -93,13 +108,56 @@ impl Limits {
     /// a refusal changes nothing. Without a refusal to write it allocates only the first time
     /// a key is seen.
     pub fn admit(&self, key: &KeyRow, now: i64) -> Result<Admission, Refusal> {
+        self.take(key, now)
+    }
+
+    /// Takes one of `key_id`'s slots in flight in this process without checking any limit,
+    /// for the shared limits (Redis) to check with the count it returns, this request's
+    /// included. `release` is told of the admission's end.
+    pub fn hold(&self, key_id: &str, release: Arc<dyn Release>) -> (Admission, u64) {
+        let state = self.state(key_id);
+        let in_flight = {
+            let mut counters = lock(&state.counters);
+            counters.in_flight += 1;
+            counters.in_flight
+        };
+        let release = Some(release);
+        (Admission { state, release }, in_flight)
+    }
+
+    /// Counts a request the shared limits let through against this process's own rates too, so
+    /// that they are ready should the shared ones go away.
+    pub fn note(&self, key: &KeyRow, now: i64) {
+        let state = self.state(&key.id);
+        let mut counters = lock(&state.counters);
+        let seen_tpm = counters.tpm;
+        counters.tokens.drain(now, seen_tpm);
+        counters.tpm = positive(key.tpm).unwrap_or(0);
+        if let Some(budget) = Budget::of(key) {
+            counters.spend.roll(budget.period, now);
+        }
+        if let Some(rpm) = positive(key.rpm) {
+            counters.requests.drain(now, rpm);
+            counters.requests.add(1);
+        }
+    }
+
+    /// `key`'s requests in flight in this process.
+    pub fn in_flight(&self, key_id: &str) -> u64 {
+        read(&self.keys)
+            .get(key_id)
+            .map_or(0, |state| lock(&state.counters).in_flight)
+    }
+
+    fn take(&self, key: &KeyRow, now: i64) -> Result<Admission, Refusal> {
         let state = self.state(&key.id);
         let mut counters = lock(&state.counters);
 
         if let Some(budget) = Budget::of(key) {
             counters.spend.roll(budget.period, now);
             if counters.spend.usd >= budget.usd {
-                return Err(budget_refusal(key, budget, &counters.spend, now));
+                let spend = &counters.spend;
+                return Err(budget_refusal(key, budget, spend.usd, spend.ends, now));
             }
         }
 
@@ -109,14 +167,7 @@ impl Limits {
         counters.tpm = tpm.unwrap_or(0);
         if let Some(tpm) = tpm {
             if let Some(wait_ms) = counters.tokens.full_for(tpm) {
-                return Err(Refusal {
-                    limit: "tokens_per_minute",
-                    retry_after: millis(wait_ms),
-                    message: format!(
-                        "key '{}' reached its limit of {tpm} tokens per minute",
-                        key.name
-                    ),
-                });
+                return Err(rate_refusal(key, "tokens_per_minute", tpm, wait_ms));
             }
         }
 
@@ -124,28 +175,14 @@ impl Limits {
         if let Some(rpm) = rpm {
             counters.requests.drain(now, rpm);
             if let Some(wait_ms) = counters.requests.no_room_for_one(rpm) {
-                return Err(Refusal {
-                    limit: "requests_per_minute",
-                    retry_after: millis(wait_ms),
-                    message: format!(
-                        "key '{}' reached its limit of {rpm} requests per minute",
-                        key.name
-                    ),
-                });
+                return Err(rate_refusal(key, "requests_per_minute", rpm, wait_ms));
             }
         }
 
         if let Some(max) = key.max_concurrent {
             let max = u64::try_from(max).unwrap_or(0);
             if counters.in_flight >= max {
-                return Err(Refusal {
-                    limit: "max_concurrent",
-                    retry_after: CONCURRENCY_RETRY,
-                    message: format!(
-                        "key '{}' already has {} requests in flight, its limit of {max} at once",
-                        key.name, counters.in_flight
-                    ),
-                });
+                return Err(concurrency_refusal(key, counters.in_flight, max));
             }
         }
 
@@ -154,7 +191,10 @@ impl Limits {
         }
         counters.in_flight += 1;
         drop(counters);
-        Ok(Admission { state })
+        Ok(Admission {
+            state,
+            release: None,
+        })
     }
 
     /// Counts an answer of `key_id` at `now`: its tokens against tokens per minute, its cost
@@ -204,7 +244,13 @@ impl Limits {
             return Arc::clone(state);
         }
         let mut keys = write(&self.keys);
-        Arc::clone(keys.entry(key_id.to_owned()).or_default())
+        let state = keys.entry(key_id.to_owned()).or_insert_with(|| {
+            Arc::new(KeyState {
+                id: key_id.into(),
+                counters: Mutex::default(),
+            })
+        });
+        Arc::clone(state)
     }
 }
 
@@ -212,6 +258,11 @@ impl Drop for Admission {
     fn drop(&mut self) {
         let mut counters = lock(&self.state.counters);
         counters.in_flight = counters.in_flight.saturating_sub(1);
+        let in_flight = counters.in_flight;
+        drop(counters);
+        if let Some(release) = &self.release {
+            release.released(&self.state.id, in_flight);
+        }
     }
 }
 
@@ -272,12 +323,41 @@ impl Spend {
     }
 }
 
-fn budget_refusal(key: &KeyRow, budget: Budget, spend: &Spend, now: i64) -> Refusal {
+/// A refusal of `key`'s requests or tokens per minute (`limit` names which), free in `wait_ms`.
+pub fn rate_refusal(key: &KeyRow, limit: &'static str, per_minute: u64, wait_ms: u128) -> Refusal {
+    let what = match limit {
+        "tokens_per_minute" => "tokens",
+        _ => "requests",
+    };
+    Refusal {
+        limit,
+        retry_after: millis(wait_ms),
+        message: format!(
+            "key '{}' reached its limit of {per_minute} {what} per minute",
+            key.name
+        ),
+    }
+}
+
+/// A refusal of `key`'s `max_concurrent`, with `in_flight` requests already going.
+pub fn concurrency_refusal(key: &KeyRow, in_flight: u64, max: u64) -> Refusal {
+    Refusal {
+        limit: "max_concurrent",
+        retry_after: CONCURRENCY_RETRY,
+        message: format!(
+            "key '{}' already has {in_flight} requests in flight, its limit of {max} at once",
+            key.name
+        ),
+    }
+}
+
+/// A refusal of `key`'s budget: `spent` in the period that `ends` (unix ms).
+pub fn budget_refusal(key: &KeyRow, budget: Budget, spent: f64, ends: i64, now: i64) -> Refusal {
     let (retry_after, resets) = match budget.period {
         Period::Total => (TOTAL_BUDGET_RETRY, "it does not reset".to_owned()),
         period => (
-            millis(u128::from(spend.ends.abs_diff(now))),
-            match jiff::Timestamp::from_millisecond(spend.ends) {
+            millis(u128::from(ends.abs_diff(now))),
+            match jiff::Timestamp::from_millisecond(ends) {
                 Ok(at) => format!("it resets at {at}"),
                 Err(_) => format!("it resets every {period}"),
             },
@@ -291,19 +371,19 @@ fn budget_refusal(key: &KeyRow, budget: Budget, spend: &Spend, now: i64) -> Refu
         limit: "budget",
         retry_after,
         message: format!(
-            "key '{}' has spent ${:.4} of its budget of ${} {per}; {resets}",
-            key.name, spend.usd, budget.usd
+            "key '{}' has spent ${spent:.4} of its budget of ${} {per}; {resets}",
+            key.name, budget.usd
         ),
     }
 }
 
 /// A configured rate as a count. 0 or less refuses every request, asking to retry after the
 /// window, rather than being read as "no limit".
-fn positive(limit: Option<i64>) -> Option<u64> {
+pub fn positive(limit: Option<i64>) -> Option<u64> {
     limit.map(|n| u64::try_from(n).unwrap_or(0))
 }
 
-fn millis(ms: u128) -> Duration {
+pub fn millis(ms: u128) -> Duration {
     Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
 }
 

@@ -3,15 +3,16 @@
 mod budget;
 pub mod cli;
 mod keyring;
-mod limits;
+pub mod limits;
 mod secret;
+pub mod shared;
 pub mod spec;
 mod table;
 
 pub use crate::store::KeyRow;
 pub use budget::{parse_budget, Budget, BudgetError, Period};
 pub use keyring::{Keyring, CALLER_FINGERPRINT_HEX, WATCH_EVERY};
-pub use limits::{Admission, Limits, Refusal};
+pub use limits::{Admission, Limits, Refusal, Release};
 pub use secret::{
     generate, hash_hex, looks_issued, new_id, Secret, ISSUED_PREFIX, PREFIX_CHARS, SECRET_CHARS,
 };

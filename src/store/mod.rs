@@ -103,7 +103,8 @@ impl Store {
     /// the migrations that are not applied yet.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         let (kind, url) = connect_url(url)?;
-        let (runtime, alive) = start_runtime()?;
+        let (runtime, alive) = crate::util::runtime::own_thread("llm-proxy-store")
+            .map_err(|e| StoreError::Runtime(e.to_string()))?;
         let pool = runtime
             .spawn(async move {
                 sqlx::any::install_default_drivers();
@@ -212,22 +213,6 @@ fn connect_url(url: &str) -> Result<(&'static str, String), StoreError> {
         "postgres" | "postgresql" => Ok(("postgres", url.into())),
         other => Err(StoreError::Unsupported(other.into())),
     }
-}
-
-/// Starts the store's thread with its current-thread runtime, which runs until every sender of
-/// the returned channel is dropped.
-fn start_runtime() -> Result<(Handle, mpsc::Sender<()>), StoreError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| StoreError::Runtime(e.to_string()))?;
-    let handle = runtime.handle().clone();
-    let (alive, mut gone) = mpsc::channel::<()>(1);
-    std::thread::Builder::new()
-        .name("llm-proxy-store".into())
-        .spawn(move || runtime.block_on(async move { while gone.recv().await.is_some() {} }))
-        .map_err(|e| StoreError::Runtime(e.to_string()))?;
-    Ok((handle, alive))
 }
 
 /// Binds a nullable double. sqlx 0.8's Any driver sends a NULL `f64` as a Postgres float4 (its

@@ -3,5 +3,6 @@
 pub mod fingerprint;
 pub mod glob;
 pub mod json;
+pub mod runtime;
 pub mod sse;
 pub mod url;

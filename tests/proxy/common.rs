@@ -267,6 +267,7 @@ impl Stream for FeedBody {
 }
 
 /// The proxy, running on a loopback port in this test's runtime.
+#[derive(Clone)]
 pub struct Proxy {
     pub addr: SocketAddr,
 }
@@ -645,18 +646,27 @@ pub async fn start_accounted(config: Config) -> Accounted {
         database_url: Some(database_url.clone()),
         ..config
     };
+    let (proxy, accounts) = start_on_store(config).await;
+    Accounted {
+        proxy,
+        accounts,
+        database_url,
+        _dir: dir,
+    }
+}
+
+/// `config` on the store its `database_url` names, which other proxies may share; with Redis
+/// when its `redis_url` is set.
+pub async fn start_on_store(config: Config) -> (Proxy, llm_proxy::http::server::Accounts) {
     config.validate().expect("a valid test configuration");
-    let accounts = llm_proxy::http::server::Accounts::open(&database_url)
+    let database_url = config.database_url.clone().expect("a database_url");
+    let redis = llm_proxy::cluster::Redis::from_config(&config).expect("a valid REDIS_URL");
+    let accounts = llm_proxy::http::server::Accounts::open(&database_url, redis)
         .await
         .expect("a store");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = llm_proxy::http::server::build(config, Some(&accounts), listener).unwrap();
     actix_web::rt::spawn(server);
-    Accounted {
-        proxy: Proxy { addr },
-        accounts,
-        database_url,
-        _dir: dir,
-    }
+    (Proxy { addr }, accounts)
 }

@@ -17,7 +17,7 @@ use crate::common::*;
 const HELD: &str = "sk-held-by-the-proxy-5f1e2d";
 
 /// A mock answering each format's fixture on every path.
-fn upstream() -> Mock {
+pub fn upstream() -> Mock {
     Mock::start(|request| {
         let fixture_path = if request.path.ends_with("/count_tokens") {
             return Reply::json(200, r#"{"input_tokens": 7}"#);
@@ -31,7 +31,7 @@ fn upstream() -> Mock {
 }
 
 /// OpenAI and Anthropic with a key held by the proxy.
-fn held_config(mock: &Mock) -> Config {
+pub fn held_config(mock: &Mock) -> Config {
     let catalog = r#"{"providers": {"openai": {"api_key_env": "OPENAI_API_KEY"},
                                     "anthropic": {"api_key_env": "OPENAI_API_KEY"}}}"#;
     Config {
@@ -42,6 +42,11 @@ fn held_config(mock: &Mock) -> Config {
 
 /// Issues a key with `shape` applied to a plain row, and returns its secret.
 async fn issue(accounted: &Accounted, shape: impl FnOnce(&mut KeyRow)) -> String {
+    issue_on(&accounted.accounts.keyring, shape).await
+}
+
+/// Issues a key on `keyring`'s store, as [`issue`] does.
+pub async fn issue_on(keyring: &keys::Keyring, shape: impl FnOnce(&mut KeyRow)) -> String {
     let (secret, hash) = keys::generate().unwrap();
     let now = keys::now_ms();
     let mut row = KeyRow {
@@ -55,7 +60,6 @@ async fn issue(accounted: &Accounted, shape: impl FnOnce(&mut KeyRow)) -> String
         )
     };
     shape(&mut row);
-    let keyring = &accounted.accounts.keyring;
     keyring.store().insert_key(&row).await.unwrap();
     keyring.refresh(keys::now_ms()).await.unwrap();
     secret.expose().to_owned()

@@ -22,5 +22,6 @@ mod openai;
 mod process;
 mod reliability;
 mod rules;
+mod shared;
 mod streaming;
 mod tools;
