@@ -433,9 +433,11 @@ class Proxy:
 # --- nginx ----------------------------------------------------------------------------------
 
 
-def nginx_conf(listen_port: int, a: Proxy, b: Proxy, prefix: Path) -> str:
-    """deploy/nginx.conf with loopback addresses and our paths. Each swap must match exactly
-    once, so a change to the shipped file that the test would silently miss fails here."""
+def nginx_conf(listen_port: int, a: Proxy, b: Proxy, prefix: Path,
+               down: Proxy | None = None) -> str:
+    """deploy/nginx.conf with loopback addresses and our paths, and `down` marked so. Each swap
+    must match exactly once, so a change to the shipped file that the test would silently miss
+    fails here."""
     temp_paths = "".join(f"    {kind}_temp_path {prefix}/{kind}_temp;\n"
                          for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     swaps = [
@@ -446,8 +448,8 @@ def nginx_conf(listen_port: int, a: Proxy, b: Proxy, prefix: Path) -> str:
         ("pid /var/run/nginx.pid;", f"pid {prefix}/nginx.pid;"),
         ("    access_log /var/log/nginx/access.log upstreams;\n",
          f"    access_log {LOG_DIR}/nginx-access.log upstreams;\n{temp_paths}"),
-        ("server proxy-a:8000 ", f"server {a.address} "),
-        ("server proxy-b:8000 ", f"server {b.address} "),
+        ("server proxy-a:8000 ", f"server {a.address} {'down ' if down is a else ''}"),
+        ("server proxy-b:8000 ", f"server {b.address} {'down ' if down is b else ''}"),
         ("listen 80;", f"listen 127.0.0.1:{listen_port};"),
         ("            proxy_pass http://llm_proxy;\n",
          "            proxy_pass http://llm_proxy;\n"
@@ -467,10 +469,10 @@ class Nginx:
 
     def __init__(self, a: Proxy, b: Proxy) -> None:
         self.port = free_port()
+        self.a, self.b = a, b
         self.prefix = LOG_DIR / "nginx"
         self.prefix.mkdir(parents=True, exist_ok=True)
         self.conf = self.prefix / "nginx.conf"
-        self.conf.write_text(nginx_conf(self.port, a, b, self.prefix))
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -479,6 +481,7 @@ class Nginx:
                 str(self.prefix), "-e", str(LOG_DIR / "nginx-error.log"), *args]
 
     def start(self) -> None:
+        self.conf.write_text(nginx_conf(self.port, self.a, self.b, self.prefix))
         with open(LOG_DIR / "nginx-error.log", "ab") as log:
             self.process = subprocess.Popen(self.command("-g", "daemon off;"),
                                             stdin=subprocess.DEVNULL, stdout=log,
@@ -495,6 +498,23 @@ class Nginx:
         """A fresh nginx: no instance is still marked failed from a test before."""
         self.stop()
         self.start()
+
+    def reload(self, down: Proxy | None) -> None:
+        """The configuration again with `down` taken out (None: both in), as an operator
+        reloads it (SIGHUP); returns once new connections go only where they should. Old
+        workers finish the requests they have and close their idle connections."""
+        assert self.process is not None
+        self.conf.write_text(nginx_conf(self.port, self.a, self.b, self.prefix, down))
+        self.process.send_signal(signal.SIGHUP)
+        wanted = {proxy.address for proxy in (self.a, self.b) if proxy is not down}
+        deadline = time.monotonic() + 10
+        seen: list[str] = []
+        # Round robin: with both in, a few requests in a row reach both.
+        while set(seen[-6:]) != wanted or len(seen) < 6:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nginx reload: still {seen[-6:]}, not {sorted(wanted)}")
+            answer = call(self.port, "GET", "/healthz", timeout=2)
+            seen.append(answer.upstreams[-1] if answer.upstreams else "")
 
 
 # --- The whole cluster ----------------------------------------------------------------------
