@@ -179,12 +179,7 @@ impl ResponseCache {
 
 /// The Redis key of cache key `key`: the proxy's prefix and the key in hex.
 fn redis_key(key: &[u8; 32]) -> String {
-    let mut hex = String::with_capacity(64);
-    for byte in key {
-        hex.push(char::from_digit(u32::from(byte >> 4), 16).unwrap_or('0'));
-        hex.push(char::from_digit(u32::from(byte & 0xf), 16).unwrap_or('0'));
-    }
-    Redis::key(&["cache", &hex])
+    Redis::key(&["cache", &crate::util::hex::encode(key)])
 }
 
 #[cfg(test)]

@@ -98,7 +98,7 @@ impl Redis {
             up: AtomicBool::new(false),
             timeout,
             fail_closed,
-            instance: instance.iter().map(|b| format!("{b:02x}")).collect(),
+            instance: crate::util::hex::encode(&instance),
             metrics: RedisMetrics::default(),
             chores: Mutex::new(Vec::new()),
         });

@@ -59,7 +59,7 @@ async fn sync(redis: &Redis, registry: &Registry, seen: &Mutex<HashMap<String, u
     }
     let hash = Redis::key(&["ejections"]);
     let written: Vec<String> = writes.iter().map(|(name, _)| name.clone()).collect();
-    let shared: Option<HashMap<String, i64>> = redis
+    let shared: Option<HashMap<String, String>> = redis
         .call(move |mut conn: ConnectionManager| async move {
             let mut pipe = redis::pipe();
             for (name, until) in &writes {
@@ -69,7 +69,7 @@ async fn sync(redis: &Redis, registry: &Registry, seen: &Mutex<HashMap<String, u
                 };
             }
             pipe.hgetall(&hash);
-            let (shared,): (HashMap<String, i64>,) = pipe.query_async(&mut conn).await?;
+            let (shared,): (HashMap<String, String>,) = pipe.query_async(&mut conn).await?;
             Ok(shared)
         })
         .await;
@@ -80,7 +80,8 @@ async fn sync(redis: &Redis, registry: &Registry, seen: &Mutex<HashMap<String, u
     for group in registry.groups() {
         for (index, deployment) in group.health.deployments.iter().enumerate() {
             let name = field(&group.decl.name, index, &group.labels[index]);
-            let Some(&until) = shared.get(&name) else {
+            // Another's entry that is not a time is nobody's: stale.
+            let Some(until) = shared.get(&name).map(|until| until.parse().unwrap_or(0)) else {
                 continue;
             };
             if until > wall && !written.contains(&name) {

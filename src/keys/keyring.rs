@@ -195,12 +195,7 @@ impl Keyring {
             .chain_update(&self.fingerprint_secret)
             .chain_update(key)
             .finalize();
-        let mut hex = String::with_capacity(CALLER_FINGERPRINT_HEX);
-        for byte in &digest[..CALLER_FINGERPRINT_HEX / 2] {
-            hex.push(char::from_digit(u32::from(byte >> 4), 16).unwrap_or('0'));
-            hex.push(char::from_digit(u32::from(byte & 0xf), 16).unwrap_or('0'));
-        }
-        hex
+        crate::util::hex::encode(&digest[..CALLER_FINGERPRINT_HEX / 2])
     }
 
     /// One answered (or refused) request: charged to its key's limits and budget, and queued

@@ -59,13 +59,7 @@ pub fn new_id() -> Result<String, getrandom::Error> {
 
 /// The lowercase hex SHA-256 of a presented key, exactly as it came.
 pub fn hash_hex(presented: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = String::with_capacity(64);
-    for byte in Sha256::digest(presented.as_bytes()) {
-        hex.push(char::from(HEX[usize::from(byte >> 4)]));
-        hex.push(char::from(HEX[usize::from(byte & 0xf)]));
-    }
-    hex
+    crate::util::hex::encode(&Sha256::digest(presented.as_bytes()))
 }
 
 /// Whether a presented key claims to be one this proxy issued (it may still be unknown).

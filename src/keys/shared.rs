@@ -340,6 +340,49 @@ fn spend_ttl(budget: Option<Budget>, now: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redis::Value;
+
+    fn key() -> KeyRow {
+        KeyRow {
+            rpm: Some(4),
+            tpm: Some(100),
+            max_concurrent: Some(2),
+            budget_usd: Some(1.0),
+            budget_period: Some("day".into()),
+            ..KeyRow::new("key_a".into(), "h".into(), "lp-AbCdE".into(), "team".into(), 0)
+        }
+    }
+
+    #[test]
+    fn each_code_of_the_script_is_its_limits_refusal() {
+        let bulk = |text: &str| Value::BulkString(text.as_bytes().to_vec());
+        let refused = |answer: Vec<Value>| verdict(&key(), Budget::of(&key()), &answer, 0);
+        assert_eq!(refused(vec![Value::Int(0)]), Ok(()));
+        let budget = refused(vec![Value::Int(1), Value::Int(0), bulk("1.5")]).unwrap_err();
+        assert_eq!(budget.limit, "budget");
+        assert!(budget.message.contains("$1.5000"), "{}", budget.message);
+        let tokens = refused(vec![Value::Int(2), Value::Int(1500), bulk("")]).unwrap_err();
+        assert_eq!((tokens.limit, tokens.retry_after.as_millis()), ("tokens_per_minute", 1500));
+        let requests = refused(vec![Value::Int(3), Value::Int(20), bulk("")]).unwrap_err();
+        assert_eq!(requests.limit, "requests_per_minute");
+        let in_flight = refused(vec![Value::Int(4), Value::Int(1000), bulk("2")]).unwrap_err();
+        assert_eq!(in_flight.limit, "max_concurrent");
+        assert!(in_flight.message.contains("2 requests in flight"), "{}", in_flight.message);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_answer_of_redis_is_read_without_panicking(
+            code in proptest::num::i64::ANY,
+            wait in proptest::num::i64::ANY,
+            detail in proptest::collection::vec(proptest::num::u8::ANY, 0..20),
+            now in proptest::num::i64::ANY,
+        ) {
+            let answer = vec![Value::Int(code), Value::Int(wait), Value::BulkString(detail)];
+            let _ = verdict(&key(), Budget::of(&key()), &answer, now);
+            let _ = verdict(&key(), None, &answer[..1], now);
+        }
+    }
 
     #[test]
     fn the_scripts_include_the_bucket_functions_once() {

@@ -165,7 +165,7 @@ impl Store {
                 "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
             )
             .bind(&name)
-            .bind(to_hex(&fresh))
+            .bind(crate::util::hex::encode(&fresh))
             .execute(&pool)
             .await?;
             let row = sqlx::query("SELECT value FROM secrets WHERE name = $1")
@@ -228,10 +228,6 @@ fn bind_double<'q>(
     }
 }
 
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn from_hex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
@@ -274,7 +270,7 @@ mod tests {
     #[test]
     fn hex_round_trips_and_refuses_what_is_not_hex() {
         let bytes = [0u8, 1, 0xab, 0xff];
-        assert_eq!(from_hex(&to_hex(&bytes)).unwrap(), bytes);
+        assert_eq!(from_hex(&crate::util::hex::encode(&bytes)).unwrap(), bytes);
         assert_eq!(from_hex("abc"), None);
         assert_eq!(from_hex("zz"), None);
         assert_eq!(from_hex("é0"), None);
@@ -292,7 +288,7 @@ mod tests {
 
         #[test]
         fn hex_round_trips_any_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
-            proptest::prop_assert_eq!(from_hex(&to_hex(&bytes)), Some(bytes));
+            proptest::prop_assert_eq!(from_hex(&crate::util::hex::encode(&bytes)), Some(bytes));
         }
 
         #[test]

@@ -2,6 +2,7 @@
 
 pub mod fingerprint;
 pub mod glob;
+pub mod hex;
 pub mod json;
 pub mod runtime;
 pub mod sse;
