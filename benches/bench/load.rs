@@ -63,6 +63,26 @@ impl Target {
         }
     }
 
+    /// OpenAI on the path route for a caller with a key the proxy issued, bringing its own
+    /// OpenAI key in `X-API-Key-OpenAI`. Non-stream only.
+    pub fn issued(addr: SocketAddr, secret: &str) -> Target {
+        let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Say hello"}]}"#;
+        let json: Arc<[u8]> = format!(
+            "POST /v1/chat/openai HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+             x-api-key: {secret}\r\nx-api-key-openai: sk-bench\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+        .into();
+        Target {
+            addr,
+            via: Via::Proxy,
+            stamps: Stamps::Comment,
+            stream: json.clone(),
+            json,
+        }
+    }
+
     pub fn request(&self, stream: bool) -> Arc<[u8]> {
         if stream {
             self.stream.clone()

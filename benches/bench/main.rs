@@ -64,6 +64,7 @@ mod mock;
 mod procfs;
 mod proxy;
 mod report;
+mod shared;
 mod stats;
 
 use std::{
@@ -310,6 +311,15 @@ async fn run(options: Options, machine: Machine, pinning: Pinning) -> io::Result
         .run(what, concurrent_streams(&pairs[0], &proxy))
         .await?;
 
+    // Last, on proxies of its own: what counting an issued key's limit in Redis adds.
+    let limit_check = match subject {
+        Subject::LlmProxy(binary) => {
+            eprintln!("bench: an issued key's limit check, in process and on Redis");
+            Some(shared::limit_check(binary, mock, pinning.proxy_cpu).await)
+        }
+        Subject::Nginx(_) => None,
+    };
+
     let memory = Memory::new(idle_rss, concurrent.proxy_peak_rss_mib, soak);
     let results = Results {
         machine,
@@ -320,6 +330,7 @@ async fn run(options: Options, machine: Machine, pinning: Pinning) -> io::Result
         streaming,
         concurrent_streams: concurrent,
         memory,
+        limit_check,
         interference: steps.interference,
         duration_s: steps.started.elapsed().as_secs_f64(),
     };

@@ -36,10 +36,21 @@ impl Proxy {
         mock: SocketAddr,
         cpu: Option<usize>,
     ) -> io::Result<Proxy> {
+        Self::start_with(subject, mock, cpu, &[]).await
+    }
+
+    /// As [`Proxy::start`], with `env` set too (llm-proxy only).
+    pub async fn start_with(
+        subject: &Subject,
+        mock: SocketAddr,
+        cpu: Option<usize>,
+        env: &[(&str, String)],
+    ) -> io::Result<Proxy> {
         let mut command = match subject {
             Subject::LlmProxy(binary) => llm_proxy(binary, mock, cpu),
             Subject::Nginx(dir) => nginx(dir, mock, cpu)?,
         };
+        command.envs(env.iter().map(|(name, value)| (name, value)));
         let child = command.stdin(Stdio::null()).stdout(Stdio::null()).spawn()?;
         let pid = child.id();
         let mut proxy = Proxy {
@@ -121,7 +132,7 @@ fn llm_proxy(binary: &Path, mock: SocketAddr, cpu: Option<usize>) -> Command {
             ("ANTHROPIC_BASE_URL", format!("http://{mock}/anthropic")),
             // The default store (usage records of every request), on a fresh file of the
             // benchmark's own rather than in the working directory.
-            ("DATABASE_URL", fresh_database()),
+            ("DATABASE_URL", fresh_database("llm-proxy.db")),
         ])
         // dotenvy reads a .env in the working directory or a parent: start where there is
         // none, so that only the variables above apply.
@@ -129,11 +140,11 @@ fn llm_proxy(binary: &Path, mock: SocketAddr, cpu: Option<usize>) -> Command {
     command
 }
 
-/// `sqlite://target/bench/llm-proxy.db` (absolute), its old files removed.
-fn fresh_database() -> String {
+/// `sqlite://target/bench/<name>` (absolute), its old files removed.
+pub fn fresh_database(name: &str) -> String {
     let dir = crate::output_dir();
     let _ = std::fs::create_dir_all(&dir);
-    let file = dir.join("llm-proxy.db");
+    let file = dir.join(name);
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
     }

@@ -8,6 +8,7 @@ use crate::{
     load::{Run, StreamRun, Throughput},
     machine::{Interference, Machine, Pinning},
     mock::{self, Provider},
+    shared::LimitCheck,
     stats::{percentiles, Percentiles},
 };
 
@@ -44,6 +45,8 @@ pub struct Results {
     pub streaming: Vec<Streaming>,
     pub concurrent_streams: ConcurrentStreams,
     pub memory: Memory,
+    /// An issued key's limit check in process and on Redis, or why it did not run.
+    pub limit_check: Option<Result<LimitCheck, String>>,
     /// Per scenario: how much of the CPUs other processes took.
     pub interference: Vec<Interference>,
     pub duration_s: f64,
@@ -317,6 +320,7 @@ pub fn table(results: &Results) -> String {
     }
     rows.extend(concurrent_rows(&results.concurrent_streams));
     rows.extend(memory_rows(&results.memory));
+    rows.extend(limit_check_rows(results.limit_check.as_ref()));
 
     let m = &results.machine;
     let mut out = format!(
@@ -337,6 +341,53 @@ pub fn table(results: &Results) -> String {
         out.push_str(&format!("\nNOTE: {failure}"));
     }
     out
+}
+
+/// The issued key's limit check: the in-process figure in the first column, Redis's in the
+/// second, and what Redis adds.
+fn limit_check_rows(check: Option<&Result<LimitCheck, String>>) -> Vec<[String; 6]> {
+    let check = match check {
+        None => return Vec::new(),
+        Some(Err(why)) => {
+            let skipped = format!("skipped: {why}");
+            return vec![[
+                "Issued key's limit check on Redis".to_owned(),
+                skipped,
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]];
+        }
+        Some(Ok(check)) => check,
+    };
+    let (here, redis) = (&check.in_process, &check.on_redis);
+    let cpu = |side: &crate::shared::Side| format!("{:.1} µs", side.proxy_cpu_per_request_us);
+    vec![
+        [
+            "Issued key's rpm check, one at a time, p50 / p99: in process, then on Redis"
+                .to_owned(),
+            p50_p99(&here.latency),
+            p50_p99(&redis.latency),
+            added(
+                redis.latency.p50_ms - here.latency.p50_ms,
+                redis.latency.p99_ms - here.latency.p99_ms,
+            ),
+            String::new(),
+            String::new(),
+        ],
+        [
+            "Issued key's rpm check, proxy CPU per request: in process, then on Redis".to_owned(),
+            cpu(here),
+            cpu(redis),
+            format!(
+                "{:+.1} µs",
+                redis.proxy_cpu_per_request_us - here.proxy_cpu_per_request_us
+            ),
+            String::new(),
+            String::new(),
+        ],
+    ]
 }
 
 fn latency_row(l: &Latency) -> [String; 6] {
