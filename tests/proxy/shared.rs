@@ -418,4 +418,23 @@ async fn a_proxy_whose_redis_is_down_at_start_serves_all_the_same() {
     assert_eq!(answer.header("x-proxy-cache"), Some("MISS"));
     let metrics = metrics_text(&proxy).await;
     assert!(has_line(&metrics, "llm_proxy_redis_up 0"), "{metrics}");
+    // Both of Redis's series are described, and documented.
+    let page = include_str!("../../docs/observability.md");
+    for (family, kind, name) in [
+        ("llm_proxy_redis_up", "gauge", "llm_proxy_redis_up"),
+        (
+            "llm_proxy_redis_errors",
+            "counter",
+            "llm_proxy_redis_errors_total",
+        ),
+    ] {
+        assert!(
+            has_line(&metrics, &format!("# TYPE {family} {kind}")),
+            "{metrics}"
+        );
+        assert!(
+            page.contains(&format!("| `{name}` | {kind} |")),
+            "{name} undocumented"
+        );
+    }
 }
