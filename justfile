@@ -113,8 +113,9 @@ _complete $MODEL stream:
         -d '{"model": "{{ MODEL }}", "stream": {{ stream }}, '"$usage"'"max_tokens": 100, "messages": [{"role": "system", "content": "Answer in one short sentence."}, {"role": "user", "content": "What is an LLM proxy?"}]}'
 
 # (1,000 streams at once hold over 2,000 open files in each process: a low `ulimit -n` is raised.
-# `just bench --nginx` sends the same load through nginx, the issue's yardstick.)
-# Benchmark the release proxy against a mock upstream (~2 min): a table and target/bench/results.json.
+# nginx, the yardstick, runs beside llm-proxy when it is on PATH; `just bench --only llm-proxy`
+# or `--only nginx` measures one.)
+# Benchmark the release proxy and nginx against a mock upstream (~4 min): tables and target/bench/*.json.
 bench *args:
     cargo build --release
     if [ "$(ulimit -n)" -lt 8192 ]; then ulimit -n 8192 || echo "bench: the 1,000-stream run may fail"; fi; cargo bench --bench bench -- {{ args }}

@@ -112,7 +112,8 @@ pub fn describe() -> Machine {
     }
 }
 
-/// CPU time at one moment: per CPU, and of the proxy and of this process.
+/// CPU time at one moment: per CPU, and of the proxies (all share one CPU) and of this
+/// process.
 pub struct CpuUse {
     at: Instant,
     cpus: Vec<CpuBusy>,
@@ -121,12 +122,12 @@ pub struct CpuUse {
 }
 
 impl CpuUse {
-    pub fn read(proxy_pid: u32) -> CpuUse {
+    pub fn read(proxy_pids: &[u32]) -> CpuUse {
         let own = |pid| procfs::cpu_time(pid).unwrap_or_default().total();
         CpuUse {
             at: Instant::now(),
             cpus: procfs::cpu_busy(),
-            proxy: own(proxy_pid),
+            proxy: proxy_pids.iter().map(|&pid| own(pid)).sum(),
             bench: own(std::process::id()),
         }
     }

@@ -1,10 +1,11 @@
 //! `just bench` (or `cargo bench --bench bench`): what the proxy adds to a request, and what it
-//! costs, next to the same load sent straight to the upstream, in one run of about two minutes.
+//! costs, next to the same load sent straight to the upstream and through nginx, in one run of
+//! about four minutes.
 //!
 //! # What it measures
 //!
 //! - Added latency (p50 / p99) of a non-stream chat request: one request at a time, then open
-//!   loop at a fixed 500 and 1,000 req/s.
+//!   loop at a fixed 50, 500 and 1,000 req/s.
 //! - The most non-stream req/s on 64 keep-alive connections (closed loop), and the proxy's CPU
 //!   time per 10,000 requests over that window.
 //! - Streams of 20 events 50 ms apart: the added time to first byte, and the added delay of each
@@ -20,8 +21,13 @@
 //!   requests and streams, both providers), and whether it levelled off.
 //!
 //! Each figure is measured straight to the mock and through the proxy, in the same run; "added"
-//! is the difference of the two percentiles. The figures are reported, never asserted: the
-//! benchmark does not fail on a missed target.
+//! is the difference of the two percentiles. nginx (a plain `proxy_pass`, issue 14's yardstick)
+//! runs beside llm-proxy on the same mock: each scenario sends its load to the mock once, then
+//! through llm-proxy, then through nginx, so all three share the machine's state of the moment.
+//! Scenarios nginx cannot take (the translated route, the cache, the limit check) and its 60 s
+//! memory run are llm-proxy's alone. Without nginx on `PATH`, llm-proxy is measured alone and
+//! the report says so. The figures are reported, never asserted: the benchmark does not fail
+//! on a missed target.
 //!
 //! # How
 //!
@@ -37,11 +43,12 @@
 //! run time in `/proc/<pid>/task/*/schedstat`). A shared machine skews every figure, so each
 //! scenario also records how much of each CPU other processes took (from `/proc/stat`).
 //!
-//! The results are printed as one Markdown table and written to `target/bench/results.json`.
+//! The results are printed as one Markdown table per proxy, then issue 14's comparison, and
+//! written to `target/bench/results.json`, `results-nginx.json` and `versus-nginx.json`.
 //!
-//! `cargo bench --bench bench -- --nginx` runs the same scenarios through nginx (a plain
-//! `proxy_pass`, the issue's yardstick) instead, into `target/bench/results-nginx.json`.
-//! `-- --load-only <seconds>` starts the mock and the proxy, then runs only closed-loop
+//! `cargo bench --bench bench -- --only nginx` (or `--only llm-proxy`) measures one of them,
+//! with every scenario it can take. `-- --load-only <seconds>` starts the mock and the proxy
+//! (llm-proxy, unless `--only nginx`), then runs only closed-loop
 //! non-stream load for that long (with `--rate <req/s>`: open loop at that rate), to profile
 //! the proxy under load: its pid is printed and written to `target/bench/proxy.pid` (see
 //! `docs/benchmarks.md`).
@@ -58,6 +65,7 @@
 //! - `machine.rs`: CPU pinning, other processes' share of the CPUs, the machine's description.
 //! - `stats.rs`: percentiles.
 //! - `report.rs`: the results, the table and the JSON.
+//! - `versus.rs`: llm-proxy beside nginx against issue 14's targets.
 
 mod http;
 mod load;
@@ -68,10 +76,12 @@ mod proxy;
 mod report;
 mod shared;
 mod stats;
+mod versus;
 
 use std::{
     future::Future,
     io,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
     sync::{
@@ -95,11 +105,15 @@ const PROXY_BINARY: &str = env!("CARGO_BIN_EXE_llm-proxy");
 
 /// Requests in each one-at-a-time run (after as many unmeasured to warm up).
 const ONE_AT_A_TIME: usize = 2_000;
-/// Open-loop rates and how long each runs.
-const RATES: [(f64, Duration); 2] = [
+/// Open-loop rates and how long each runs: 50 req/s (issue 14's light rate, where an idle
+/// CPU is woken for every request) long enough for 400 samples.
+const RATES: [(f64, Duration); 3] = [
+    (50.0, Duration::from_secs(8)),
     (500.0, Duration::from_secs(4)),
     (1_000.0, Duration::from_secs(3)),
 ];
+/// The rate of `RATES` the translated route runs at too (500 req/s, issue 5's).
+const TRANSLATED_RATE: usize = 1;
 /// Connections of the closed loop, and its unmeasured and measured parts.
 const CONNECTIONS: usize = 64;
 const WARM: Duration = Duration::from_millis(500);
@@ -145,25 +159,43 @@ fn main() -> ExitCode {
     }
 }
 
-/// The command line: `[--nginx] [--load-only <seconds> [--rate <req/s>]]` (cargo adds
-/// `--bench`).
+const USAGE: &str =
+    "usage: bench [--only llm-proxy|nginx] [--load-only <seconds> [--rate <req/s>]]";
+
+/// The command line: `[--only llm-proxy|nginx] [--load-only <seconds> [--rate <req/s>]]`
+/// (cargo adds `--bench`).
 struct Options {
-    subject: Subject,
+    /// What is measured, in this order: llm-proxy and nginx, unless `--only` one.
+    subjects: Vec<Subject>,
     load_only: Option<Duration>,
     rate: Option<f64>,
 }
 
 impl Options {
     fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
+        let llm_proxy = Subject::LlmProxy(PROXY_BINARY.into());
+        let nginx = Subject::Nginx(output_dir().join("nginx"));
+        let mut only = None;
         let mut options = Options {
-            subject: Subject::LlmProxy(PROXY_BINARY.into()),
+            subjects: Vec::new(),
             load_only: None,
             rate: None,
         };
         let mut args = args.filter(|arg| arg != "--bench");
         while let Some(arg) = args.next() {
             match arg.as_str() {
-                "--nginx" => options.subject = Subject::Nginx(output_dir().join("nginx")),
+                "--only" => {
+                    only = match args.next().as_deref() {
+                        Some("llm-proxy") => Some(llm_proxy.clone()),
+                        Some("nginx") => Some(nginx.clone()),
+                        _ => return Err(format!("--only takes llm-proxy or nginx; {USAGE}")),
+                    }
+                }
+                "--nginx" => {
+                    return Err(format!(
+                        "--nginx is now --only nginx (a default run measures both); {USAGE}"
+                    ))
+                }
                 "--load-only" => {
                     let seconds = args.next().unwrap_or_default();
                     let seconds = seconds
@@ -178,13 +210,15 @@ impl Options {
                         .map_err(|_| format!("--rate takes requests per second, not {rate:?}"))?;
                     options.rate = Some(rate);
                 }
-                _ => {
-                    return Err(
-                        "usage: bench [--nginx] [--load-only <seconds> [--rate <req/s>]]".into(),
-                    )
-                }
+                _ => return Err(USAGE.into()),
             }
         }
+        // A profile is of one process: llm-proxy unless told otherwise.
+        options.subjects = match (only, options.load_only) {
+            (Some(subject), _) => vec![subject],
+            (None, Some(_)) => vec![llm_proxy],
+            (None, None) => vec![llm_proxy, nginx],
+        };
         Ok(options)
     }
 }
@@ -242,128 +276,293 @@ impl Pair {
     }
 }
 
+/// One proxy under test, started against the mock, with its ways in.
+struct Under {
+    subject: Subject,
+    proxy: Proxy,
+    /// How the report names it.
+    name: String,
+    /// Its resident memory before the first request.
+    idle_rss: u64,
+    /// OpenAI and Anthropic, each on its own path.
+    pairs: [Pair; 2],
+    /// Anthropic through the OpenAI door (llm-proxy only: nginx has no OpenAI door).
+    translated: Option<Pair>,
+}
+
+impl Under {
+    async fn start(subject: &Subject, mock: SocketAddr, cpu: Option<usize>) -> io::Result<Under> {
+        let proxy = Proxy::start(subject, mock, cpu).await?;
+        let name = match subject {
+            Subject::LlmProxy(binary) => format!("llm-proxy ({})", binary.display()),
+            Subject::Nginx(_) => "nginx (baseline: plain proxy_pass)".to_owned(),
+        };
+        eprintln!(
+            "bench: {name}, pid {}, on {}; mock on {mock}",
+            proxy.pid, proxy.addr
+        );
+        let idle_rss = proxy.rss()?;
+        let pairs = [
+            Pair::new(Provider::OpenAi, mock, &proxy),
+            Pair::new(Provider::Anthropic, mock, &proxy),
+        ];
+        let translated = match subject {
+            Subject::LlmProxy(_) => Some(Pair::translated(mock, &proxy)),
+            Subject::Nginx(_) => None,
+        };
+        Ok(Under {
+            subject: subject.clone(),
+            proxy,
+            name,
+            idle_rss,
+            pairs,
+            translated,
+        })
+    }
+
+    fn is_llm_proxy(&self) -> bool {
+        matches!(self.subject, Subject::LlmProxy(_))
+    }
+}
+
+/// One way through one proxy; a scenario sends the same load to the mock once and then
+/// through each of its ways.
+struct Way<'a> {
+    pair: &'a Pair,
+    proxy: &'a Proxy,
+}
+
+/// Which of a proxy's ways a scenario takes, if it has it.
+type Pick = for<'a> fn(&'a Under) -> Option<&'a Pair>;
+
+/// The way `pick` chooses through each proxy that has it.
+fn ways_of(unders: &[Under], pick: Pick) -> Vec<Way<'_>> {
+    unders
+        .iter()
+        .filter_map(|under| {
+            pick(under).map(|pair| Way {
+                pair,
+                proxy: &under.proxy,
+            })
+        })
+        .collect()
+}
+
+/// Which proxy each of [`ways_of`]'s results belongs to: the i-th way is the i-th proxy that has
+/// it.
+fn owners(unders: &[Under], pick: Pick) -> Vec<usize> {
+    (0..unders.len())
+        .filter(|&i| pick(&unders[i]).is_some())
+        .collect()
+}
+
+/// What the scenarios found for one proxy.
+#[derive(Default)]
+struct Found {
+    latency: Vec<Latency>,
+    cache_hit: Option<Latency>,
+    throughput: Vec<MaxThroughput>,
+    streaming: Vec<Streaming>,
+    concurrent: Option<ConcurrentStreams>,
+    soak: Option<Soak>,
+}
+
 async fn run(options: Options, machine: Machine, pinning: Pinning) -> io::Result<()> {
     eprintln!("bench: {}", pinning.note);
     let mock = mock::start().await?;
-    let subject = &options.subject;
-    let proxy = Proxy::start(subject, mock, pinning.proxy_cpu).await?;
-    let under_test = match subject {
-        Subject::LlmProxy(binary) => format!("llm-proxy ({})", binary.display()),
-        Subject::Nginx(_) => "nginx (baseline: plain proxy_pass)".to_owned(),
-    };
-    eprintln!(
-        "bench: {under_test}, pid {}, on {}; mock on {mock}",
-        proxy.pid, proxy.addr
-    );
-    let idle_rss = proxy.rss()?;
-    let pairs = [
-        Pair::new(Provider::OpenAi, mock, &proxy),
-        Pair::new(Provider::Anthropic, mock, &proxy),
-    ];
-    // nginx has no OpenAI door.
-    let translated = match subject {
-        Subject::LlmProxy(_) => Some(Pair::translated(mock, &proxy)),
-        Subject::Nginx(_) => None,
-    };
-    check_answers(&pairs, subject).await?;
-    if let Some(pair) = &translated {
-        check_translated(pair).await?;
-    }
-    if let Some(duration) = options.load_only {
-        return load_for_profiling(&pairs, &proxy, duration, options.rate).await;
-    }
-
-    let mut steps = Steps::new(&proxy, &pinning);
-    let mut latency = Vec::new();
-    for pair in &pairs {
-        let what = format!("one at a time, {}", pair.name());
-        latency.push(steps.run(what, one_at_a_time(pair, &proxy)).await?);
-    }
-    for (rate, duration) in RATES {
-        for pair in &pairs {
-            let what = format!("{rate} req/s, {}", pair.name());
-            latency.push(
-                steps
-                    .run(what, at_rate(pair, &proxy, rate, duration))
-                    .await?,
+    let mut unders = Vec::new();
+    // Why nginx is not beside llm-proxy in a default run, when it is not.
+    let mut no_baseline = None;
+    for subject in &options.subjects {
+        let baseline = matches!(subject, Subject::Nginx(_)) && options.subjects.len() > 1;
+        if baseline && !proxy::nginx_on_path() {
+            no_baseline = Some(
+                "nginx is not on PATH (Debian: apt-get install nginx-light): llm-proxy alone, \
+                 no comparison"
+                    .to_owned(),
             );
+            continue;
+        }
+        match Under::start(subject, mock, pinning.proxy_cpu).await {
+            Ok(under) => unders.push(under),
+            Err(e) if baseline => {
+                no_baseline = Some(format!(
+                    "nginx did not start ({e}): llm-proxy alone, no comparison"
+                ));
+            }
+            Err(e) => return Err(e),
         }
     }
-    let mut throughput = Vec::new();
-    for pair in &pairs {
+    if let Some(why) = &no_baseline {
+        eprintln!("bench: {why}");
+    }
+    for under in &unders {
+        check_answers(&under.pairs, &under.subject).await?;
+        if let Some(pair) = &under.translated {
+            check_translated(pair).await?;
+        }
+    }
+    if let Some(duration) = options.load_only {
+        let under = &unders[0];
+        return load_for_profiling(&under.pairs, &under.proxy, duration, options.rate).await;
+    }
+
+    let pids: Vec<u32> = unders.iter().map(|under| under.proxy.pid).collect();
+    let mut steps = Steps::new(&pids, &pinning);
+    let mut found: Vec<Found> = unders.iter().map(|_| Found::default()).collect();
+    let providers: [Pick; 2] = [|under| Some(&under.pairs[0]), |under| Some(&under.pairs[1])];
+    let translated: Pick = |under| under.translated.as_ref();
+
+    for pick in providers {
+        let ways = ways_of(&unders, pick);
+        let what = format!("one at a time, {}", ways[0].pair.name());
+        let results = steps.run(what, one_at_a_time(&ways)).await?;
+        for (i, result) in owners(&unders, pick).into_iter().zip(results) {
+            found[i].latency.push(result);
+        }
+    }
+    for (rate, duration) in RATES {
+        for pick in providers {
+            let ways = ways_of(&unders, pick);
+            let what = format!("{rate} req/s, {}", ways[0].pair.name());
+            let results = steps.run(what, at_rate(&ways, rate, duration)).await?;
+            for (i, result) in owners(&unders, pick).into_iter().zip(results) {
+                found[i].latency.push(result);
+            }
+        }
+    }
+    for pick in providers {
+        let ways = ways_of(&unders, pick);
         let what = format!(
             "closed loop, {CONNECTIONS} connections, {}",
-            pair.provider.name()
+            ways[0].pair.name()
         );
-        throughput.push(steps.run(what, max_throughput(pair, &proxy)).await?);
+        let results = steps.run(what, max_throughput(&ways)).await?;
+        for (i, result) in owners(&unders, pick).into_iter().zip(results) {
+            found[i].throughput.push(result);
+        }
     }
     // Right after the closed loop, whose connections the proxy keeps pooled for 15 s: the
     // streams below need fewer, so none waits on a new upstream connection.
-    let mut streaming = Vec::new();
-    for pair in pairs.iter().chain(&translated) {
-        let what = format!("{STREAMS} streams, {}", pair.name());
-        streaming.push(steps.run(what, streams(pair, &proxy)).await?);
+    for pick in providers.into_iter().chain([translated]) {
+        let ways = ways_of(&unders, pick);
+        let Some(first) = ways.first() else { continue };
+        let what = format!("{STREAMS} streams, {}", first.pair.name());
+        let results = steps.run(what, streams(&ways)).await?;
+        for (i, result) in owners(&unders, pick).into_iter().zip(results) {
+            found[i].streaming.push(result);
+        }
     }
     // The translated route's non-stream twin, after its streams (which, like the others, want
     // the pool the closed loop left).
-    if let Some(pair) = &translated {
-        let what = format!("one at a time, {}", pair.name());
-        latency.push(steps.run(what, one_at_a_time(pair, &proxy)).await?);
-        let (rate, duration) = RATES[0];
-        let what = format!("{rate} req/s, {}", pair.name());
-        latency.push(
-            steps
-                .run(what, at_rate(pair, &proxy, rate, duration))
-                .await?,
-        );
+    let ways_translated = ways_of(&unders, translated);
+    if let Some(first) = ways_translated.first() {
+        let what = format!("one at a time, {}", first.pair.name());
+        let results = steps.run(what, one_at_a_time(&ways_translated)).await?;
+        let (rate, duration) = RATES[TRANSLATED_RATE];
+        let what = format!("{rate} req/s, {}", first.pair.name());
+        let at_rate = steps
+            .run(what, at_rate(&ways_translated, rate, duration))
+            .await?;
+        for (i, result) in owners(&unders, translated).into_iter().zip(results) {
+            found[i].latency.push(result);
+        }
+        for (i, result) in owners(&unders, translated).into_iter().zip(at_rate) {
+            found[i].latency.push(result);
+        }
     }
     // nginx has no cache.
-    let cache_hit = match subject {
-        Subject::LlmProxy(_) => {
-            let pair = Pair::cached(mock, &proxy);
+    for (under, found) in unders.iter().zip(&mut found) {
+        if under.is_llm_proxy() {
+            let pair = Pair::cached(mock, &under.proxy);
             let what = format!("one at a time, cache hits, {}", pair.name());
-            Some(steps.run(what, cache_hits(&pair, &proxy)).await?)
+            found.cache_hit = Some(steps.run(what, cache_hits(&pair, &under.proxy)).await?);
         }
-        Subject::Nginx(_) => None,
-    };
-    let what = format!("{} s of mixed load", SOAK.as_secs());
-    let soak = steps.run(what, soak(&pairs, &proxy)).await?;
+    }
+    // The memory run is llm-proxy's; nginx's only when it is measured alone, to keep the
+    // default run short.
+    for (under, found) in unders.iter().zip(&mut found) {
+        if under.is_llm_proxy() || unders.len() == 1 {
+            let what = format!("{} s of mixed load, {}", SOAK.as_secs(), under.name);
+            found.soak = Some(steps.run(what, soak(&under.pairs, &under.proxy)).await?);
+        }
+    }
     let what = format!("{CONCURRENT_STREAMS} streams at once, openai");
     let concurrent = steps
-        .run(what, concurrent_streams(&pairs[0], &proxy))
+        .run(what, concurrent_streams(&ways_of(&unders, providers[0])))
         .await?;
+    for (found, result) in found.iter_mut().zip(concurrent) {
+        found.concurrent = Some(result);
+    }
 
     // Last, on proxies of its own: what counting an issued key's limit in Redis adds.
-    let limit_check = match subject {
-        Subject::LlmProxy(binary) => {
+    let mut limit_check = None;
+    for under in &unders {
+        if let Subject::LlmProxy(binary) = &under.subject {
             eprintln!("bench: an issued key's limit check, in process and on Redis");
-            Some(shared::limit_check(binary, mock, pinning.proxy_cpu).await)
+            limit_check = Some(shared::limit_check(binary, mock, pinning.proxy_cpu).await);
         }
-        Subject::Nginx(_) => None,
-    };
+    }
 
-    let memory = Memory::new(idle_rss, concurrent.proxy_peak_rss_mib, soak);
-    let results = Results {
-        machine,
-        pinning: pinning.clone(),
-        under_test,
-        latency,
-        cache_hit,
-        throughput,
-        streaming,
-        concurrent_streams: concurrent,
-        memory,
-        limit_check,
-        interference: steps.interference,
-        duration_s: steps.started.elapsed().as_secs_f64(),
+    let duration_s = steps.started.elapsed().as_secs_f64();
+    let mut all = Vec::new();
+    for (under, found) in unders.iter().zip(found) {
+        let concurrent = found
+            .concurrent
+            .ok_or_else(|| io::Error::other("no concurrent-streams run"))?;
+        let memory = found
+            .soak
+            .map(|soak| Memory::new(under.idle_rss, concurrent.proxy_peak_rss_mib, soak));
+        all.push(Results {
+            machine: machine.clone(),
+            pinning: pinning.clone(),
+            under_test: under.name.clone(),
+            latency: found.latency,
+            cache_hit: found.cache_hit,
+            throughput: found.throughput,
+            streaming: found.streaming,
+            concurrent_streams: concurrent,
+            memory,
+            limit_check: if under.is_llm_proxy() {
+                limit_check.take()
+            } else {
+                None
+            },
+            interference: steps.interference.clone(),
+            duration_s,
+        });
+    }
+    for (under, results) in unders.iter().zip(&all) {
+        println!("{}\n", report::table(results));
+        let path = output_dir().join(match under.subject {
+            Subject::LlmProxy(_) => "results.json",
+            Subject::Nginx(_) => "results-nginx.json",
+        });
+        report::write_json(&path, results)?;
+        eprintln!("bench: results written to {}", path.display());
+    }
+    let of = |llm: bool| {
+        unders
+            .iter()
+            .zip(&all)
+            .find(|(under, _)| under.is_llm_proxy() == llm)
+            .map(|(_, results)| results)
     };
-    println!("{}", report::table(&results));
-    let path = output_dir().join(match subject {
-        Subject::LlmProxy(_) => "results.json",
-        Subject::Nginx(_) => "results-nginx.json",
-    });
-    report::write_json(&path, &results)?;
-    eprintln!("bench: results written to {}", path.display());
+    match (of(true), of(false)) {
+        (Some(llm_proxy), Some(nginx)) => {
+            let rows = versus::rows(llm_proxy, nginx);
+            println!("{}", versus::table(&rows, llm_proxy));
+            let path = output_dir().join("versus-nginx.json");
+            versus::write_json(&path, &rows)?;
+            eprintln!("bench: the comparison written to {}", path.display());
+        }
+        (Some(_), None) => {
+            if let Some(why) = &no_baseline {
+                println!("No comparison with nginx (issue 14's targets): {why}.");
+            }
+        }
+        _ => {}
+    }
     Ok(())
 }
 
@@ -371,16 +570,17 @@ async fn run(options: Options, machine: Machine, pinning: Pinning) -> io::Result
 /// other processes took during each.
 struct Steps<'a> {
     started: Instant,
-    proxy: &'a Proxy,
+    /// The proxies' pids: their own CPU time is not interference.
+    proxies: &'a [u32],
     pinning: &'a Pinning,
     interference: Vec<Interference>,
 }
 
 impl<'a> Steps<'a> {
-    fn new(proxy: &'a Proxy, pinning: &'a Pinning) -> Self {
+    fn new(proxies: &'a [u32], pinning: &'a Pinning) -> Self {
         Steps {
             started: Instant::now(),
-            proxy,
+            proxies,
             pinning,
             interference: Vec::new(),
         }
@@ -393,9 +593,9 @@ impl<'a> Steps<'a> {
     ) -> io::Result<T> {
         let at = self.started.elapsed().as_secs_f64();
         eprintln!("bench: [{at:>3.0} s] {what}");
-        let before = CpuUse::read(self.proxy.pid);
+        let before = CpuUse::read(self.proxies);
         let result = scenario.await?;
-        let after = CpuUse::read(self.proxy.pid);
+        let after = CpuUse::read(self.proxies);
         let interference = Interference::between(what, &before, &after, self.pinning);
         if interference
             .others_on_proxy_cpu_pct
@@ -530,18 +730,23 @@ async fn check_translated(pair: &Pair) -> io::Result<()> {
     Ok(())
 }
 
-async fn one_at_a_time(pair: &Pair, proxy: &Proxy) -> io::Result<Latency> {
-    let direct = load::one_at_a_time(&pair.direct, ONE_AT_A_TIME).await?;
-    let (via_proxy, cpu) =
-        on_proxy_cpu(proxy, load::one_at_a_time(&pair.proxy, ONE_AT_A_TIME)).await?;
-    Ok(Latency::new(
-        pair.provider,
-        pair.route,
-        None,
-        &direct,
-        &via_proxy,
-        cpu,
-    ))
+/// The same requests one at a time to the mock, then through each way.
+async fn one_at_a_time(ways: &[Way<'_>]) -> io::Result<Vec<Latency>> {
+    let direct = load::one_at_a_time(&ways[0].pair.direct, ONE_AT_A_TIME).await?;
+    let mut results = Vec::new();
+    for Way { pair, proxy } in ways {
+        let (via_proxy, cpu) =
+            on_proxy_cpu(proxy, load::one_at_a_time(&pair.proxy, ONE_AT_A_TIME)).await?;
+        results.push(Latency::new(
+            pair.provider,
+            pair.route,
+            None,
+            &direct,
+            &via_proxy,
+            cpu,
+        ));
+    }
+    Ok(results)
 }
 
 /// A hit of the response cache, one at a time: the first request (the miss that fills the
@@ -556,7 +761,10 @@ async fn cache_hits(pair: &Pair, proxy: &Proxy) -> io::Result<Latency> {
         )));
     }
     let hits_before = cache_hits_counted(proxy).await?;
-    let latency = one_at_a_time(pair, proxy).await?;
+    let latency = one_at_a_time(&[Way { pair, proxy }])
+        .await?
+        .pop()
+        .ok_or_else(|| io::Error::other("no cache-hit run"))?;
     let hits = cache_hits_counted(proxy).await? - hits_before;
     if hits != ONE_AT_A_TIME as u64 {
         return Err(io::Error::other(format!(
@@ -581,18 +789,23 @@ async fn cache_hits_counted(proxy: &Proxy) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other("no llm_proxy_cache_hits_total in /metrics"))
 }
 
-async fn at_rate(pair: &Pair, proxy: &Proxy, rate: f64, duration: Duration) -> io::Result<Latency> {
-    let direct = load::fixed_rate(&pair.direct, rate, duration).await?;
-    let (via_proxy, cpu) =
-        on_proxy_cpu(proxy, load::fixed_rate(&pair.proxy, rate, duration)).await?;
-    Ok(Latency::new(
-        pair.provider,
-        pair.route,
-        Some(rate),
-        &direct,
-        &via_proxy,
-        cpu,
-    ))
+/// The same open-loop load to the mock, then through each way.
+async fn at_rate(ways: &[Way<'_>], rate: f64, duration: Duration) -> io::Result<Vec<Latency>> {
+    let direct = load::fixed_rate(&ways[0].pair.direct, rate, duration).await?;
+    let mut results = Vec::new();
+    for Way { pair, proxy } in ways {
+        let (via_proxy, cpu) =
+            on_proxy_cpu(proxy, load::fixed_rate(&pair.proxy, rate, duration)).await?;
+        results.push(Latency::new(
+            pair.provider,
+            pair.route,
+            Some(rate),
+            &direct,
+            &via_proxy,
+            cpu,
+        ));
+    }
+    Ok(results)
 }
 
 /// Runs `load` and returns what it did with the proxy's time on a CPU meanwhile.
@@ -605,39 +818,50 @@ async fn on_proxy_cpu<T>(
     Ok((done, proxy.run_time()?.saturating_sub(before)))
 }
 
-async fn max_throughput(pair: &Pair, proxy: &Proxy) -> io::Result<MaxThroughput> {
-    let direct = load::closed_loop(&pair.direct, CONNECTIONS, WARM, MEASURE, || None).await?;
-    let via_proxy = load::closed_loop(&pair.proxy, CONNECTIONS, WARM, MEASURE, || {
-        proxy.cpu_time().ok()
-    })
-    .await?;
-    Ok(MaxThroughput::new(
-        pair.provider,
-        CONNECTIONS,
-        &direct,
-        &via_proxy,
-    ))
+/// The same closed loop on the mock, then through each way, with the proxy's CPU time.
+async fn max_throughput(ways: &[Way<'_>]) -> io::Result<Vec<MaxThroughput>> {
+    let direct =
+        load::closed_loop(&ways[0].pair.direct, CONNECTIONS, WARM, MEASURE, || None).await?;
+    let mut results = Vec::new();
+    for Way { pair, proxy } in ways {
+        let via_proxy = load::closed_loop(&pair.proxy, CONNECTIONS, WARM, MEASURE, || {
+            proxy.cpu_time().ok()
+        })
+        .await?;
+        results.push(MaxThroughput::new(
+            pair.provider,
+            CONNECTIONS,
+            &direct,
+            &via_proxy,
+        ));
+    }
+    Ok(results)
 }
 
-/// All streams opened at once, while the proxy's RSS is read every 50 ms.
-async fn concurrent_streams(pair: &Pair, proxy: &Proxy) -> io::Result<ConcurrentStreams> {
-    let direct = load::streams(&pair.direct, CONCURRENT_STREAMS, Duration::ZERO).await?;
-    let done = AtomicBool::new(false);
-    let (via_proxy, peak) = tokio::join!(
-        async {
-            let run = load::streams(&pair.proxy, CONCURRENT_STREAMS, Duration::ZERO).await;
-            done.store(true, Ordering::Relaxed);
-            run
-        },
-        peak_rss(proxy, &done)
-    );
-    Ok(ConcurrentStreams::new(
-        pair.provider,
-        CONCURRENT_STREAMS,
-        &direct,
-        &via_proxy?,
-        peak,
-    ))
+/// All streams opened at once, to the mock and then through each way, while the proxy's RSS
+/// is read every 50 ms.
+async fn concurrent_streams(ways: &[Way<'_>]) -> io::Result<Vec<ConcurrentStreams>> {
+    let direct = load::streams(&ways[0].pair.direct, CONCURRENT_STREAMS, Duration::ZERO).await?;
+    let mut results = Vec::new();
+    for Way { pair, proxy } in ways {
+        let done = AtomicBool::new(false);
+        let (via_proxy, peak) = tokio::join!(
+            async {
+                let run = load::streams(&pair.proxy, CONCURRENT_STREAMS, Duration::ZERO).await;
+                done.store(true, Ordering::Relaxed);
+                run
+            },
+            peak_rss(proxy, &done)
+        );
+        results.push(ConcurrentStreams::new(
+            pair.provider,
+            CONCURRENT_STREAMS,
+            &direct,
+            &via_proxy?,
+            peak,
+        ));
+    }
+    Ok(results)
 }
 
 /// The highest RSS read every 50 ms until `done`.
@@ -650,19 +874,24 @@ async fn peak_rss(proxy: &Proxy, done: &AtomicBool) -> u64 {
     peak
 }
 
-async fn streams(pair: &Pair, proxy: &Proxy) -> io::Result<Streaming> {
-    let direct = load::streams(&pair.direct, STREAMS, STREAM_SPACING).await?;
-    let (via_proxy, cpu) =
-        on_proxy_cpu(proxy, load::streams(&pair.proxy, STREAMS, STREAM_SPACING)).await?;
-    Ok(Streaming::new(
-        pair.provider,
-        pair.route,
-        STREAMS,
-        STREAM_SPACING,
-        &direct,
-        &via_proxy,
-        cpu,
-    ))
+/// The same streams to the mock, then through each way.
+async fn streams(ways: &[Way<'_>]) -> io::Result<Vec<Streaming>> {
+    let direct = load::streams(&ways[0].pair.direct, STREAMS, STREAM_SPACING).await?;
+    let mut results = Vec::new();
+    for Way { pair, proxy } in ways {
+        let (via_proxy, cpu) =
+            on_proxy_cpu(proxy, load::streams(&pair.proxy, STREAMS, STREAM_SPACING)).await?;
+        results.push(Streaming::new(
+            pair.provider,
+            pair.route,
+            STREAMS,
+            STREAM_SPACING,
+            &direct,
+            &via_proxy,
+            cpu,
+        ));
+    }
+    Ok(results)
 }
 
 /// `SOAK` of closed-loop load through the proxy, non-stream requests and streams of both

@@ -151,6 +151,17 @@ pub fn fresh_database(name: &str) -> String {
     format!("sqlite://{}", file.display())
 }
 
+/// Whether `nginx` is an executable file in a directory of `PATH` (as `taskset` and
+/// `Command` would find it).
+pub fn nginx_on_path() -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join("nginx"))
+            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    })
+}
+
 /// nginx as the baseline: one process (no master, so its pid is the worker's), no
 /// access log, a pooled upstream, `proxy_pass` of each provider's path, streams unbuffered.
 /// It cannot listen on port 0, so it gets a port that was free a moment ago.

@@ -50,7 +50,9 @@ pub struct Results {
     pub throughput: Vec<MaxThroughput>,
     pub streaming: Vec<Streaming>,
     pub concurrent_streams: ConcurrentStreams,
-    pub memory: Memory,
+    /// Absent for nginx in a run that measures both (its memory run is skipped to save a
+    /// minute).
+    pub memory: Option<Memory>,
     /// An issued key's limit check in process and on Redis, or why it did not run.
     pub limit_check: Option<Result<LimitCheck, String>>,
     /// Per scenario: how much of the CPUs other processes took.
@@ -328,7 +330,9 @@ pub fn table(results: &Results) -> String {
         rows.extend(streaming_rows(streaming));
     }
     rows.extend(concurrent_rows(&results.concurrent_streams));
-    rows.extend(memory_rows(&results.memory));
+    if let Some(memory) = &results.memory {
+        rows.extend(memory_rows(memory));
+    }
     rows.extend(limit_check_rows(results.limit_check.as_ref()));
 
     let m = &results.machine;
@@ -630,10 +634,10 @@ fn failures(results: &Results) -> Vec<String> {
             ));
         }
     }
-    if results.memory.load.failed > 0 {
+    if let Some(memory) = results.memory.as_ref().filter(|m| m.load.failed > 0) {
         failures.push(format!(
             "{} failed requests or streams in the load run",
-            results.memory.load.failed
+            memory.load.failed
         ));
     }
     let disturbed = results
@@ -652,7 +656,7 @@ fn failures(results: &Results) -> Vec<String> {
 }
 
 /// The worst share of either CPU that other processes took in any one scenario.
-fn interference_summary(steps: &[Interference]) -> String {
+pub fn interference_summary(steps: &[Interference]) -> String {
     let worst = steps.iter().max_by(|a, b| {
         let key = |i: &Interference| i.others_on_proxy_cpu_pct.max(i.others_on_load_cpu_pct);
         key(a).total_cmp(&key(b))
@@ -667,7 +671,7 @@ fn interference_summary(steps: &[Interference]) -> String {
     }
 }
 
-fn markdown(header: [&str; 6], rows: &[[String; 6]]) -> String {
+pub fn markdown(header: [&str; 6], rows: &[[String; 6]]) -> String {
     let mut widths = header.map(|h| h.chars().count());
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -692,7 +696,7 @@ fn markdown(header: [&str; 6], rows: &[[String; 6]]) -> String {
     out
 }
 
-fn p50_p99(p: &Percentiles) -> String {
+pub fn p50_p99(p: &Percentiles) -> String {
     format!("{:.3} / {:.3} ms", p.p50_ms, p.p99_ms)
 }
 
@@ -700,7 +704,7 @@ fn added(p50_ms: f64, p99_ms: f64) -> String {
     format!("{p50_ms:+.3} / {p99_ms:+.3} ms")
 }
 
-fn yes_no(met: bool) -> &'static str {
+pub fn yes_no(met: bool) -> &'static str {
     if met {
         "yes"
     } else {
@@ -709,7 +713,7 @@ fn yes_no(met: bool) -> &'static str {
 }
 
 /// `12345.6` as `12,346`.
-fn thousands(value: f64) -> String {
+pub fn thousands(value: f64) -> String {
     let digits = format!("{:.0}", value.max(0.0));
     let mut out = String::new();
     for (i, digit) in digits.chars().enumerate() {
