@@ -179,36 +179,30 @@ fn within(measure: String, ours: (f64, f64), theirs: (f64, f64), ms: f64) -> Row
     }
 }
 
-/// The translated stream's CPU time per event, read as what it costs above the same upstream
-/// stream passed through: the two runs' CPU per stream differ by the translation of 20 events
-/// (and by the doors' request handling, so this overstates it a little). nginx translates
-/// nothing, so there is no figure of its.
+/// Not measured yet: a stream's CPU time includes its request and its connection, which a
+/// per-event figure must leave out, and the difference between two routes' streams is no
+/// substitute (their events differ in size, and in a first run the translated stream cost
+/// *less* per stream than the one passed through, by more than the whole target). Streams of
+/// two lengths on the same route would give the cost of an event as the slope. What the run
+/// has is shown beside.
 fn translated_event_row(llm_proxy: &Results) -> Option<Row> {
     let translated = llm_proxy
         .streaming
         .iter()
         .find(|s| s.route == TRANSLATED_ROUTE)?;
-    let passed = streaming(llm_proxy, translated.provider)?;
-    let extra =
-        (translated.proxy_cpu_per_stream_us - passed.proxy_cpu_per_stream_us) / mock::CHUNKS as f64;
-    Some(Row {
-        measure: format!(
-            "Translated stream (OpenAI door, {} upstream): CPU per event above the stream \
-             passed through",
+    Some(Row::not_measured(
+        format!(
+            "Translated stream (OpenAI door, {} upstream): CPU per event",
             translated.provider
         ),
-        llm_proxy: format!("{extra:.2} µs"),
-        nginx: "— (translates nothing)".into(),
-        versus: format!(
-            "{:.1} against {:.1} µs per stream of {} events",
-            translated.proxy_cpu_per_stream_us,
-            passed.proxy_cpu_per_stream_us,
+        format!(
+            "({} µs per stream of {} events, its request included)",
+            thousands(translated.proxy_cpu_per_stream_us),
             mock::CHUNKS
         ),
-        target: format!("≤ {TRANSLATED_EVENT_US} µs"),
-        met: yes_no(extra <= TRANSLATED_EVENT_US).into(),
-        verdicts: vec![extra <= TRANSLATED_EVENT_US],
-    })
+        format!("≤ {TRANSLATED_EVENT_US} µs"),
+        "not measured yet: needs streams of two lengths (the slope is the cost of an event)".into(),
+    ))
 }
 
 /// 10,000 streams are not run yet; what the 1,000-stream run found is shown beside.
