@@ -149,13 +149,12 @@ impl Redis {
         if !self.is_up() {
             return None;
         }
-        let bounded = tokio::time::timeout(self.inner.timeout, call(self.inner.conn.clone()));
-        match self.inner.runtime.spawn(bounded).await {
-            Ok(Ok(Ok(value))) => Some(value),
-            Ok(Ok(Err(e))) => self.failed(&e.to_string()),
-            Ok(Err(_)) => self.failed("no answer within REDIS_TIMEOUT_MS"),
-            Err(e) => self.failed(&e.to_string()),
-        }
+        let (this, call) = (self.clone(), call(self.inner.conn.clone()));
+        let task = self
+            .inner
+            .runtime
+            .spawn(async move { this.bounded(call).await });
+        task.await.unwrap_or_else(|e| self.failed(&e.to_string()))
     }
 
     /// Sends `call` without waiting for it: for writes nobody waits on (a charge, a release,
@@ -167,10 +166,19 @@ impl Redis {
         if !self.is_up() {
             return;
         }
-        let this = self.clone();
-        self.inner.runtime.spawn(async move {
-            this.call(call).await;
-        });
+        let (this, call) = (self.clone(), call(self.inner.conn.clone()));
+        self.inner
+            .runtime
+            .spawn(async move { this.bounded(call).await });
+    }
+
+    /// Awaits `call` for at most `REDIS_TIMEOUT_MS`, on Redis's runtime.
+    async fn bounded<T>(&self, call: impl Future<Output = RedisResult<T>>) -> Option<T> {
+        match tokio::time::timeout(self.inner.timeout, call).await {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(e)) => self.failed(&e.to_string()),
+            Err(_) => self.failed("no answer within REDIS_TIMEOUT_MS"),
+        }
     }
 
     fn failed<T>(&self, why: &str) -> Option<T> {

@@ -15,45 +15,71 @@ use std::{
 
 use redis::aio::ConnectionManager;
 
-use crate::{cluster::Redis, gateway::targets::Registry};
+use crate::{
+    cluster::Redis,
+    gateway::{health::Deployment, targets::Registry},
+};
 
 /// An entry this far past its end is deleted by whoever sees it.
 const STALE_AFTER_MS: i64 = 60_000;
 
 /// Adds the sharing of `registry`'s ejections to Redis's chores.
 pub fn share(redis: &Redis, registry: Arc<Registry>) {
-    let seen = Arc::new(Mutex::new(HashMap::<String, u64>::new()));
+    let fields: Arc<[Field]> = registry
+        .groups()
+        .iter()
+        .enumerate()
+        .flat_map(|(group, decl)| {
+            decl.labels
+                .iter()
+                .enumerate()
+                .map(move |(index, label)| Field {
+                    group,
+                    index,
+                    name: format!("{}|{index}|{label}", decl.decl.name),
+                })
+        })
+        .collect();
+    // The epoch each deployment was at when last written; none before the first tick.
+    let seen = Arc::new(Mutex::new(vec![0; fields.len()]));
     redis.add_chore(Box::new(move |redis, _came_back| {
-        let (registry, seen) = (Arc::clone(&registry), Arc::clone(&seen));
-        Box::pin(async move { sync(&redis, &registry, &seen).await })
+        let (registry, fields, seen) = (
+            Arc::clone(&registry),
+            Arc::clone(&fields),
+            Arc::clone(&seen),
+        );
+        Box::pin(async move { sync(&redis, &registry, &fields, &seen).await })
     }));
 }
 
-/// The hash's field for deployment `index` of `group`: its group, place and `provider/model`,
-/// the same on every instance that runs the same providers file.
-fn field(group: &str, index: usize, label: &str) -> String {
-    format!("{group}|{index}|{label}")
+/// A deployment's place in the registry and its field in the hash: its group, place and
+/// `provider/model`, the same on every instance that runs the same providers file.
+struct Field {
+    group: usize,
+    index: usize,
+    name: String,
 }
 
-async fn sync(redis: &Redis, registry: &Registry, seen: &Mutex<HashMap<String, u64>>) {
+impl Field {
+    fn of<'r>(&self, registry: &'r Registry) -> &'r Deployment {
+        &registry.groups()[self.group].health.deployments[self.index]
+    }
+}
+
+async fn sync(redis: &Redis, registry: &Registry, fields: &[Field], seen: &Mutex<Vec<u64>>) {
     let now = registry.clock.now();
     let wall = crate::keys::now_ms();
     let mut writes: Vec<(String, Option<i64>)> = Vec::new();
     {
         let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
-        for group in registry.groups() {
-            for (index, deployment) in group.health.deployments.iter().enumerate() {
-                let epoch = deployment.epoch();
-                let name = field(&group.decl.name, index, &group.labels[index]);
-                if seen.get(&name) == Some(&epoch) {
-                    continue;
-                }
-                // The first sight of a deployment at epoch 0 has nothing to say.
-                let changed = seen.insert(name.clone(), epoch).is_some() || epoch > 0;
-                if changed {
-                    let until = deployment.out_for(now).map(|left| wall + millis(left));
-                    writes.push((name, until));
-                }
+        // Epochs start at 0, which has nothing to say: nothing was ejected yet.
+        for (field, seen) in fields.iter().zip(seen.iter_mut()) {
+            let deployment = field.of(registry);
+            let epoch = deployment.epoch();
+            if epoch != *seen {
+                *seen = epoch;
+                let until = deployment.out_for(now).map(|left| wall + millis(left));
+                writes.push((field.name.clone(), until));
             }
         }
     }
@@ -77,19 +103,19 @@ async fn sync(redis: &Redis, registry: &Registry, seen: &Mutex<HashMap<String, u
         return;
     };
     let mut stale = Vec::new();
-    for group in registry.groups() {
-        for (index, deployment) in group.health.deployments.iter().enumerate() {
-            let name = field(&group.decl.name, index, &group.labels[index]);
-            // Another's entry that is not a time is nobody's: stale.
-            let Some(until) = shared.get(&name).map(|until| until.parse().unwrap_or(0)) else {
-                continue;
-            };
-            if until > wall && !written.contains(&name) {
-                let left = Duration::from_millis(u64::try_from(until - wall).unwrap_or(0));
-                deployment.eject_for(left, now);
-            } else if until < wall - STALE_AFTER_MS {
-                stale.push(name);
-            }
+    for field in fields {
+        // Another's entry that is not a time is nobody's: stale.
+        let Some(until) = shared
+            .get(&field.name)
+            .map(|until| until.parse().unwrap_or(0))
+        else {
+            continue;
+        };
+        if until > wall && !written.contains(&field.name) {
+            let left = Duration::from_millis(u64::try_from(until - wall).unwrap_or(0));
+            field.of(registry).eject_for(left, now);
+        } else if until < wall - STALE_AFTER_MS {
+            stale.push(field.name.clone());
         }
     }
     if !stale.is_empty() {

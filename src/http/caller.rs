@@ -7,7 +7,7 @@ use actix_web::{http::header, HttpRequest};
 
 use crate::{
     error::ProxyError,
-    keys::{self, Admission, Key, Keyring, Lookup},
+    keys::{self, Admission, Denial, Key, Keyring, Lookup},
 };
 
 /// The caller of one request.
@@ -95,8 +95,8 @@ pub async fn admit(
     }
     match keyring.admit(&key.row, now).await {
         Ok(admission) => Ok(Rc::new(admission)),
-        Err(refusal) if refusal.limit == "limits_unavailable" => Err(ProxyError::LimitsUnavailable),
-        Err(refusal) => Err(ProxyError::LimitReached {
+        Err(Denial::SharedLimitsDown) => Err(ProxyError::LimitsUnavailable),
+        Err(Denial::Limit(refusal)) => Err(ProxyError::LimitReached {
             limit: refusal.limit,
             // Whole seconds, rounded up: a client that waits this long finds room.
             retry_after_secs: refusal.retry_after.as_millis().div_ceil(1000).max(1) as u64,

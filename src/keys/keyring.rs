@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     cluster::Redis,
-    keys::{shared, Admission, Budget, KeyRow, KeyTable, Limits, Lookup, Refusal},
+    keys::{shared, Admission, Budget, KeyRow, KeyTable, Limits, Lookup, Refusal, Release},
     store::{Store, StoreError, UsageRecord, UsageSink},
 };
 
@@ -29,8 +29,9 @@ pub struct Keyring {
     sink: UsageSink,
     table: RwLock<Arc<KeyTable>>,
     limits: Limits,
-    /// Where limits and budgets are counted across instances, when `REDIS_URL` is set.
-    redis: Option<Redis>,
+    /// Where limits and budgets are counted across instances, when `REDIS_URL` is set, and
+    /// what tells it of each admission's end (for keys with `max_concurrent`).
+    redis: Option<(Redis, Arc<dyn Release>)>,
     /// The store's key version the table was read at.
     version: AtomicI64,
     /// Keys the fingerprints of caller-supplied keys, so a usage record cannot be matched
@@ -52,7 +53,10 @@ impl Keyring {
             sink,
             table: RwLock::new(Arc::default()),
             limits: Limits::new(),
-            redis,
+            redis: redis.map(|redis| {
+                let release = shared::SharedRelease::of(&redis);
+                (redis, release)
+            }),
             version: AtomicI64::new(i64::MIN),
             fingerprint_secret,
         };
@@ -102,7 +106,7 @@ impl Keyring {
         for (id, since) in reseed {
             let spent = self.store.spend_since(&id, since).await?;
             self.limits.seed_spend(&id, since, spent);
-            if let (Some(redis), Some(row)) = (&self.redis, rows.iter().find(|r| r.id == id)) {
+            if let (Some((redis, _)), Some(row)) = (&self.redis, rows.iter().find(|r| r.id == id)) {
                 shared::seed_spend(redis, row, spent, now).await;
             }
         }
@@ -136,31 +140,23 @@ impl Keyring {
 
     /// Lets a request of `key` through at `now`, or says which limit refuses it: counted across
     /// instances when Redis is set and answers, else in this process (see [`Limits::admit`]).
-    /// While Redis is down, `LIMITS_FAIL_CLOSED` refuses a key with limits instead, with the
-    /// limit `limits_unavailable`.
-    pub async fn admit(&self, key: &KeyRow, now: i64) -> Result<Admission, Refusal> {
-        let Some(redis) = self.redis.as_ref().filter(|_| has_limits(key)) else {
-            return self.limits.admit(key, now);
+    /// While Redis is down, `LIMITS_FAIL_CLOSED` refuses a key with limits instead.
+    pub async fn admit(&self, key: &KeyRow, now: i64) -> Result<Admission, Denial> {
+        let Some((redis, release)) = self.redis.as_ref().filter(|_| has_limits(key)) else {
+            return self.limits.admit(key, now).map_err(Denial::Limit);
         };
-        let release = match key.max_concurrent {
-            Some(_) => shared::SharedRelease::of(redis),
-            None => Arc::new(NoRelease),
-        };
+        let release = key.max_concurrent.map(|_| Arc::clone(release));
         let (admission, here) = self.limits.hold(&key.id, release);
         match shared::admit(redis, key, here, now).await {
             Some(Ok(())) => {
                 self.limits.note(key, now);
                 Ok(admission)
             }
-            Some(Err(refusal)) => Err(refusal),
-            None if redis.fail_closed() => Err(Refusal {
-                limit: "limits_unavailable",
-                retry_after: Duration::from_secs(1),
-                message: String::new(),
-            }),
+            Some(Err(refusal)) => Err(Denial::Limit(refusal)),
+            None if redis.fail_closed() => Err(Denial::SharedLimitsDown),
             None => {
                 drop(admission);
-                self.limits.admit(key, now)
+                self.limits.admit(key, now).map_err(Denial::Limit)
             }
         }
     }
@@ -204,7 +200,7 @@ impl Keyring {
         if let Some(id) = &record.key_id {
             let tokens = (record.input_tokens.max(0) + record.output_tokens.max(0)) as u64;
             self.limits.charge(id, tokens, record.cost_usd, now);
-            if let Some(redis) = &self.redis {
+            if let Some((redis, _)) = &self.redis {
                 if let Some(key) = self.table().get(id) {
                     shared::charge(redis, &key.row, tokens, record.cost_usd, now);
                 }
@@ -227,11 +223,13 @@ fn has_limits(key: &KeyRow) -> bool {
         || Budget::of(key).is_some()
 }
 
-/// A release nobody needs to hear of: a key without `max_concurrent` shares no count in flight.
-struct NoRelease;
-
-impl crate::keys::limits::Release for NoRelease {
-    fn released(&self, _key_id: &str, _in_flight: u64) {}
+/// Why [`Keyring::admit`] turned a request away.
+#[derive(Debug)]
+pub enum Denial {
+    /// One of the key's limits (a 429).
+    Limit(Refusal),
+    /// The limits are shared through Redis, which is down, and `LIMITS_FAIL_CLOSED` is set.
+    SharedLimitsDown,
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ impl std::fmt::Debug for Admission {
     }
 }
 
-/// Told when an admission counted by [`Limits::count`] ends: the key, and how many of its
+/// Told when an admission taken by [`Limits::hold`] ends: the key, and how many of its
 /// requests are still in flight in this process.
 pub trait Release: Send + Sync {
     fn released(&self, key_id: &str, in_flight: u64);
@@ -108,48 +108,6 @@ impl Limits {
     /// a refusal changes nothing. Without a refusal to write it allocates only the first time
     /// a key is seen.
     pub fn admit(&self, key: &KeyRow, now: i64) -> Result<Admission, Refusal> {
-        self.take(key, now)
-    }
-
-    /// Takes one of `key_id`'s slots in flight in this process without checking any limit,
-    /// for the shared limits (Redis) to check with the count it returns, this request's
-    /// included. `release` is told of the admission's end.
-    pub fn hold(&self, key_id: &str, release: Arc<dyn Release>) -> (Admission, u64) {
-        let state = self.state(key_id);
-        let in_flight = {
-            let mut counters = lock(&state.counters);
-            counters.in_flight += 1;
-            counters.in_flight
-        };
-        let release = Some(release);
-        (Admission { state, release }, in_flight)
-    }
-
-    /// Counts a request the shared limits let through against this process's own rates too, so
-    /// that they are ready should the shared ones go away.
-    pub fn note(&self, key: &KeyRow, now: i64) {
-        let state = self.state(&key.id);
-        let mut counters = lock(&state.counters);
-        let seen_tpm = counters.tpm;
-        counters.tokens.drain(now, seen_tpm);
-        counters.tpm = positive(key.tpm).unwrap_or(0);
-        if let Some(budget) = Budget::of(key) {
-            counters.spend.roll(budget.period, now);
-        }
-        if let Some(rpm) = positive(key.rpm) {
-            counters.requests.drain(now, rpm);
-            counters.requests.add(1);
-        }
-    }
-
-    /// `key`'s requests in flight in this process.
-    pub fn in_flight(&self, key_id: &str) -> u64 {
-        read(&self.keys)
-            .get(key_id)
-            .map_or(0, |state| lock(&state.counters).in_flight)
-    }
-
-    fn take(&self, key: &KeyRow, now: i64) -> Result<Admission, Refusal> {
         let state = self.state(&key.id);
         let mut counters = lock(&state.counters);
 
@@ -195,6 +153,43 @@ impl Limits {
             state,
             release: None,
         })
+    }
+
+    /// Takes one of `key_id`'s slots in flight in this process without checking any limit,
+    /// for the shared limits (Redis) to check with the count it returns, this request's
+    /// included. `release` is told of the admission's end.
+    pub fn hold(&self, key_id: &str, release: Option<Arc<dyn Release>>) -> (Admission, u64) {
+        let state = self.state(key_id);
+        let in_flight = {
+            let mut counters = lock(&state.counters);
+            counters.in_flight += 1;
+            counters.in_flight
+        };
+        (Admission { state, release }, in_flight)
+    }
+
+    /// Counts a request the shared limits let through against this process's own rates too, so
+    /// that they are ready should the shared ones go away.
+    pub fn note(&self, key: &KeyRow, now: i64) {
+        let state = self.state(&key.id);
+        let mut counters = lock(&state.counters);
+        let seen_tpm = counters.tpm;
+        counters.tokens.drain(now, seen_tpm);
+        counters.tpm = positive(key.tpm).unwrap_or(0);
+        if let Some(budget) = Budget::of(key) {
+            counters.spend.roll(budget.period, now);
+        }
+        if let Some(rpm) = positive(key.rpm) {
+            counters.requests.drain(now, rpm);
+            counters.requests.add(1);
+        }
+    }
+
+    /// `key`'s requests in flight in this process.
+    pub fn in_flight(&self, key_id: &str) -> u64 {
+        read(&self.keys)
+            .get(key_id)
+            .map_or(0, |state| lock(&state.counters).in_flight)
     }
 
     /// Counts an answer of `key_id` at `now`: its tokens against tokens per minute, its cost

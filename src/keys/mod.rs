@@ -11,7 +11,7 @@ mod table;
 
 pub use crate::store::KeyRow;
 pub use budget::{parse_budget, Budget, BudgetError, Period};
-pub use keyring::{Keyring, CALLER_FINGERPRINT_HEX, WATCH_EVERY};
+pub use keyring::{Denial, Keyring, CALLER_FINGERPRINT_HEX, WATCH_EVERY};
 pub use limits::{Admission, Limits, Refusal, Release};
 pub use secret::{
     generate, hash_hex, looks_issued, new_id, Secret, ISSUED_PREFIX, PREFIX_CHARS, SECRET_CHARS,

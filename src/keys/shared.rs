@@ -312,6 +312,7 @@ impl Release for SharedRelease {
 }
 
 impl SharedRelease {
+    /// The process's one release, shared by every admission of a key with `max_concurrent`.
     pub fn of(redis: &Redis) -> Arc<dyn Release> {
         Arc::new(Self(redis.clone()))
     }

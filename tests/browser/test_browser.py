@@ -242,6 +242,14 @@ class Chromium:
         self._stderr.seek(0)
         return self._stderr.read().decode(errors="replace")
 
+    def new_page(self) -> str:
+        """A new blank tab with its page events on: the session id to drive it by."""
+        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = self.call("Target.attachToTarget",
+                            {"targetId": target, "flatten": True})["sessionId"]
+        self.call("Page.enable", {}, session)
+        return session
+
     def close(self) -> None:
         try:
             self.call("Browser.close", {}, timeout=10)
@@ -263,10 +271,7 @@ def page_dom(url: str) -> str:
     which ends when its fetch is done or has failed), as Chromium holds it."""
     browser = Chromium()
     try:
-        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = browser.call("Target.attachToTarget",
-                               {"targetId": target, "flatten": True})["sessionId"]
-        browser.call("Page.enable", {}, session)
+        session = browser.new_page()
         navigated = browser.call("Page.navigate", {"url": url}, session)
         if "errorText" in navigated:
             raise AssertionError(f"{url}: {navigated['errorText']}")

@@ -134,10 +134,7 @@ class DashboardTest(unittest.TestCase):
 
         browser = Chromium()
         try:
-            target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-            session = browser.call("Target.attachToTarget",
-                                   {"targetId": target, "flatten": True})["sessionId"]
-            browser.call("Page.enable", {}, session)
+            session = browser.new_page()
             browser.call("Emulation.setDeviceMetricsOverride",
                          {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False},
                          session)

@@ -38,6 +38,18 @@ def redis_up_on_every_instance(value: float) -> bool:
     return all(proxy.metric("llm_proxy_redis_up") == value for proxy in cluster.proxies)
 
 
+
+def slow_load_with_a_answering(name: str) -> Load:
+    """Load through nginx with a new key of its own, on answers slow enough (0.3 s) that A has
+    requests in flight, once A has answered one of them."""
+    _, secret = cluster.create_key(name)
+    cluster.wait_until_known(secret)
+    cluster.upstream.delay = 0.3
+    load = Load(cluster.nginx.port, secret, threads=6)
+    wait_for("A answering under load",
+             lambda: any(s.answer.upstreams[-1:] == [cluster.a.address] for s in load.sent), 5)
+    return load
+
 class ClusterTest(unittest.TestCase):
     def setUp(self) -> None:
         cluster.ensure_up()
@@ -109,14 +121,7 @@ class ClusterTest(unittest.TestCase):
 
     def test_killing_a_loses_only_its_requests_in_flight_and_b_serves_every_later_one(
             self) -> None:
-        _, secret = cluster.create_key("kill-a")
-        cluster.wait_until_known(secret)
-        # Slow answers, so that A has requests in flight when it dies.
-        cluster.upstream.delay = 0.3
-        load = Load(cluster.nginx.port, secret, threads=6)
-        wait_for("A answering under load",
-                 lambda: any(s.answer.upstreams[-1:] == [cluster.a.address] for s in load.sent),
-                 5)
+        load = slow_load_with_a_answering("kill-a")
         killed_at = time.monotonic()
         cluster.a.kill()
         # Every request that starts from here on finds A's process gone.
@@ -144,13 +149,7 @@ class ClusterTest(unittest.TestCase):
     def test_a_rolling_restart_of_a_under_load_loses_no_request(self) -> None:
         # As deploy/README.md says to restart an instance: out of nginx (reload), SIGTERM, start
         # it again, back into nginx. A finishes what it has; nginx sends the rest to B.
-        _, secret = cluster.create_key("restart-a")
-        cluster.wait_until_known(secret)
-        cluster.upstream.delay = 0.3
-        load = Load(cluster.nginx.port, secret, threads=6)
-        wait_for("A answering under load",
-                 lambda: any(s.answer.upstreams[-1:] == [cluster.a.address] for s in load.sent),
-                 5)
+        load = slow_load_with_a_answering("restart-a")
         cluster.nginx.reload(down=cluster.a)
         stopped_at = time.monotonic()
         cluster.a.stop()
