@@ -10,7 +10,7 @@ use actix_http::{
     error::PayloadError,
     h1,
     header::{HeaderMap, TryIntoHeaderValue, EXPECT, HOST},
-    Payload, RequestHeadType, ResponseHead, StatusCode,
+    Payload, RequestHeadType, ResponseHead, ServiceConfig, StatusCode,
 };
 use actix_utils::future::poll_fn;
 use bytes::{buf::BufMut, Bytes, BytesMut};
@@ -23,6 +23,20 @@ use super::{
     error::{ConnectError, SendRequestError},
 };
 use crate::BoxError;
+
+/// A codec for one request, sharing its thread's configuration.
+///
+/// llm-proxy's patch: `ClientCodec::default()` builds a new `ServiceConfig`, whose
+/// `DateService` spawns a task with its own 500 ms timer, and the codec drops it again when the
+/// request ends: a spawn, a timer registered (waking the runtime's driver through its eventfd),
+/// two HTTP dates formatted and a task aborted, on every request. A client codec never writes a
+/// date; one configuration per thread gives it the same settings for none of that.
+fn codec() -> h1::ClientCodec {
+    thread_local! {
+        static CONFIG: ServiceConfig = ServiceConfig::default();
+    }
+    CONFIG.with(|config| h1::ClientCodec::new(config.clone()))
+}
 
 pub(crate) async fn send_request<Io, B>(
     io: H1Connection<Io>,
@@ -91,7 +105,7 @@ where
     }
 
     // create Framed and prepare sending request
-    let mut framed = Framed::new(io, h1::ClientCodec::default());
+    let mut framed = Framed::new(io, codec());
 
     // Check EXPECT header and enable expect handle flag accordingly.
     // See https://datatracker.ietf.org/doc/html/rfc7231#section-5.1.1
@@ -173,7 +187,7 @@ where
     Io: ConnectionIo,
 {
     // create Framed and send request.
-    let mut framed = Framed::new(io, h1::ClientCodec::default());
+    let mut framed = Framed::new(io, codec());
     framed.send((head, BodySize::None).into()).await?;
 
     // read response head.
