@@ -1107,33 +1107,39 @@ fn max_retries(request: &HttpRequest, configured: u32) -> Result<u32, ProxyError
 /// what the OpenAI SDKs send. Empty counts as missing.
 fn request_key(request: &HttpRequest, bearer: bool) -> Option<HeaderValue> {
     let headers = request.headers();
-    let api_key = headers.get("x-api-key").map(HeaderValue::as_bytes);
-    let token = || {
-        let authorization = headers.get(header::AUTHORIZATION)?.as_bytes();
-        authorization.strip_prefix(b"Bearer ")
-    };
-    let key = match api_key {
+    let key = match headers.get("x-api-key") {
         Some(key) => key,
-        None if bearer => token()?,
+        None if bearer => {
+            let authorization = headers.get(header::AUTHORIZATION)?.as_bytes();
+            return own_key(authorization.strip_prefix(b"Bearer ")?, None);
+        }
         None => return None,
     };
-    // A key this proxy issued is its own business (see `caller`), never a provider's key.
+    own_key(key.as_bytes(), Some(key))
+}
+
+/// `key` unless it is blank or one this proxy issued (that is its own business, see `caller`,
+/// never a provider's key). `whole` is the header value `key` is all of, if it is: shared
+/// rather than copied.
+fn own_key(key: &[u8], whole: Option<&HeaderValue>) -> Option<HeaderValue> {
     if keys::looks_issued(std::str::from_utf8(key).unwrap_or_default().trim()) {
         return None;
     }
-    non_blank(key)
+    non_blank(key, whole)
 }
 
 fn header_key(request: &HttpRequest, name: &str) -> Option<HeaderValue> {
-    non_blank(request.headers().get(name)?.as_bytes())
+    let value = request.headers().get(name)?;
+    non_blank(value.as_bytes(), Some(value))
 }
 
-fn non_blank(key: &[u8]) -> Option<HeaderValue> {
-    let key = key.trim_ascii();
-    if key.is_empty() {
-        return None;
+fn non_blank(key: &[u8], whole: Option<&HeaderValue>) -> Option<HeaderValue> {
+    let trimmed = key.trim_ascii();
+    match whole {
+        _ if trimmed.is_empty() => None,
+        Some(value) if trimmed.len() == key.len() => Some(value.clone()),
+        _ => HeaderValue::from_bytes(trimmed).ok(),
     }
-    HeaderValue::from_bytes(key).ok()
 }
 
 /// A failed reply still says which provider was tried last and how many calls were made.

@@ -268,6 +268,9 @@ impl Record {
                 keyring.record(self.usage_record(usage, cost, duration), keys::now_ms());
             }
         }
+        if !log::log_enabled!(target: "access", log::Level::Info) {
+            return;
+        }
         let line = Line {
             request_id: self.id.to_str().unwrap_or("-"),
             method: &self.method,
