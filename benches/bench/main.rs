@@ -32,8 +32,9 @@
 //!     held; whether every stream got every event, the time to open them all, and the proxy's
 //!     RSS (peak read every 250 ms; recorded every 3 s). "Flat": of the samples while every
 //!     stream was open, the last third's peak is at most the middle third's plus 5% or
-//!     2 MiB, whichever is larger. nginx takes them too, on a process with room for 20,000
-//!     connections.
+//!     2 MiB, whichever is larger. nginx takes them too, on a process of its own with
+//!     `worker_connections` 24,096 (the baseline's 16,384 would refuse some). Each proxy
+//!     needs two descriptors a stream: under a hard limit of 20,000 a few streams fail.
 //!   - Two workers (`WORKERS=2`; nginx with a master and two worker processes) on both CPUs,
 //!     which the load generator and the mock share with them: the closed loop on 64
 //!     connections, against the one-worker closed loop of the same run. This machine cannot

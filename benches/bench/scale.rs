@@ -1,4 +1,4 @@
-//! Issue 14's scale rows: the CPU cost of one stream event (the slope between streams of two lengths), ten thousand streams held open for a minute, and two workers against one.
+//! Issue 14's scale rows: CPU per stream event, 10,000 streams held a minute, two workers.
 
 use std::{
     io,
