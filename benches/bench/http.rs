@@ -24,6 +24,9 @@ pub struct Head {
     /// Whether the request's `X-Request-Id` starts with [`mock::TEXT_STAMPS_ID`]: the caller
     /// asks the mock for stamps inside the stream's text.
     pub text_stamps: bool,
+    /// A stream's length and pacing other than the mock's default, asked for in the request's
+    /// `X-Request-Id` (see [`mock::StreamShape::request_id`]).
+    pub shape: Option<mock::StreamShape>,
 }
 
 impl Head {
@@ -170,6 +173,7 @@ fn parse_head(bytes: &[u8]) -> io::Result<Head> {
         content_length: None,
         chunked: false,
         text_stamps: false,
+        shape: None,
     };
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
@@ -182,6 +186,7 @@ fn parse_head(bytes: &[u8]) -> io::Result<Head> {
             head.chunked = value.eq_ignore_ascii_case("chunked");
         } else if name.eq_ignore_ascii_case("x-request-id") {
             head.text_stamps = value.starts_with(mock::TEXT_STAMPS_ID);
+            head.shape = mock::StreamShape::from_request_id(value);
         }
     }
     Ok(head)

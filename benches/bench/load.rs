@@ -248,15 +248,36 @@ pub async fn call_stream(
     request: &[u8],
     stamps: Stamps,
 ) -> io::Result<StreamTimes> {
+    call_stream_of(conn, request, stamps, stamps.per_stream()).await
+}
+
+/// As [`call_stream`], for a stream of `expected` stamped events.
+pub async fn call_stream_of(
+    conn: &mut Conn,
+    request: &[u8],
+    stamps: Stamps,
+    expected: usize,
+) -> io::Result<StreamTimes> {
     let sent = Instant::now();
     conn.write_all(request).await?;
     let head = conn
         .read_head()
         .await?
         .ok_or(io::ErrorKind::UnexpectedEof)?;
+    read_stream(conn, &head, sent, stamps, expected).await
+}
+
+/// The body of a stream whose `head` is read, for a request written at `sent`.
+pub async fn read_stream(
+    conn: &mut Conn,
+    head: &http::Head,
+    sent: Instant,
+    stamps: Stamps,
+    expected: usize,
+) -> io::Result<StreamTimes> {
     let mut times = StreamTimes {
         status: head.status(),
-        expected: stamps.per_stream(),
+        expected,
         ..StreamTimes::default()
     };
     let find_stamp = match stamps {
@@ -270,7 +291,7 @@ pub async fn call_stream(
     let mut seen = Vec::new();
     let mut scanned = 0;
     let mut last_arrival = None;
-    conn.read_body(&head, |data, arrived| {
+    conn.read_body(head, |data, arrived| {
         if seen.is_empty() {
             times.first_byte = arrived - sent;
         }
@@ -387,7 +408,7 @@ fn record(run: &mut Run, latency: Duration, ok: bool) {
     }
 }
 
-async fn open_many(addr: SocketAddr, count: usize) -> io::Result<Vec<Conn>> {
+pub async fn open_many(addr: SocketAddr, count: usize) -> io::Result<Vec<Conn>> {
     let mut conns = Vec::with_capacity(count);
     for _ in 0..count {
         conns.push(Conn::open(addr).await?);

@@ -1,6 +1,6 @@
 //! `just bench` (or `cargo bench --bench bench`): what the proxy adds to a request, and what it
 //! costs, next to the same load sent straight to the upstream and through nginx, in one run of
-//! about four minutes.
+//! about seven minutes (four without the scale rows at the end).
 //!
 //! # What it measures
 //!
@@ -19,6 +19,27 @@
 //!   every time), one at a time: its latency against "under 1 ms", and its CPU time.
 //! - The proxy's resident memory idle, then every 3 s through 60 s of mixed load (non-stream
 //!   requests and streams, both providers), and whether it levelled off.
+//! - Issue 14's scale rows (`scale.rs`), after everything else:
+//!   - The proxy's CPU time per stream event, as a slope: 480 streams of 20 upstream events
+//!     and 480 of 220, events 1 ms apart (asked for in the `X-Request-Id`, which the proxy
+//!     passes upstream), on 16 connections opened beforehand, in two rounds of each; the
+//!     slope is (CPU per long stream − CPU per short stream) / 200, so the request, its
+//!     connection and the stream's start and end, which both lengths pay alike, fall out. For
+//!     the translated route (against ≤ 2 µs) and for Anthropic passed through (against
+//!     nginx's slope on the same streams).
+//!   - 10,000 OpenAI streams at once, each of 21 events 3 s apart (a minute), on a fresh proxy
+//!     with every default and a mock in a process of its own: opened 256 at a time, then
+//!     held; whether every stream got every event, the time to open them all, and the proxy's
+//!     RSS (peak read every 250 ms; recorded every 3 s). "Flat": of the samples while every
+//!     stream was open, the last third's peak is at most the middle third's plus 5% or
+//!     2 MiB, whichever is larger. nginx takes them too, on a process of its own with
+//!     `worker_connections` 24,096 (the baseline's 16,384 would refuse some). Each proxy
+//!     needs two descriptors a stream: under a hard limit of 20,000 a few streams fail.
+//!   - Two workers (`WORKERS=2`; nginx with a master and two worker processes) on both CPUs,
+//!     which the load generator and the mock share with them: the closed loop on 64
+//!     connections, against the one-worker closed loop of the same run. This machine cannot
+//!     give two workers two cores of their own, so beside the raw req/s ratio the figure
+//!     judged is the one projected from CPU per request: 2 × one worker's / two workers'.
 //!
 //! Each figure is measured straight to the mock and through the proxy, in the same run; "added"
 //! is the difference of the two percentiles. nginx (a plain `proxy_pass`, issue 14's yardstick)
@@ -65,6 +86,7 @@
 //! - `machine.rs`: CPU pinning, other processes' share of the CPUs, the machine's description.
 //! - `stats.rs`: percentiles.
 //! - `report.rs`: the results, the table and the JSON.
+//! - `scale.rs`: the scale rows: CPU per event, 10,000 streams, two workers.
 //! - `versus.rs`: llm-proxy beside nginx against issue 14's targets.
 
 mod http;
@@ -74,6 +96,7 @@ mod mock;
 mod procfs;
 mod proxy;
 mod report;
+mod scale;
 mod shared;
 mod stats;
 mod versus;
@@ -130,6 +153,9 @@ const SOAK_CONNECTIONS: usize = 32;
 const SOAK_STREAMS: usize = 64;
 
 fn main() -> ExitCode {
+    if std::env::args().any(|arg| arg == scale::MOCK_PROCESS_ARG) {
+        return scale::serve_mock_process();
+    }
     let options = match Options::parse(std::env::args().skip(1)) {
         Ok(options) => options,
         Err(usage) => {
@@ -137,6 +163,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before any thread or child: all inherit it.
+    let open_files = scale::raise_open_file_limit();
     // Before pinning, which leaves this process one CPU to see.
     let machine = machine::describe();
     let pinning = machine::pin();
@@ -150,7 +178,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(options, machine, pinning)) {
+    match runtime.block_on(run(options, machine, pinning, open_files)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench: {e}");
@@ -365,10 +393,16 @@ struct Found {
     streaming: Vec<Streaming>,
     concurrent: Option<ConcurrentStreams>,
     soak: Option<Soak>,
+    scale: scale::Scale,
 }
 
-async fn run(options: Options, machine: Machine, pinning: Pinning) -> io::Result<()> {
-    eprintln!("bench: {}", pinning.note);
+async fn run(
+    options: Options,
+    machine: Machine,
+    pinning: Pinning,
+    open_files: u64,
+) -> io::Result<()> {
+    eprintln!("bench: {}; up to {open_files} open files", pinning.note);
     let mock = mock::start().await?;
     let mut unders = Vec::new();
     // Why nginx is not beside llm-proxy in a default run, when it is not.
@@ -503,6 +537,9 @@ async fn run(options: Options, machine: Machine, pinning: Pinning) -> io::Result
             limit_check = Some(shared::limit_check(binary, mock, pinning.proxy_cpu).await);
         }
     }
+    // After every figure above, so that none of them sees what these leave behind (ten
+    // thousand pooled upstream connections, TIME_WAIT sockets).
+    scale_scenarios(&unders, &mut found, &mut steps, mock, &pinning, open_files).await?;
 
     let duration_s = steps.started.elapsed().as_secs_f64();
     let mut all = Vec::new();
@@ -528,6 +565,7 @@ async fn run(options: Options, machine: Machine, pinning: Pinning) -> io::Result
             } else {
                 None
             },
+            scale: found.scale,
             interference: steps.interference.clone(),
             duration_s,
         });
@@ -566,6 +604,73 @@ async fn run(options: Options, machine: Machine, pinning: Pinning) -> io::Result
     Ok(())
 }
 
+/// Issue 14's scale rows (`scale.rs`): the per-event slope of the pass-through and translated
+/// streams, ten thousand streams held for a minute (llm-proxy as it runs, nginx on a process of
+/// its own with room for them), and two workers on both CPUs.
+async fn scale_scenarios(
+    unders: &[Under],
+    found: &mut [Found],
+    steps: &mut Steps<'_>,
+    mock: SocketAddr,
+    pinning: &Pinning,
+    open_files: u64,
+) -> io::Result<()> {
+    let passed_through: Pick = |under| Some(&under.pairs[1]);
+    let translated: Pick = |under| under.translated.as_ref();
+    for pick in [passed_through, translated] {
+        let ways = ways_of(unders, pick);
+        let Some(first) = ways.first() else { continue };
+        let what = format!(
+            "CPU per event: streams of {} and {} events, {}",
+            scale::SHORT_EVENTS,
+            scale::LONG_EVENTS,
+            first.pair.name()
+        );
+        let slopes = steps.run(what, scale::event_slopes(&ways)).await?;
+        for (i, slope) in owners(unders, pick).into_iter().zip(slopes) {
+            found[i].scale.event_slopes.push(slope);
+        }
+    }
+    for (under, found) in unders.iter().zip(found.iter_mut()) {
+        let what = format!(
+            "{} streams at once for a minute, {}",
+            scale::MANY_STREAMS,
+            under.name
+        );
+        let many = match scale::MockProcess::start() {
+            Ok(mock) => {
+                match scale::proxy_for_many(&under.subject, mock.addr, pinning.proxy_cpu).await {
+                    Ok(proxy) => {
+                        let run = async { Ok(scale::many_streams(&proxy, open_files).await) };
+                        steps.run_beside(&[proxy.pid], false, what, run).await?
+                    }
+                    Err(e) => Err(format!("the proxy did not start: {e}")),
+                }
+            }
+            Err(e) => Err(format!("the mock process did not start: {e}")),
+        };
+        found.scale.many_streams = Some(many);
+    }
+    for (under, found) in unders.iter().zip(found.iter_mut()) {
+        let (one, two) = (
+            scale::start_workers(&under.subject, mock, pinning, 1).await,
+            scale::start_workers(&under.subject, mock, pinning, 2).await,
+        );
+        let two = match (one, two) {
+            (Ok(one), Ok(two)) => {
+                let what = format!("one worker, then two, closed loop, {}", under.name);
+                let mut pids = procfs::children(two.pid);
+                pids.extend([one.pid, two.pid]);
+                let run = async { Ok(scale::two_workers(&one, &two, pinning).await) };
+                steps.run_beside(&pids, true, what, run).await?
+            }
+            (Err(e), _) | (_, Err(e)) => Err(format!("the proxies did not start: {e}")),
+        };
+        found.scale.two_workers = Some(two);
+    }
+    Ok(())
+}
+
 /// Runs the scenarios one after another, saying what runs, and notes how much of the CPUs
 /// other processes took during each.
 struct Steps<'a> {
@@ -591,12 +696,36 @@ impl<'a> Steps<'a> {
         what: String,
         scenario: impl Future<Output = io::Result<T>>,
     ) -> io::Result<T> {
+        self.run_beside(&[], false, what, scenario).await
+    }
+
+    /// As [`Steps::run`], with `also` (processes of a proxy the scenario started) counted as
+    /// the proxies' own time rather than interference; with `spread` (a proxy on every CPU),
+    /// other processes' share is of all CPUs together, as for an unpinned run.
+    async fn run_beside<T>(
+        &mut self,
+        also: &[u32],
+        spread: bool,
+        what: String,
+        scenario: impl Future<Output = io::Result<T>>,
+    ) -> io::Result<T> {
         let at = self.started.elapsed().as_secs_f64();
         eprintln!("bench: [{at:>3.0} s] {what}");
-        let before = CpuUse::read(self.proxies);
+        let pids: Vec<u32> = self.proxies.iter().chain(also).copied().collect();
+        let spread_pinning = Pinning {
+            proxy_cpu: None,
+            load_cpu: None,
+            note: String::new(),
+        };
+        let pinning = if spread {
+            &spread_pinning
+        } else {
+            self.pinning
+        };
+        let before = CpuUse::read(&pids);
         let result = scenario.await?;
-        let after = CpuUse::read(self.proxies);
-        let interference = Interference::between(what, &before, &after, self.pinning);
+        let after = CpuUse::read(&pids);
+        let interference = Interference::between(what, &before, &after, pinning);
         if interference
             .others_on_proxy_cpu_pct
             .max(interference.others_on_load_cpu_pct)

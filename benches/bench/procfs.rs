@@ -137,6 +137,34 @@ pub fn listening_port(pid: u32) -> Option<u16> {
     })
 }
 
+/// The processes whose parent is `pid` (field 4 of each `/proc/<n>/stat`).
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let child: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            let after_name = stat.rsplit_once(')')?.1;
+            let parent: u32 = after_name.split_whitespace().nth(1)?.parse().ok()?;
+            (parent == pid).then_some(child)
+        })
+        .collect()
+}
+
+/// How many descriptors `pid` holds open (entries of `/proc/<pid>/fd`).
+pub fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |entries| entries.count())
+}
+
+/// `pid`'s soft limit on open files (`Max open files` in `/proc/<pid>/limits`).
+pub fn open_file_limit(pid: u32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
 fn from_ticks(ticks: u64) -> Duration {
     Duration::from_secs_f64(ticks as f64 / *CLOCK_TICKS as f64)
 }

@@ -21,7 +21,31 @@ pub enum Subject {
     Nginx(PathBuf),
 }
 
-/// A running proxy; killed when dropped.
+/// Where a proxy runs and how many workers it has; [`Placement::one_worker`] is what every
+/// scenario uses unless it says otherwise.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    /// The CPUs it may run on (`taskset -c`); none: this process's own.
+    pub cpus: Vec<usize>,
+    /// llm-proxy's `WORKERS`, nginx's `worker_processes` (with a master above them when more
+    /// than one).
+    pub workers: usize,
+    /// nginx's `worker_connections` (each stream holds two).
+    pub nginx_connections: usize,
+}
+
+impl Placement {
+    /// One worker, alone on `cpu` when given.
+    pub fn one_worker(cpu: Option<usize>) -> Placement {
+        Placement {
+            cpus: cpu.into_iter().collect(),
+            workers: 1,
+            nginx_connections: 16384,
+        }
+    }
+}
+
+/// A running proxy; killed when dropped, with its child processes (nginx's workers).
 pub struct Proxy {
     child: Child,
     pub pid: u32,
@@ -46,9 +70,24 @@ impl Proxy {
         cpu: Option<usize>,
         env: &[(&str, String)],
     ) -> io::Result<Proxy> {
+        Self::start_placed(subject, mock, &Placement::one_worker(cpu), env).await
+    }
+
+    /// As [`Proxy::start_with`], placed and sized by `placement`.
+    pub async fn start_placed(
+        subject: &Subject,
+        mock: SocketAddr,
+        placement: &Placement,
+        env: &[(&str, String)],
+    ) -> io::Result<Proxy> {
         let mut command = match subject {
-            Subject::LlmProxy(binary) => llm_proxy(binary, mock, cpu),
-            Subject::Nginx(dir) => nginx(dir, mock, cpu)?,
+            Subject::LlmProxy(binary) => {
+                // A database of the caller's own leaves the default one (another proxy's,
+                // perhaps still running) alone.
+                let own_database = env.iter().any(|(name, _)| *name == "DATABASE_URL");
+                llm_proxy(binary, mock, placement, !own_database)
+            }
+            Subject::Nginx(dir) => nginx(dir, mock, placement)?,
         };
         command.envs(env.iter().map(|(name, value)| (name, value)));
         let child = command.stdin(Stdio::null()).stdout(Stdio::null()).spawn()?;
@@ -96,47 +135,74 @@ impl Proxy {
     pub fn cpu_time(&self) -> io::Result<CpuTime> {
         procfs::cpu_time(self.pid)
     }
+
+    /// CPU time used so far by the proxy and its child processes (nginx's workers under its
+    /// master), all threads.
+    pub fn tree_cpu_time(&self) -> io::Result<CpuTime> {
+        let mut total = self.cpu_time()?;
+        for child in procfs::children(self.pid) {
+            // A worker that exits meanwhile has no time to add.
+            if let Ok(time) = procfs::cpu_time(child) {
+                total.user += time.user;
+                total.system += time.system;
+            }
+        }
+        Ok(total)
+    }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        // Found before the parent dies: nginx's workers outlive a killed master.
+        let children = procfs::children(self.pid);
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// `program`, alone on `cpu` when given.
-fn pinned(program: &Path, cpu: Option<usize>) -> Command {
-    match cpu {
-        Some(cpu) => {
-            let mut taskset = Command::new("taskset");
-            taskset.arg("-c").arg(cpu.to_string()).arg(program);
-            taskset
+        for pid in children {
+            // SAFETY: kill only sends a signal, to a process this one started.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
         }
-        None => Command::new(program),
     }
 }
 
-/// llm-proxy on loopback with one worker, the mock as both upstreams and quiet logs; every
-/// limit at the default a user gets (which holds a thousand streams at once).
-fn llm_proxy(binary: &Path, mock: SocketAddr, cpu: Option<usize>) -> Command {
-    let mut command = pinned(binary, cpu);
+/// `program`, on `cpus` when given.
+fn pinned(program: &Path, cpus: &[usize]) -> Command {
+    if cpus.is_empty() {
+        return Command::new(program);
+    }
+    let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
+    let mut taskset = Command::new("taskset");
+    taskset.arg("-c").arg(list.join(",")).arg(program);
+    taskset
+}
+
+/// llm-proxy on loopback with `placement`'s workers (one, unless a scenario says), the mock as
+/// both upstreams and quiet logs; every limit at the default a user gets (which holds ten
+/// thousand streams at once).
+fn llm_proxy(
+    binary: &Path,
+    mock: SocketAddr,
+    placement: &Placement,
+    default_database: bool,
+) -> Command {
+    let mut command = pinned(binary, &placement.cpus);
     command
         .env_clear()
         .envs([
             ("HOST", "127.0.0.1".to_owned()),
             ("PORT", "0".to_owned()),
-            ("WORKERS", "1".to_owned()),
+            ("WORKERS", placement.workers.to_string()),
             ("RUST_LOG", "warn".to_owned()),
             ("OPENAI_BASE_URL", format!("http://{mock}/openai")),
             ("ANTHROPIC_BASE_URL", format!("http://{mock}/anthropic")),
-            // The default store (usage records of every request), on a fresh file of the
-            // benchmark's own rather than in the working directory.
-            ("DATABASE_URL", fresh_database("llm-proxy.db")),
         ])
         // dotenvy reads a .env in the working directory or a parent: start where there is
         // none, so that only the variables above apply.
         .current_dir("/");
+    if default_database {
+        // The default store (usage records of every request), on a fresh file of the
+        // benchmark's own rather than in the working directory.
+        command.env("DATABASE_URL", fresh_database("llm-proxy.db"));
+    }
     command
 }
 
@@ -162,10 +228,11 @@ pub fn nginx_on_path() -> bool {
     })
 }
 
-/// nginx as the issue's baseline: one process (no master, so its pid is the worker's), no
-/// access log, a pooled upstream, `proxy_pass` of each provider's path, streams unbuffered.
-/// It cannot listen on port 0, so it gets a port that was free a moment ago.
-fn nginx(dir: &Path, mock: SocketAddr, cpu: Option<usize>) -> io::Result<Command> {
+/// nginx as the issue's baseline: one process (no master, so its pid is the worker's; with
+/// more than one worker, a master and its workers), no access log, a pooled upstream,
+/// `proxy_pass` of each provider's path, streams unbuffered. It cannot listen on port 0, so it
+/// gets a port that was free a moment ago.
+fn nginx(dir: &Path, mock: SocketAddr, placement: &Placement) -> io::Result<Command> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -177,19 +244,26 @@ fn nginx(dir: &Path, mock: SocketAddr, cpu: Option<usize>) -> io::Result<Command
              proxy_set_header Connection \"\"; proxy_buffering off; }}"
         )
     };
+    let (master, workers) = match placement.workers {
+        1 => ("off", 1),
+        workers => ("on", workers),
+    };
+    let connections = placement.nginx_connections;
     let config = format!(
-        "master_process off;\ndaemon off;\nworker_processes 1;\nerror_log stderr warn;\n\
-         pid {dir_text}/nginx.pid;\nevents {{ worker_connections 16384; }}\nhttp {{\n\
+        "master_process {master};\ndaemon off;\nworker_processes {workers};\n\
+         worker_rlimit_nofile {files};\nerror_log stderr warn;\n\
+         pid {dir_text}/nginx.pid;\nevents {{ worker_connections {connections}; }}\nhttp {{\n\
          access_log off;\nkeepalive_requests 1000000000;\n\
          client_body_temp_path {dir_text}/body;\nproxy_temp_path {dir_text}/proxy;\n\
          upstream mock {{ server {mock}; keepalive 4096; keepalive_requests 1000000000; }}\n\
          server {{\nlisten 127.0.0.1:{port} backlog=4096;\n{}\n{}\n}}\n}}\n",
         location("/v1/chat/openai", "/openai/chat/completions"),
         location("/v1/chat/anthropic", "/anthropic/messages"),
+        files = connections + 1024,
     );
     let config_path = dir.join("nginx.conf");
     std::fs::write(&config_path, config)?;
-    let mut command = pinned(Path::new("nginx"), cpu);
+    let mut command = pinned(Path::new("nginx"), &placement.cpus);
     command.arg("-p").arg(dir).arg("-c").arg(config_path);
     Ok(command)
 }

@@ -8,6 +8,7 @@ use crate::{
     load::{Run, StreamRun, Throughput},
     machine::{Interference, Machine, Pinning},
     mock::{self, Provider},
+    scale::Scale,
     shared::LimitCheck,
     stats::{percentiles, Percentiles},
 };
@@ -55,6 +56,8 @@ pub struct Results {
     pub memory: Option<Memory>,
     /// An issued key's limit check in process and on Redis, or why it did not run.
     pub limit_check: Option<Result<LimitCheck, String>>,
+    /// CPU per stream event, ten thousand streams held, two workers (`scale.rs`).
+    pub scale: Scale,
     /// Per scenario: how much of the CPUs other processes took.
     pub interference: Vec<Interference>,
     pub duration_s: f64,
@@ -220,7 +223,7 @@ impl Streaming {
 }
 
 /// The name of a row's provider, with the route when the proxy translates.
-fn label(provider: &str, route: &str) -> String {
+pub fn label(provider: &str, route: &str) -> String {
     if route == TRANSLATED_ROUTE {
         format!("{provider} via {route} (translated)")
     } else {
@@ -334,6 +337,7 @@ pub fn table(results: &Results) -> String {
         rows.extend(memory_rows(memory));
     }
     rows.extend(limit_check_rows(results.limit_check.as_ref()));
+    rows.extend(crate::scale::rows(&results.scale));
 
     let m = &results.machine;
     let mut out = format!(
