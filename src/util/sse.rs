@@ -182,7 +182,17 @@ fn dispatch<E>(
     };
     let mut name = None;
     let mut data: Option<Cow<'_, str>> = None;
-    for line in block.split(['\n', '\r']).filter(|line| !line.is_empty()) {
+    // Lines end at `\n` or `\r` (a `\r\n` leaves an empty line between, skipped). memchr
+    // rather than `str::split` with a char array, which decodes and compares every char: that
+    // was the most expensive step of a translated stream's event.
+    let mut rest = block;
+    while !rest.is_empty() {
+        let end = memchr::memchr2(b'\n', b'\r', rest.as_bytes()).unwrap_or(rest.len());
+        let line = &rest[..end];
+        rest = rest.get(end + 1..).unwrap_or_default();
+        if line.is_empty() {
+            continue;
+        }
         let (field, value) = match line.split_once(':') {
             Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
             None => (line, ""),
