@@ -552,6 +552,14 @@ impl Translated {
         }
     }
 
+    /// What was written for the caller so far, as one chunk. Copied, so that `out` keeps its
+    /// capacity: an event's writes then grow nothing.
+    fn take_out(&mut self) -> Bytes {
+        let chunk = Bytes::copy_from_slice(&self.out);
+        self.out.clear();
+        chunk
+    }
+
     fn fail(&mut self, error: ProxyError) -> Bytes {
         self.report_usage();
         self.done = true;
@@ -561,7 +569,7 @@ impl Translated {
         let error = self.context.broken(error);
         self.encoder
             .error(&error, self.context.provider, &mut self.out);
-        Bytes::from(std::mem::take(&mut self.out))
+        self.take_out()
     }
 
     fn encode(&mut self) {
@@ -645,11 +653,11 @@ impl Stream for Translated {
                 return Poll::Ready(Some(Ok(this.fail(error))));
             }
             if !this.out.is_empty() {
-                return Poll::Ready(Some(Ok(Bytes::from(std::mem::take(&mut this.out)))));
+                return Poll::Ready(Some(Ok(this.take_out())));
             }
         }
         if !this.out.is_empty() {
-            return Poll::Ready(Some(Ok(Bytes::from(std::mem::take(&mut this.out)))));
+            return Poll::Ready(Some(Ok(this.take_out())));
         }
         Poll::Ready(None)
     }
