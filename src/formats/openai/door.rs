@@ -922,6 +922,9 @@ pub struct ChunkEncoder {
     /// A call's start, held for one event: when its arguments come next (Gemini sends whole
     /// calls), both go out as one delta, as OpenAI itself sends a complete call.
     pending_call: Option<(usize, String, String)>,
+    /// `data: {"id":…,"object":…,"created":…,"model":…,"choices":`, the same in every chunk:
+    /// written once per stream rather than escaped again for every event.
+    head: Vec<u8>,
 }
 
 impl ChunkEncoder {
@@ -935,6 +938,7 @@ impl ChunkEncoder {
             started: false,
             usage: None,
             pending_call: None,
+            head: Vec::new(),
         }
     }
 
@@ -979,20 +983,29 @@ impl ChunkEncoder {
         }
     }
 
-    fn chunk(&self, delta: Delta<'_>, finish_reason: Option<&str>, out: &mut Vec<u8>) {
-        let chunk = Chunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: [ChunkChoice {
-                index: 0,
-                delta,
-                logprobs: None,
-                finish_reason,
-            }],
-        };
-        write_data(out, &chunk);
+    fn chunk(&mut self, delta: Delta<'_>, finish_reason: Option<&str>, out: &mut Vec<u8>) {
+        if self.head.is_empty() {
+            let head = ChunkHead {
+                id: &self.id,
+                object: "chat.completion.chunk",
+                created: self.created,
+                model: &self.model,
+            };
+            self.head.extend_from_slice(b"data: ");
+            serde_json::to_writer(&mut self.head, &head).expect("a chunk always serializes");
+            // Reopened for the field that differs from chunk to chunk.
+            self.head.pop();
+            self.head.extend_from_slice(br#","choices":"#);
+        }
+        out.extend_from_slice(&self.head);
+        let choices = [ChunkChoice {
+            index: 0,
+            delta,
+            logprobs: None,
+            finish_reason,
+        }];
+        serde_json::to_writer(&mut *out, &choices).expect("a chunk always serializes");
+        out.extend_from_slice(b"}\n\n");
     }
 }
 
@@ -1009,6 +1022,7 @@ impl StreamEncoder for ChunkEncoder {
         match event {
             StreamEvent::Start { id, model } => {
                 if !self.started {
+                    self.head.clear();
                     if let Some(id) = id.filter(|id| id.starts_with(ID_PREFIX)) {
                         self.id = id;
                     }
@@ -1110,13 +1124,13 @@ fn write_data(out: &mut Vec<u8>, value: &impl Serialize) {
     out.extend_from_slice(b"\n\n");
 }
 
+/// A chunk's fields before its `choices`, which [`ChunkEncoder`] writes once per stream.
 #[derive(Serialize)]
-struct Chunk<'a> {
+struct ChunkHead<'a> {
     id: &'a str,
     object: &'static str,
     created: u64,
     model: &'a str,
-    choices: [ChunkChoice<'a>; 1],
 }
 
 #[derive(Serialize)]
