@@ -989,6 +989,56 @@ mod tests {
         }
     }
 
+    /// awc hands each chunk of a body out as a slice of its read buffer, so where the chunks
+    /// lie shows which buffer a stream is read through: the same 8 KiB one, reused, however
+    /// long the stream (vendor/awc/PATCHES.md; unpatched, a new 32 KiB one every 30 KiB).
+    #[actix_web::test]
+    async fn a_long_stream_is_read_through_one_small_buffer() {
+        use std::io::{BufRead, BufReader, Write};
+
+        const EVENTS: usize = 2_000;
+        let event = format!("data: {}\n\n", "x".repeat(250));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        // Each event is written once the one before it was read, so each arrives in a read
+        // of its own, as a slow upstream's do.
+        let (read_one, next) = std::sync::mpsc::channel::<()>();
+        let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+        let upstream = std::thread::spawn(move || {
+            let (socket, _) = listener.accept().unwrap();
+            let mut request = BufReader::new(&socket);
+            let mut line = String::new();
+            while request.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let mut socket = &socket;
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                .unwrap();
+            for () in std::iter::once(()).chain(next.iter()).take(EVENTS) {
+                socket.write_all(chunk.as_bytes()).unwrap();
+            }
+            socket.write_all(b"0\r\n\r\n").unwrap();
+        });
+
+        let response = client(&Config::default()).get(url).send().await.unwrap();
+        let mut body = Body::new(response, Duration::from_secs(10));
+        let mut starts = Vec::with_capacity(EVENTS);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.unwrap();
+            assert_eq!(chunk, event.as_bytes());
+            starts.push(chunk.as_ptr() as usize);
+            let _ = read_one.send(());
+        }
+        upstream.join().unwrap();
+        assert_eq!(starts.len(), EVENTS);
+        // The first buffer is kept by the response's headers, which share it; past it, every
+        // chunk lies in the one buffer that follows.
+        let later = &starts[100..];
+        let span = later.iter().max().unwrap() - later.iter().min().unwrap();
+        assert!(span < 8 * 1024, "chunks spread over {span} bytes");
+    }
+
     #[test]
     fn token_counts_are_read_from_each_providers_stream() {
         for (stream, input, output) in [

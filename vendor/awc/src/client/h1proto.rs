@@ -4,7 +4,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use actix_codec::Framed;
+use actix_codec::{Decoder, Framed};
 use actix_http::{
     body::{BodySize, MessageBody},
     error::PayloadError,
@@ -251,15 +251,48 @@ where
 pin_project! {
     pub(crate) struct PlStream<Io: ConnectionIo> {
         #[pin]
-        framed: Framed<H1Connection<Io>, h1::ClientPayloadCodec>,
+        framed: Framed<H1Connection<Io>, PayloadCodec>,
     }
 }
 
 impl<Io: ConnectionIo> PlStream<Io> {
     fn new(framed: Framed<H1Connection<Io>, h1::ClientCodec>) -> Self {
-        let framed = framed.into_map_codec(|codec| codec.into_payload_codec());
+        let framed = framed.into_map_codec(|codec| PayloadCodec(codec.into_payload_codec()));
 
         PlStream { framed }
+    }
+}
+
+/// actix-http's low-water mark for a client's read buffer (`actix_http::h1::LW`, private):
+/// after each chunk it decodes, `ClientPayloadCodec` grows a buffer with less room than this
+/// to 32 KiB.
+const PAYLOAD_READ_LOW_WATER: usize = 2 * 1024;
+
+/// A response body's decoder that keeps reusing one read buffer.
+///
+/// llm-proxy's patch: `ClientPayloadCodec` reserves room in the read buffer right after it
+/// splits a chunk off, while that chunk still shares the buffer, so `BytesMut` cannot move the
+/// unread bytes back to the front and allocates a new 32 KiB buffer instead. A stream of small
+/// chunks (server-sent events) walks through each new buffer one event at a time, touching a
+/// fresh page every 4 KiB of events, until a stream holds 32 KiB more than the 8 KiB `Framed`
+/// started with, and then starts another. Making the room before decoding, when the chunks
+/// split off earlier have been dropped, lets `reserve` reclaim the same allocation in place,
+/// and actix-http then never finds the buffer short.
+pub(crate) struct PayloadCodec(h1::ClientPayloadCodec);
+
+impl PayloadCodec {
+    fn keep_alive(&self) -> bool {
+        self.0.keep_alive()
+    }
+}
+
+impl Decoder for PayloadCodec {
+    type Item = Option<Bytes>;
+    type Error = PayloadError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, Self::Error> {
+        src.reserve(PAYLOAD_READ_LOW_WATER);
+        self.0.decode(src)
     }
 }
 
