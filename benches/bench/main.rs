@@ -19,6 +19,10 @@
 //!   every time), one at a time: its latency against "under 1 ms", and its CPU time.
 //! - The proxy's resident memory idle, then every 3 s through 60 s of mixed load (non-stream
 //!   requests and streams, both providers), and whether it levelled off.
+//! - An HTTPS upstream (a mock with a self-signed certificate, trusted by `UPSTREAM_CA_FILE`):
+//!   TCP connections, full and resumed TLS handshakes against requests, beside the proxy's own
+//!   counter; and HTTP/2 against HTTP/1.1 (CPU per request in a closed loop, p50 one at a
+//!   time), the proxy's default first, then the other setting (llm-proxy only).
 //!
 //! Each figure is measured straight to the mock and through the proxy, in the same run; "added"
 //! is the difference of the two percentiles. nginx (a plain `proxy_pass`, issue 14's yardstick)
@@ -65,6 +69,7 @@
 //! - `machine.rs`: CPU pinning, other processes' share of the CPUs, the machine's description.
 //! - `stats.rs`: percentiles.
 //! - `report.rs`: the results, the table and the JSON.
+//! - `tls.rs`: the TLS mock upstream (HTTP/1.1 and HTTP/2) and its two rows.
 //! - `versus.rs`: llm-proxy beside nginx against issue 14's targets.
 
 mod http;
@@ -76,6 +81,7 @@ mod proxy;
 mod report;
 mod shared;
 mod stats;
+mod tls;
 mod versus;
 
 use std::{
@@ -504,6 +510,15 @@ async fn run(options: Options, machine: Machine, pinning: Pinning) -> io::Result
         }
     }
 
+    // On proxies of its own too: an HTTPS upstream, with HTTP/2 offered and not.
+    let mut tls_upstream = None;
+    for under in &unders {
+        if let Subject::LlmProxy(binary) = &under.subject {
+            eprintln!("bench: a TLS upstream, HTTP/1.1 and HTTP/2");
+            tls_upstream = Some(tls::tls_upstream(binary, pinning.proxy_cpu).await);
+        }
+    }
+
     let duration_s = steps.started.elapsed().as_secs_f64();
     let mut all = Vec::new();
     for (under, found) in unders.iter().zip(found) {
@@ -525,6 +540,11 @@ async fn run(options: Options, machine: Machine, pinning: Pinning) -> io::Result
             memory,
             limit_check: if under.is_llm_proxy() {
                 limit_check.take()
+            } else {
+                None
+            },
+            tls_upstream: if under.is_llm_proxy() {
+                tls_upstream.take()
             } else {
                 None
             },

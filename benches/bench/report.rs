@@ -55,6 +55,8 @@ pub struct Results {
     pub memory: Option<Memory>,
     /// An issued key's limit check in process and on Redis, or why it did not run.
     pub limit_check: Option<Result<LimitCheck, String>>,
+    /// An HTTPS upstream, HTTP/1.1 and HTTP/2 (llm-proxy only), or why it did not run.
+    pub tls_upstream: Option<Result<crate::tls::TlsUpstream, String>>,
     /// Per scenario: how much of the CPUs other processes took.
     pub interference: Vec<Interference>,
     pub duration_s: f64,
@@ -334,6 +336,9 @@ pub fn table(results: &Results) -> String {
         rows.extend(memory_rows(memory));
     }
     rows.extend(limit_check_rows(results.limit_check.as_ref()));
+    if results.tls_upstream.is_some() {
+        rows.extend(crate::tls::table_rows(results.tls_upstream.as_ref()));
+    }
 
     let m = &results.machine;
     let mut out = format!(
