@@ -90,6 +90,30 @@ struct CostLabels {
     model: &'static str,
 }
 
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SchemeLabels {
+    scheme: &'static str,
+}
+
+/// Upstream connections opened, by scheme: every worker's connector holds a handle and counts
+/// each new TCP connection once, so requests on a pooled connection cost nothing here. With
+/// pooling working, it grows with the connections a load needs, not with its requests.
+#[derive(Clone, Debug, Default)]
+pub struct UpstreamConnections {
+    http: Counter,
+    https: Counter,
+}
+
+impl UpstreamConnections {
+    /// A new connection to an upstream; `tls` for `https://` (its TLS handshake comes next).
+    pub fn opened(&self, tls: bool) {
+        match tls {
+            true => self.https.inc(),
+            false => self.http.inc(),
+        };
+    }
+}
+
 /// What a failed upstream call counts under: the status it answered with, or how it failed.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 enum UpstreamStatus {
@@ -123,6 +147,7 @@ pub struct Metrics {
     models: Models,
     cache_hits: Counter,
     cache_misses: Counter,
+    upstream_connections: UpstreamConnections,
 }
 
 impl Default for Metrics {
@@ -150,6 +175,7 @@ impl Metrics {
             models: Models::default(),
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
+            upstream_connections: UpstreamConnections::default(),
         };
         // The registry holds clones: each metric shares its values with the handle kept here.
         // Counters are registered without `_total` and histograms without their unit, which
@@ -218,6 +244,22 @@ impl Metrics {
             "Requests that asked for the cache and went upstream",
             metrics.cache_misses.clone(),
         );
+        // Both series exist from the start, at 0, so a rate over them has a beginning.
+        let connections = Family::<SchemeLabels, Counter>::default();
+        // One statement each: `get_or_create`'s guard holds the family's lock until the
+        // statement ends, and a second creation in the same one would wait on it forever.
+        let http = connections
+            .get_or_create(&SchemeLabels { scheme: "http" })
+            .clone();
+        let https = connections
+            .get_or_create(&SchemeLabels { scheme: "https" })
+            .clone();
+        metrics.upstream_connections = UpstreamConnections { http, https };
+        registry.register(
+            "llm_proxy_upstream_connections_opened",
+            "Upstream TCP connections opened, by scheme (https ones each begin with a TLS handshake)",
+            connections,
+        );
         registry.register(
             "llm_proxy_usage_records_dropped",
             "Usage records not stored because the store was too slow or down and the buffer full",
@@ -240,6 +282,11 @@ impl Metrics {
             "Calls to Redis that failed or took longer than REDIS_TIMEOUT_MS",
             redis.errors.clone(),
         );
+    }
+
+    /// The handle every worker's upstream connector counts new connections on.
+    pub fn upstream_connections(&self) -> UpstreamConnections {
+        self.upstream_connections.clone()
     }
 
     /// A request answered from the cache, or one that asked for it and missed.

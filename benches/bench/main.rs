@@ -40,6 +40,10 @@
 //!     connections, against the one-worker closed loop of the same run. This machine cannot
 //!     give two workers two cores of their own, so beside the raw req/s ratio the figure
 //!     judged is the one projected from CPU per request: 2 × one worker's / two workers'.
+//! - An HTTPS upstream (a mock with a self-signed certificate, trusted by `UPSTREAM_CA_FILE`):
+//!   TCP connections, full and resumed TLS handshakes against requests, beside the proxy's own
+//!   counter; and HTTP/2 against HTTP/1.1 (CPU per request in a closed loop, p50 one at a
+//!   time), the proxy's default first, then the other setting (llm-proxy only).
 //!
 //! Each figure is measured straight to the mock and through the proxy, in the same run; "added"
 //! is the difference of the two percentiles. nginx (a plain `proxy_pass`, issue 14's yardstick)
@@ -87,6 +91,7 @@
 //! - `stats.rs`: percentiles.
 //! - `report.rs`: the results, the table and the JSON.
 //! - `scale.rs`: the scale rows: CPU per event, 10,000 streams, two workers.
+//! - `tls.rs`: the TLS mock upstream (HTTP/1.1 and HTTP/2) and its two rows.
 //! - `versus.rs`: llm-proxy beside nginx against issue 14's targets.
 
 mod http;
@@ -99,6 +104,7 @@ mod report;
 mod scale;
 mod shared;
 mod stats;
+mod tls;
 mod versus;
 
 use std::{
@@ -541,6 +547,15 @@ async fn run(
     // thousand pooled upstream connections, TIME_WAIT sockets).
     scale_scenarios(&unders, &mut found, &mut steps, mock, &pinning, open_files).await?;
 
+    // On proxies of its own too: an HTTPS upstream, with HTTP/2 offered and not.
+    let mut tls_upstream = None;
+    for under in &unders {
+        if let Subject::LlmProxy(binary) = &under.subject {
+            eprintln!("bench: a TLS upstream, HTTP/1.1 and HTTP/2");
+            tls_upstream = Some(tls::tls_upstream(binary, pinning.proxy_cpu).await);
+        }
+    }
+
     let duration_s = steps.started.elapsed().as_secs_f64();
     let mut all = Vec::new();
     for (under, found) in unders.iter().zip(found) {
@@ -566,6 +581,11 @@ async fn run(
                 None
             },
             scale: found.scale,
+            tls_upstream: if under.is_llm_proxy() {
+                tls_upstream.take()
+            } else {
+                None
+            },
             interference: steps.interference.clone(),
             duration_s,
         });

@@ -58,6 +58,8 @@ pub struct Results {
     pub limit_check: Option<Result<LimitCheck, String>>,
     /// CPU per stream event, ten thousand streams held, two workers (`scale.rs`).
     pub scale: Scale,
+    /// An HTTPS upstream, HTTP/1.1 and HTTP/2 (llm-proxy only), or why it did not run.
+    pub tls_upstream: Option<Result<crate::tls::TlsUpstream, String>>,
     /// Per scenario: how much of the CPUs other processes took.
     pub interference: Vec<Interference>,
     pub duration_s: f64,
@@ -338,6 +340,9 @@ pub fn table(results: &Results) -> String {
     }
     rows.extend(limit_check_rows(results.limit_check.as_ref()));
     rows.extend(crate::scale::rows(&results.scale));
+    if results.tls_upstream.is_some() {
+        rows.extend(crate::tls::table_rows(results.tls_upstream.as_ref()));
+    }
 
     let m = &results.machine;
     let mut out = format!(

@@ -146,20 +146,7 @@ pub fn rows(llm_proxy: &Results, nginx: &Results) -> Vec<Row> {
     }
     rows.extend(event_rows(llm_proxy, nginx));
     rows.push(many_streams_row(llm_proxy, nginx));
-    rows.push(Row::not_measured(
-        "TLS upstream: connections and TLS sessions reused (a handshake per new connection)".into(),
-        String::new(),
-        "handshakes = new connections".into(),
-        "not measured yet: needs a TLS mock upstream (self-signed, trusted by the proxy) and \
-         a handshake counter"
-            .into(),
-    ));
-    rows.push(Row::not_measured(
-        "HTTP/2 to an upstream that offers it, against HTTP/1.1".into(),
-        String::new(),
-        "the faster is the default".into(),
-        "not measured yet: needs the TLS mock above, speaking HTTP/2".into(),
-    ));
+    rows.extend(crate::tls::versus_rows(llm_proxy.tls_upstream.as_ref()));
     rows.push(two_workers_row(llm_proxy, nginx));
     rows
 }

@@ -92,7 +92,10 @@ pub fn build(
         metrics.register_redis(redis.metrics());
         ejections::share(redis, registry.clone().into_inner());
     }
+    let upstream_connections = metrics.upstream_connections();
     let metrics = web::Data::new(metrics);
+    // Once for the process: every worker's client shares it and its TLS session cache.
+    let upstream_tls = upstream::tls_config(&config);
     let keyring = accounts.map(|accounts| web::Data::from(Arc::clone(&accounts.keyring)));
     let prices = PriceTable::new(&config.catalog.prices).map_err(std::io::Error::other)?;
     let prices = web::Data::new(prices);
@@ -114,7 +117,11 @@ pub fn build(
             .app_data(rules.clone())
             .app_data(limit.clone())
             .app_data(budget.clone())
-            .app_data(web::Data::new(upstream::client(&config)))
+            .app_data(web::Data::new(upstream::client(
+                &config,
+                &upstream_tls,
+                &upstream_connections,
+            )))
             .app_data(web::Data::new(UpstreamSlots::new(
                 upstream::connections_per_worker(&config),
                 config.http_pool_timeout,

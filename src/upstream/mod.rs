@@ -10,6 +10,7 @@ use std::{
     io,
     pin::Pin,
     rc::Rc,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -35,7 +36,8 @@ use awc::{
     error::{PayloadError, SendRequestError},
     Client, ClientResponse, Connector,
 };
-use futures_util::{future::MapOk, ready, Stream, StreamExt, TryFutureExt};
+use futures_util::{future::LocalBoxFuture, ready, Stream, StreamExt, TryFutureExt};
+use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use self::report::{Ending, StreamReport};
@@ -44,6 +46,7 @@ use crate::{
     error::ProxyError,
     formats::{StreamDecoder, StreamEncoder, UpstreamRequest},
     limits::Guards,
+    metrics::UpstreamConnections,
     model::{StreamEvent, Usage},
     upstream::http1_head::ResponseHeads,
     util::sse,
@@ -55,9 +58,29 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// How long an idle pooled connection is kept when keep-alive is on.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+/// The TLS configuration of every upstream connection, built once for the process and shared
+/// by the workers' clients, so that a session one worker saved can be resumed by another
+/// (rustls keeps resumption data in the config, in memory). As awc builds its own: the webpki
+/// roots, no client certificate; plus `UPSTREAM_CA_FILE`'s roots, and ALPN by
+/// `UPSTREAM_HTTP2`.
+pub fn tls_config(config: &Config) -> Arc<ClientConfig> {
+    let mut roots: RootCertStore = actix_tls::connect::rustls_0_23::webpki_roots_cert_store();
+    // Checked when the file was read (`config::ca_file`): none is ignored here.
+    roots.add_parsable_certificates(config.upstream_roots.iter().cloned());
+    let mut tls = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = match config.upstream_http2 {
+        true => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        false => vec![b"http/1.1".to_vec()],
+    };
+    Arc::new(tls)
+}
+
 /// Builds one worker's client. awc's `Client` is `!Send`, so each worker builds its own; its
-/// connection pool is shared by every request on that worker.
-pub fn client(config: &Config) -> Client {
+/// connection pool is shared by every request on that worker. `tls` is [`tls_config`]'s, and
+/// every connection the pool opens counts in `opened`.
+pub fn client(config: &Config, tls: &Arc<ClientConfig>, opened: &UpstreamConnections) -> Client {
     // awc has no cap on idle connections, only an idle timeout: 0 turns pooling off, any
     // other value keeps idle connections for `KEEP_ALIVE`.
     let keep_alive = if config.http_max_keepalive_connections == 0 {
@@ -66,9 +89,11 @@ pub fn client(config: &Config) -> Client {
         KEEP_ALIVE
     };
     let connector = Connector::new()
-        .connector(UpstreamConnector(
-            TcpConnector::new(Resolver::default()).service(),
-        ))
+        .rustls_0_23(Arc::clone(tls))
+        .connector(UpstreamConnector {
+            tcp: TcpConnector::new(Resolver::default()).service(),
+            opened: opened.clone(),
+        })
         .timeout(config.connect_timeout)
         .handshake_timeout(config.connect_timeout)
         // No limit in awc, which would queue without a bound: `limits::UpstreamSlots` holds a
@@ -796,24 +821,35 @@ fn separator_after(tail: [u8; 2]) -> &'static [u8] {
     }
 }
 
-/// Connects to upstreams: plain TCP from actix-tls, then [`UpstreamSocket`] on top.
+/// Connects to upstreams: plain TCP from actix-tls, then [`UpstreamSocket`] on top, each new
+/// connection counted in `opened`. awc calls it only when its pool has no idle connection.
 #[derive(Clone)]
-struct UpstreamConnector<S>(S);
+struct UpstreamConnector<S> {
+    tcp: S,
+    opened: UpstreamConnections,
+}
 
 impl<S> Service<ConnectInfo<Uri>> for UpstreamConnector<S>
 where
     S: Service<ConnectInfo<Uri>, Response = Connection<Uri, TcpStream>, Error = ConnectError>,
+    S::Future: 'static,
 {
     type Response = Connection<Uri, UpstreamSocket>;
     type Error = ConnectError;
-    type Future = MapOk<S::Future, fn(Connection<Uri, TcpStream>) -> Self::Response>;
+    // Boxed to carry the counter along: one allocation per new connection, none per request.
+    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
 
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+        self.tcp.poll_ready(cx)
     }
 
     fn call(&self, request: ConnectInfo<Uri>) -> Self::Future {
-        self.0.call(request).map_ok(UpstreamSocket::wrap)
+        let opened = self.opened.clone();
+        Box::pin(
+            self.tcp
+                .call(request)
+                .map_ok(move |connection| UpstreamSocket::wrap(connection, &opened)),
+        )
     }
 }
 
@@ -838,8 +874,12 @@ pub struct UpstreamSocket {
 }
 
 impl UpstreamSocket {
-    fn wrap(connection: Connection<Uri, TcpStream>) -> Connection<Uri, UpstreamSocket> {
+    fn wrap(
+        connection: Connection<Uri, TcpStream>,
+        opened: &UpstreamConnections,
+    ) -> Connection<Uri, UpstreamSocket> {
         let tls = matches!(connection.request().scheme_str(), Some("https" | "wss"));
+        opened.opened(tls);
         let (stream, connection) = connection.replace_io(());
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("could not set TCP_NODELAY on an upstream connection: {e}");
@@ -971,7 +1011,10 @@ mod tests {
         let uri: Uri = format!("http://{}/", listener.local_addr().unwrap())
             .parse()
             .unwrap();
-        let connector = UpstreamConnector(TcpConnector::new(Resolver::default()).service());
+        let connector = UpstreamConnector {
+            tcp: TcpConnector::new(Resolver::default()).service(),
+            opened: UpstreamConnections::default(),
+        };
         let connection = connector.call(ConnectInfo::new(uri)).await.unwrap();
         assert!(connection.io_ref().stream.nodelay().unwrap());
     }
@@ -981,7 +1024,10 @@ mod tests {
         // The TCP connector ignores the scheme; for https, awc puts TLS on top of the socket.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let connector = UpstreamConnector(TcpConnector::new(Resolver::default()).service());
+        let connector = UpstreamConnector {
+            tcp: TcpConnector::new(Resolver::default()).service(),
+            opened: UpstreamConnections::default(),
+        };
         for (scheme, watched) in [("http", true), ("https", false)] {
             let uri: Uri = format!("{scheme}://{addr}/").parse().unwrap();
             let connection = connector.call(ConnectInfo::new(uri)).await.unwrap();

@@ -24,4 +24,5 @@ mod reliability;
 mod rules;
 mod shared;
 mod streaming;
+mod tls;
 mod tools;

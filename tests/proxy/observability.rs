@@ -24,6 +24,7 @@ fn assert_documented_names(text: &str) {
         ("llm_proxy_usage_records_dropped_total", "counter"),
         ("llm_proxy_cache_hits_total", "counter"),
         ("llm_proxy_cache_misses_total", "counter"),
+        ("llm_proxy_upstream_connections_opened_total", "counter"),
     ];
     let page = include_str!("../../docs/observability.md");
     let mut samples = Vec::new();

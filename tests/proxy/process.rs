@@ -178,6 +178,29 @@ fn a_bad_providers_file_stops_the_process_naming_file_and_field() {
 }
 
 #[test]
+fn an_unusable_upstream_ca_file_stops_the_process_naming_the_variable() {
+    let dir = std::env::temp_dir().join(format!("llm-proxy-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let not_a_certificate = dir.join("garbage.pem");
+    std::fs::write(
+        &not_a_certificate,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let missing = dir.join("missing.pem");
+    for file in [&empty, &not_a_certificate, &missing] {
+        let process = Process::start(&[("UPSTREAM_CA_FILE", file.to_str().unwrap())]);
+        let (status, lines) = process.exit_within(Duration::from_secs(20));
+        assert_eq!(status.code(), Some(2), "{}: {lines:?}", file.display());
+        let line = lines.join("\n");
+        assert!(line.contains("UPSTREAM_CA_FILE"), "{line}");
+        assert!(line.contains(file.to_str().unwrap()), "{line}");
+    }
+}
+
+#[test]
 fn a_malformed_dotenv_stops_the_process() {
     let process = Process::start_with_dotenv(&[], Some("PORT=8000\nTHIS LINE IS NOT A VARIABLE\n"));
     let (status, lines) = process.exit_within(Duration::from_secs(20));
