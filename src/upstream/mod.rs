@@ -1067,7 +1067,13 @@ mod tests {
             socket.write_all(b"0\r\n\r\n").unwrap();
         });
 
-        let response = client(&Config::default()).get(url).send().await.unwrap();
+        let config = Config::default();
+        let client = client(
+            &config,
+            &tls_config(&config),
+            &UpstreamConnections::default(),
+        );
+        let response = client.get(url).send().await.unwrap();
         let mut body = Body::new(response, Duration::from_secs(10));
         let mut starts = Vec::with_capacity(EVENTS);
         while let Some(chunk) = body.next().await {
