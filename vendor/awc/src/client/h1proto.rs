@@ -267,6 +267,14 @@ impl<Io: ConnectionIo> PlStream<Io> {
 /// after each chunk it decodes, `ClientPayloadCodec` grows a buffer with less room than this
 /// to 32 KiB.
 const PAYLOAD_READ_LOW_WATER: usize = 2 * 1024;
+/// The read buffer `Framed` starts with (`actix_codec`'s `HW`, private).
+const PAYLOAD_READ_BUFFER: usize = 8 * 1024;
+/// Unread bytes moved back to the front of the buffer at most: a chunk's trailing CRLF and
+/// the start of the next chunk's size line, copied for next to nothing.
+const RECLAIM_BELOW: usize = 64;
+/// Reads start within this much of the buffer's front: past it, what is left is moved back.
+/// Under 4 KiB, so that small events stay on the buffer's first page.
+const READ_WITHIN: usize = 3 * 1024;
 
 /// A response body's decoder that keeps reusing one read buffer.
 ///
@@ -291,6 +299,13 @@ impl Decoder for PayloadCodec {
     type Error = PayloadError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, Self::Error> {
+        // Once what is left unread is at most a chunk's framing, move it back to the front
+        // (when no chunk split off earlier still shares the buffer; never allocates): a stream
+        // of small events then reads into the same first page again and again, instead of
+        // paging in the rest of the buffer 4 KiB of events at a time.
+        if src.len() <= RECLAIM_BELOW {
+            src.try_reclaim(PAYLOAD_READ_BUFFER - READ_WITHIN);
+        }
         src.reserve(PAYLOAD_READ_LOW_WATER);
         self.0.decode(src)
     }
