@@ -283,14 +283,19 @@ mod tests {
         }
     }
 
+    /// A keyring over `store`, read at time 1,000.
+    async fn open(store: &Store) -> Keyring {
+        let counter = prometheus_client::metrics::counter::Counter::default();
+        Keyring::open(store.clone(), store.usage_sink(10, counter), None, 1_000)
+            .await
+            .unwrap()
+    }
+
     #[actix_web::test]
     async fn remembered_fingerprints_are_the_computed_ones_and_the_memo_stays_bounded() {
         let db = test_db::sqlite().await;
         let store = db.store.clone();
-        let counter = prometheus_client::metrics::counter::Counter::default();
-        let keyring = Keyring::open(store.clone(), store.usage_sink(10, counter), None, 1_000)
-            .await
-            .unwrap();
+        let keyring = open(&store).await;
         let first = keyring.fingerprint(b"sk-caller");
         assert_eq!(keyring.fingerprint(b"sk-caller"), first, "remembered");
         for i in 0..RECENT_FINGERPRINTS + 10 {
@@ -313,10 +318,7 @@ mod tests {
     async fn a_key_added_to_the_store_is_found_after_a_refresh_and_its_spend_is_read() {
         let db = test_db::sqlite().await;
         let store = db.store.clone();
-        let counter = prometheus_client::metrics::counter::Counter::default();
-        let keyring = Keyring::open(store.clone(), store.usage_sink(10, counter), None, 1_000)
-            .await
-            .unwrap();
+        let keyring = open(&store).await;
         let secret = "lp-0123456789abcdefghijklmnopqrstuvwxyzABCDEFG";
         assert!(matches!(keyring.lookup(secret, 1_000), Lookup::Unknown));
         assert!(!keyring.refresh(1_000).await.unwrap(), "nothing changed");

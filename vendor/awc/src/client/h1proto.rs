@@ -304,7 +304,8 @@ impl Decoder for PayloadCodec {
         // of small events then reads into the same first page again and again, instead of
         // paging in the rest of the buffer 4 KiB of events at a time.
         if src.len() <= RECLAIM_BELOW {
-            src.try_reclaim(PAYLOAD_READ_BUFFER - READ_WITHIN);
+            // False when another handle shares the buffer: then it stays where it is.
+            let _ = src.try_reclaim(PAYLOAD_READ_BUFFER - READ_WITHIN);
         }
         src.reserve(PAYLOAD_READ_LOW_WATER);
         self.0.decode(src)
