@@ -101,8 +101,6 @@ pub struct Config {
     /// `LIMITS_FAIL_CLOSED`: while Redis is down, refuse keys with limits (503) instead of
     /// counting them per instance.
     pub limits_fail_closed: bool,
-    /// `UPSTREAM_CA_FILE`: where [`Config::upstream_roots`] came from, for messages.
-    pub upstream_ca_file: Option<PathBuf>,
     /// Root certificates upstreams are trusted by besides the built-in webpki roots (a
     /// private CA, a self-signed test upstream), read from `UPSTREAM_CA_FILE` at start.
     pub upstream_roots: Vec<CertificateDer<'static>>,
@@ -186,7 +184,6 @@ impl Default for Config {
             redis_url: None,
             redis_timeout: Duration::from_millis(100),
             limits_fail_closed: false,
-            upstream_ca_file: None,
             upstream_roots: Vec::new(),
             upstream_http2: UPSTREAM_HTTP2,
         }
@@ -379,9 +376,6 @@ impl Config {
                     .map_err(|why| ConfigError(format!("UPSTREAM_CA_FILE {why}")))?,
                 _ => Vec::new(),
             },
-            upstream_ca_file: env
-                .upstream_ca_file
-                .filter(|path| !path.as_os_str().is_empty()),
             upstream_http2: env.upstream_http2.unwrap_or(defaults.upstream_http2),
         };
         let held_keys = config
@@ -815,12 +809,11 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(config.upstream_roots, [certified.cert.der().clone()]);
-        assert_eq!(config.upstream_ca_file.as_deref(), Some(good.as_path()));
         assert!(config.upstream_http2);
         // Unset or empty: only the built-in roots.
         for set in [&[][..], &[("UPSTREAM_CA_FILE", "")][..]] {
             let config = Config::from_vars(vars(set)).unwrap();
-            assert!(config.upstream_roots.is_empty() && config.upstream_ca_file.is_none());
+            assert!(config.upstream_roots.is_empty());
         }
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, "").unwrap();
